@@ -1,0 +1,119 @@
+"""The command line: ``tidings serve``, ``tidings token``, ``tidings version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .__about__ import __version__
+from ._auth import make_token
+from ._config import Config, ConfigError, load_config
+from ._hub import Hub
+
+__all__ = ["main"]
+
+logger = logging.getLogger("tidings")
+
+DEV_WARNING = (
+    "WARNING: --dev mode: anonymous clients may connect, subscribe, publish and read "
+    "presence and history on every channel. Never use it in production."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "version":
+        print(f"tidings {__version__}")
+        return 0
+    overrides: dict[str, Any] = {}
+    for key in ("host", "port"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    if getattr(args, "dev", False):
+        overrides["dev"] = True
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"tidings: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "token":
+        return _token(config, args)
+    return _serve(config)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidings", description="A real-time messaging hub.")
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the hub")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="WebSocket port (default 8000)")
+    serve.add_argument("--dev", action="store_true", help="open everything for local development")
+
+    token = commands.add_parser("token", help="print a connection or subscription JWT")
+    token.add_argument("--config", metavar="FILE", help="TOML configuration file (for the secret)")
+    token.add_argument("--user", required=True, help="user id (the sub claim)")
+    token.add_argument("--ttl", type=float, help="seconds until the token expires")
+    token.add_argument("--channel", help="make a subscription token for this channel")
+
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def _token(config: Config, args: argparse.Namespace) -> int:
+    if not config.token_hmac_secret_key:
+        print("tidings: token_hmac_secret_key is not configured", file=sys.stderr)
+        return 2
+    print(
+        make_token(
+            config.token_hmac_secret_key, args.user, ttl=args.ttl, channel=args.channel or ""
+        )
+    )
+    return 0
+
+
+def _serve(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if config.dev:
+        print(DEV_WARNING, file=sys.stderr)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        runner = asyncio.run
+        loop_name = "asyncio"
+    else:
+        runner = uvloop.run
+        loop_name = "uvloop"
+    logger.info("tidings %s starting on the %s event loop", __version__, loop_name)
+    try:
+        runner(_run(config))
+    except OSError as exc:
+        print(f"tidings: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run(config: Config) -> None:
+    hub = Hub(config)
+    await hub.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"tidings {__version__} serving {hub.url}", file=sys.stderr, flush=True)
+    await stop.wait()
+    logger.info("shutting down")
+    await hub.stop()

@@ -1,0 +1,145 @@
+"""Error, unsubscribe and disconnect codes of the Centrifugo client protocol.
+
+The numbers and messages are the protocol's (see ``docs/server/codes.md`` of
+Centrifugo): SDKs decide whether to retry, resubscribe or reconnect from them,
+so they must not change.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = [
+    "Disconnect",
+    "Error",
+    "ErrorCode",
+    "Unsubscribe",
+    "DISCONNECT_BAD_REQUEST",
+    "DISCONNECT_CONNECTION_LIMIT",
+    "DISCONNECT_EXPIRED",
+    "DISCONNECT_FORCE_NO_RECONNECT",
+    "DISCONNECT_FORCE_RECONNECT",
+    "DISCONNECT_INAPPROPRIATE_PROTOCOL",
+    "DISCONNECT_INSUFFICIENT_STATE",
+    "DISCONNECT_INVALID_TOKEN",
+    "DISCONNECT_MESSAGE_TOO_BIG",
+    "DISCONNECT_NO_PONG",
+    "DISCONNECT_SERVER_ERROR",
+    "DISCONNECT_SHUTDOWN",
+    "DISCONNECT_SLOW",
+    "DISCONNECT_STALE",
+    "DISCONNECT_SUBSCRIPTION_EXPIRED",
+    "DISCONNECT_TOO_MANY_REQUESTS",
+    "DISCONNECT_WRITE_ERROR",
+    "UNSUBSCRIBE_INSUFFICIENT_STATE",
+    "UNSUBSCRIBE_SERVER",
+    "UNSUBSCRIBE_SUBSCRIPTION_EXPIRED",
+]
+
+
+class ErrorCode:
+    """Codes of ``Reply.error``: the command failed, the connection stays."""
+
+    INTERNAL = 100
+    UNAUTHORIZED = 101
+    UNKNOWN_CHANNEL = 102
+    PERMISSION_DENIED = 103
+    METHOD_NOT_FOUND = 104
+    ALREADY_SUBSCRIBED = 105
+    LIMIT_EXCEEDED = 106
+    BAD_REQUEST = 107
+    NOT_AVAILABLE = 108
+    TOKEN_EXPIRED = 109
+    EXPIRED = 110
+    TOO_MANY_REQUESTS = 111
+    UNRECOVERABLE_POSITION = 112
+
+
+_MESSAGES = {
+    ErrorCode.INTERNAL: "internal server error",
+    ErrorCode.UNAUTHORIZED: "unauthorized",
+    ErrorCode.UNKNOWN_CHANNEL: "unknown channel",
+    ErrorCode.PERMISSION_DENIED: "permission denied",
+    ErrorCode.METHOD_NOT_FOUND: "method not found",
+    ErrorCode.ALREADY_SUBSCRIBED: "already subscribed",
+    ErrorCode.LIMIT_EXCEEDED: "limit exceeded",
+    ErrorCode.BAD_REQUEST: "bad request",
+    ErrorCode.NOT_AVAILABLE: "not available",
+    ErrorCode.TOKEN_EXPIRED: "token expired",
+    ErrorCode.EXPIRED: "expired",
+    ErrorCode.TOO_MANY_REQUESTS: "too many requests",
+    ErrorCode.UNRECOVERABLE_POSITION: "unrecoverable position",
+}
+
+_TEMPORARY = frozenset({ErrorCode.INTERNAL, ErrorCode.TOO_MANY_REQUESTS})
+
+
+class Error(Exception):
+    """A command error sent to the client as ``{"id": N, "error": {...}}``.
+
+    Raise it from hooks (or anywhere in command handling) to answer a command
+    with a protocol error instead of a result. Application codes are 400-1999.
+    """
+
+    def __init__(self, code: int, message: str | None = None, temporary: bool | None = None):
+        self.code = code
+        self.message = message if message is not None else _MESSAGES.get(code, "error")
+        self.temporary = temporary if temporary is not None else code in _TEMPORARY
+        super().__init__(f"{self.code}: {self.message}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Error) and (self.code, self.message, self.temporary) == (
+            other.code,
+            other.message,
+            other.temporary,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message, self.temporary))
+
+
+class Disconnect(NamedTuple):
+    """Why the server closes a connection: the WebSocket close code and reason.
+
+    Codes 3000-3499 (and 4000-4499) tell SDKs to reconnect, 3500-3999 (and
+    4500-4999) not to. Keep reasons short: a close frame carries at most 123
+    bytes of reason.
+    """
+
+    code: int
+    reason: str
+
+    @property
+    def reconnect(self) -> bool:
+        return not (3500 <= self.code < 4000 or 4500 <= self.code < 5000)
+
+
+class Unsubscribe(NamedTuple):
+    """A server-side unsubscribe push. Codes >= 2500 make the client resubscribe."""
+
+    code: int
+    reason: str
+
+
+DISCONNECT_SHUTDOWN = Disconnect(3001, "shutdown")
+DISCONNECT_SERVER_ERROR = Disconnect(3004, "internal server error")
+DISCONNECT_EXPIRED = Disconnect(3005, "connection expired")
+DISCONNECT_SUBSCRIPTION_EXPIRED = Disconnect(3006, "subscription expired")
+DISCONNECT_SLOW = Disconnect(3008, "slow")
+DISCONNECT_WRITE_ERROR = Disconnect(3009, "write error")
+DISCONNECT_INSUFFICIENT_STATE = Disconnect(3010, "insufficient state")
+DISCONNECT_FORCE_RECONNECT = Disconnect(3011, "force reconnect")
+DISCONNECT_NO_PONG = Disconnect(3012, "no pong")
+DISCONNECT_TOO_MANY_REQUESTS = Disconnect(3013, "too many requests")
+DISCONNECT_INVALID_TOKEN = Disconnect(3500, "invalid token")
+DISCONNECT_BAD_REQUEST = Disconnect(3501, "bad request")
+DISCONNECT_STALE = Disconnect(3502, "stale")
+DISCONNECT_FORCE_NO_RECONNECT = Disconnect(3503, "force disconnect")
+DISCONNECT_CONNECTION_LIMIT = Disconnect(3504, "connection limit")
+DISCONNECT_INAPPROPRIATE_PROTOCOL = Disconnect(3506, "inappropriate protocol")
+# Not a Centrifugo code but the WebSocket one; SDKs map it to "message size limit".
+DISCONNECT_MESSAGE_TOO_BIG = Disconnect(1009, "message too big")
+
+UNSUBSCRIBE_SERVER = Unsubscribe(2000, "server unsubscribe")
+UNSUBSCRIBE_INSUFFICIENT_STATE = Unsubscribe(2500, "insufficient state")
+UNSUBSCRIBE_SUBSCRIPTION_EXPIRED = Unsubscribe(2501, "subscription expired")

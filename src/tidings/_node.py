@@ -1,0 +1,410 @@
+"""The node: channels, subscriptions, fan-out, presence and history of one process.
+
+The node knows clients only as :class:`Subscriber` objects (something that can
+take encoded bytes and be disconnected) and other nodes only through its
+:class:`~tidings._broker.Broker`. It never sees a socket.
+
+Subscribing without losing or duplicating a publication
+---------------------------------------------------------
+A subscription starts *buffering*: live publications for it are kept aside
+while the node makes sure the broker routes the channel here and reads the
+history position (or the publications to recover). The subscribe reply is then
+written, followed by the buffered publications that come after what the reply
+covered (those at or below its offset are duplicates and are dropped), and the
+subscription goes live. Recovery is never partial: either every missed
+publication is returned (``recovered: true``) or none (``recovered: false``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from msgspec import Raw
+
+from ._broker import (
+    Broker,
+    HistoryOptions,
+    PresenceManager,
+    PresenceStats,
+    UnrecoverablePosition,
+)
+from ._codes import DISCONNECT_INSUFFICIENT_STATE, Disconnect, Error, ErrorCode
+from ._config import ChannelOptions
+from ._protocol import (
+    ClientInfo,
+    Join,
+    Leave,
+    Publication,
+    Push,
+    StreamPosition,
+    SubscribeResult,
+    encode_push,
+)
+
+__all__ = ["Node", "Subscriber"]
+
+logger = logging.getLogger("tidings.node")
+
+
+class Subscriber(Protocol):
+    """A connected client, as the node sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
+
+    def deliver(self, data: bytes) -> None:
+        """Queue one encoded message (a push) for the client. Must not block."""
+        ...
+
+    def disconnect(self, disconnect: Disconnect) -> None:
+        """Close the client's connection."""
+        ...
+
+
+@dataclass(slots=True)
+class _Subscription:
+    subscriber: Subscriber
+    info: ClientInfo
+    options: ChannelOptions
+    push_join_leave: bool
+    buffer: list[tuple[int, bytes]] | None = field(default_factory=list)
+    """(offset or -1, encoded push) received while subscribing; None once live."""
+
+
+@dataclass(slots=True)
+class _Channel:
+    subscriptions: dict[str, _Subscription] = field(default_factory=dict)
+    routed: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    """Done once the broker routes this channel's publications here."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What the client asked for about stream positions when subscribing."""
+
+    recover: bool = False
+    """Recover from ``position`` (the client was subscribed before)."""
+    position: StreamPosition = field(default_factory=StreamPosition)
+    recoverable: bool = False
+    positioned: bool = False
+
+
+class Node:
+    """Channels and subscribers of this process, on top of a broker."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        presence: PresenceManager,
+        *,
+        history_max_publication_limit: int = 300,
+    ) -> None:
+        self.broker = broker
+        self.presence_manager = presence
+        self.history_max_publication_limit = history_max_publication_limit
+        self._channels: dict[str, _Channel] = {}
+        self._clients: dict[str, Subscriber] = {}
+        self._users: dict[str, set[str]] = {}
+        self._client_channels: dict[str, set[str]] = {}
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+
+    async def close(self) -> None:
+        await self.broker.close()
+
+    # --- clients -----------------------------------------------------------------
+
+    def add_client(self, client: Subscriber) -> None:
+        self._clients[client.id] = client
+        self._users.setdefault(client.user, set()).add(client.id)
+
+    async def remove_client(self, client: Subscriber) -> None:
+        """Forget a disconnected client: leave all its channels."""
+        for channel in list(self._client_channels.get(client.id, ())):
+            await self.unsubscribe(client, channel)
+        self._client_channels.pop(client.id, None)
+        if self._clients.pop(client.id, None) is not None:
+            ids = self._users.get(client.user)
+            if ids is not None:
+                ids.discard(client.id)
+                if not ids:
+                    del self._users[client.user]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self._clients)
+
+    @property
+    def num_users(self) -> int:
+        return len(self._users)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self._channels)
+
+    @property
+    def num_subscriptions(self) -> int:
+        return sum(len(c.subscriptions) for c in self._channels.values())
+
+    def clients(self) -> list[Subscriber]:
+        return list(self._clients.values())
+
+    def user_clients(self, user: str) -> list[Subscriber]:
+        return [self._clients[i] for i in self._users.get(user, ())]
+
+    def channels(self) -> dict[str, int]:
+        """Channels with local subscribers, and how many."""
+        return {name: len(c.subscriptions) for name, c in self._channels.items()}
+
+    # --- subscriptions -----------------------------------------------------------
+
+    async def subscribe(
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        options: ChannelOptions,
+        *,
+        info: ClientInfo,
+        recovery: Recovery | None = None,
+        push_join_leave: bool = False,
+        reply: Callable[[SubscribeResult], None],
+    ) -> None:
+        """Subscribe ``subscriber`` to ``channel``.
+
+        ``reply`` is called with the result and must write it to the client right
+        away: publications that arrived meanwhile are written right after it.
+
+        Raises:
+            Error: 100 when the broker fails (nothing is left subscribed).
+        """
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+            asyncio.ensure_future(self._route(channel, entry))
+        subscription = _Subscription(subscriber, info, options, push_join_leave)
+        entry.subscriptions[subscriber.id] = subscription
+        self._client_channels.setdefault(subscriber.id, set()).add(channel)
+        try:
+            await asyncio.shield(entry.routed)
+            result = await self._position(channel, options, recovery or Recovery())
+            if options.presence:
+                await self.presence_manager.add_presence(channel, subscriber.id, info)
+        except BaseException as exc:
+            self._drop(channel, subscriber.id)
+            if isinstance(exc, Exception):
+                logger.exception("subscribe to %r failed", channel)
+                raise Error(ErrorCode.INTERNAL) from exc
+            raise
+        reply(result)
+        self._go_live(subscription, result)
+        if options.join_leave:
+            await self._broker_call(self.broker.publish_join(channel, info))
+
+    async def _route(self, channel: str, entry: _Channel) -> None:
+        try:
+            await self.broker.subscribe(channel)
+        except Exception as exc:
+            entry.routed.set_exception(exc)
+            if self._channels.get(channel) is entry:
+                del self._channels[channel]
+        else:
+            entry.routed.set_result(None)
+
+    async def _position(
+        self, channel: str, options: ChannelOptions, recovery: Recovery
+    ) -> SubscribeResult:
+        if not options.history_enabled:
+            return SubscribeResult()
+        recoverable = options.force_recovery or recovery.recoverable
+        positioned = recoverable or options.force_positioning or recovery.positioned
+        if not positioned:
+            return SubscribeResult()
+        if recoverable and recovery.recover:
+            since = recovery.position
+            try:
+                publications, top = await self.broker.history(
+                    channel, since=since, limit=options.history_size
+                )
+            except UnrecoverablePosition:
+                publications, top = [], StreamPosition()
+            recovered = bool(top.epoch) and _recovered(publications, since, top)
+            if not recovered:
+                publications = []
+                _, top = await self.broker.history(channel, since=None, limit=0)
+            return SubscribeResult(
+                recoverable=True,
+                positioned=True,
+                # Recovered: the client's own position, which it advances through
+                # the publications. Not recovered: the top, to start from anew.
+                epoch=top.epoch,
+                offset=since.offset if recovered else top.offset,
+                publications=list(publications),
+                recovered=recovered,
+                was_recovering=True,
+            )
+        _, top = await self.broker.history(channel, since=None, limit=0)
+        return SubscribeResult(
+            recoverable=recoverable, positioned=True, epoch=top.epoch, offset=top.offset
+        )
+
+    def _go_live(self, subscription: _Subscription, result: SubscribeResult) -> None:
+        buffered, subscription.buffer = subscription.buffer or [], None
+        last = result.publications[-1].offset if result.publications else result.offset
+        for offset, data in buffered:
+            if offset > 0 and result.positioned:
+                if offset <= last:
+                    continue  # already in the reply
+                if offset > last + 1:
+                    # A publication went missing between history and live stream.
+                    subscription.subscriber.disconnect(DISCONNECT_INSUFFICIENT_STATE)
+                    return
+                last = offset
+            subscription.subscriber.deliver(data)
+
+    async def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
+        """Remove the subscription (leave, presence) if there is one."""
+        subscription = self._drop(channel, subscriber.id)
+        if subscription is None:
+            return
+        options = subscription.options
+        if options.presence:
+            await self._broker_call(self.presence_manager.remove_presence(channel, subscriber.id))
+        if options.join_leave and subscription.buffer is None:
+            await self._broker_call(self.broker.publish_leave(channel, subscription.info))
+
+    def _drop(self, channel: str, client_id: str) -> _Subscription | None:
+        channels = self._client_channels.get(client_id)
+        if channels is not None:
+            channels.discard(channel)
+        entry = self._channels.get(channel)
+        if entry is None:
+            return None
+        subscription = entry.subscriptions.pop(client_id, None)
+        if not entry.subscriptions:
+            del self._channels[channel]
+            asyncio.ensure_future(self._unroute(channel, entry))
+        return subscription
+
+    async def _unroute(self, channel: str, entry: _Channel) -> None:
+        try:
+            await asyncio.shield(entry.routed)
+        except Exception:
+            return  # never routed
+        if channel not in self._channels:
+            await self._broker_call(self.broker.unsubscribe(channel))
+
+    async def _broker_call(self, call: object) -> None:
+        """Await a broker call whose failure must not fail the client's command."""
+        try:
+            await call  # type: ignore[misc]
+        except Exception:
+            logger.exception("broker call failed")
+
+    def is_subscribed(self, client_id: str, channel: str) -> bool:
+        return channel in self._client_channels.get(client_id, ())
+
+    # --- publishing --------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: Raw,
+        options: ChannelOptions,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        skip_history: bool = False,
+    ) -> StreamPosition:
+        """Publish to every subscriber of ``channel`` on every node; return its position."""
+        history = (
+            HistoryOptions(options.history_size, options.history_ttl)
+            if options.history_enabled and not skip_history
+            else None
+        )
+        publication = Publication(data=data, info=info, tags=tags or None)
+        return await self.broker.publish(channel, publication, history)
+
+    # BrokerEventHandler: called by the broker, synchronously, for routed channels.
+
+    def handle_publication(self, channel: str, publication: Publication) -> None:
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        # Encoded once for every subscriber: the bytes are the same for all.
+        data = encode_push(Push(channel=channel, pub=publication))
+        offset = publication.offset
+        for subscription in entry.subscriptions.values():
+            if subscription.buffer is None:
+                subscription.subscriber.deliver(data)
+            else:
+                subscription.buffer.append((offset, data))
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self._push_join_leave(channel, Push(channel=channel, join=Join(info=info)))
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self._push_join_leave(channel, Push(channel=channel, leave=Leave(info=info)))
+
+    def _push_join_leave(self, channel: str, push: Push) -> None:
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        data = encode_push(push)
+        for subscription in entry.subscriptions.values():
+            if not subscription.push_join_leave:
+                continue
+            if subscription.buffer is None:
+                subscription.subscriber.deliver(data)
+            else:
+                subscription.buffer.append((-1, data))
+
+    # --- presence and history ----------------------------------------------------
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return await self.presence_manager.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        return await self.presence_manager.presence_stats(channel)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> tuple[Sequence[Publication], StreamPosition]:
+        """Read history: ``limit`` 0 gives only the position, -1 up to the maximum.
+
+        Raises:
+            Error: 112 when ``since`` is from another epoch.
+        """
+        cap = self.history_max_publication_limit
+        limit = cap if limit < 0 or limit > cap else limit
+        try:
+            return await self.broker.history(channel, since=since, limit=limit, reverse=reverse)
+        except UnrecoverablePosition:
+            raise Error(ErrorCode.UNRECOVERABLE_POSITION) from None
+
+    async def remove_history(self, channel: str) -> None:
+        await self.broker.remove_history(channel)
+
+
+def _recovered(
+    publications: Sequence[Publication], since: StreamPosition, top: StreamPosition
+) -> bool:
+    if since.epoch and since.epoch != top.epoch:
+        return False
+    if publications:
+        return publications[0].offset == since.offset + 1 and publications[-1].offset == top.offset
+    return top.offset == since.offset

@@ -1,0 +1,317 @@
+"""Wire types of the Centrifugo client protocol (JSON) and their codec.
+
+Commands arrive as newline-separated JSON objects, ``{"id": N, "<method>": {...}}``;
+replies and pushes leave the same way. ``data``/``info`` fields carry the
+application's JSON as is (:class:`msgspec.Raw`): the hub never parses payloads.
+
+Field omission follows the reference implementation: empty fields are left out
+(``omit_defaults``) except those the SDKs require, which have no default here
+(``ClientInfo.user``/``client``, ``PresenceResult.presence``, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+__all__ = [
+    "NO_DATA",
+    "ClientInfo",
+    "Command",
+    "Publication",
+    "StreamPosition",
+    "decode_frame",
+    "encode",
+    "encode_error",
+    "encode_push",
+    "encode_reply",
+    "strip_newlines",
+]
+
+Uint32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+Uint64 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+NO_DATA = Raw()
+"""The absent payload. Always use this instance: ``omit_defaults`` compares by identity."""
+
+
+class _Wire(Struct, omit_defaults=True, gc=False):
+    """Base of every wire type: empty fields are left out when encoding."""
+
+
+# --- Commands (client -> server) -------------------------------------------------
+
+
+class SubscribeRecovery(_Wire):
+    """An entry of ``connect.subs``: where a server-side subscription stopped."""
+
+    recover: bool = False
+    epoch: str = ""
+    offset: Uint64 = 0
+
+
+class ConnectRequest(_Wire):
+    token: str = ""
+    data: Raw = NO_DATA
+    subs: dict[str, SubscribeRecovery] = {}
+    name: str = ""
+    version: str = ""
+
+
+class SubscribeRequest(_Wire):
+    channel: str = ""
+    token: str = ""
+    recover: bool = False
+    epoch: str = ""
+    offset: Uint64 = 0
+    data: Raw = NO_DATA
+    positioned: bool = False
+    recoverable: bool = False
+    join_leave: bool = False
+
+
+class UnsubscribeRequest(_Wire):
+    channel: str = ""
+
+
+class PublishRequest(_Wire):
+    channel: str = ""
+    data: Raw = NO_DATA
+
+
+class PresenceRequest(_Wire):
+    channel: str = ""
+
+
+class PresenceStatsRequest(_Wire):
+    channel: str = ""
+
+
+class StreamPosition(_Wire):
+    offset: Uint64 = 0
+    epoch: str = ""
+
+
+class HistoryRequest(_Wire):
+    channel: str = ""
+    limit: int = 0
+    since: StreamPosition | None = None
+    reverse: bool = False
+
+
+class RPCRequest(_Wire):
+    method: str = ""
+    data: Raw = NO_DATA
+
+
+class SendRequest(_Wire):
+    data: Raw = NO_DATA
+
+
+class RefreshRequest(_Wire):
+    token: str = ""
+
+
+class SubRefreshRequest(_Wire):
+    channel: str = ""
+    token: str = ""
+
+
+class Command(_Wire):
+    """One client command. Exactly one method field is expected to be set."""
+
+    id: Uint32 = 0
+    connect: ConnectRequest | None = None
+    subscribe: SubscribeRequest | None = None
+    unsubscribe: UnsubscribeRequest | None = None
+    publish: PublishRequest | None = None
+    presence: PresenceRequest | None = None
+    presence_stats: PresenceStatsRequest | None = None
+    history: HistoryRequest | None = None
+    rpc: RPCRequest | None = None
+    send: SendRequest | None = None
+    refresh: RefreshRequest | None = None
+    sub_refresh: SubRefreshRequest | None = None
+
+
+# --- Results and pushes (server -> client) ---------------------------------------
+
+
+class ClientInfo(_Wire):
+    user: str
+    client: str
+    conn_info: Raw = NO_DATA
+    chan_info: Raw = NO_DATA
+
+
+class Publication(_Wire):
+    data: Raw
+    info: ClientInfo | None = None
+    offset: Uint64 = 0
+    tags: dict[str, str] | None = None
+
+
+class SubscribeResult(_Wire):
+    expires: bool = False
+    ttl: Uint32 = 0
+    recoverable: bool = False
+    epoch: str = ""
+    publications: list[Publication] = []
+    recovered: bool = False
+    offset: Uint64 = 0
+    positioned: bool = False
+    data: Raw = NO_DATA
+    was_recovering: bool = False
+
+
+class ConnectResult(_Wire):
+    client: str
+    version: str
+    expires: bool = False
+    ttl: Uint32 = 0
+    data: Raw = NO_DATA
+    subs: dict[str, SubscribeResult] | None = None
+    ping: Uint32 = 0
+    pong: bool = False
+
+
+class Empty(_Wire):
+    """The ``{}`` result of unsubscribe, publish and sends."""
+
+
+class PresenceResult(_Wire):
+    presence: dict[str, ClientInfo]
+
+
+class PresenceStatsResult(_Wire):
+    num_clients: int
+    num_users: int
+
+
+class HistoryResult(_Wire):
+    publications: list[Publication]
+    epoch: str
+    offset: Uint64
+
+
+class RPCResult(_Wire):
+    data: Raw = NO_DATA
+
+
+class RefreshResult(_Wire):
+    client: str = ""
+    version: str = ""
+    expires: bool = False
+    ttl: Uint32 = 0
+
+
+class SubRefreshResult(_Wire):
+    expires: bool = False
+    ttl: Uint32 = 0
+
+
+class ErrorBody(_Wire):
+    code: int
+    message: str
+    temporary: bool = False
+
+
+class Join(_Wire):
+    info: ClientInfo
+
+
+class Leave(_Wire):
+    info: ClientInfo
+
+
+class UnsubscribePush(_Wire):
+    code: int
+    reason: str
+
+
+class SubscribePush(_Wire):
+    recoverable: bool = False
+    epoch: str = ""
+    offset: Uint64 = 0
+    positioned: bool = False
+    data: Raw = NO_DATA
+
+
+class MessagePush(_Wire):
+    data: Raw
+
+
+class Push(_Wire):
+    channel: str = ""
+    pub: Publication | None = None
+    join: Join | None = None
+    leave: Leave | None = None
+    unsubscribe: UnsubscribePush | None = None
+    subscribe: SubscribePush | None = None
+    message: MessagePush | None = None
+
+
+class Reply(_Wire):
+    id: Uint32 = 0
+    error: ErrorBody | None = None
+    push: Push | None = None
+    connect: ConnectResult | None = None
+    subscribe: SubscribeResult | None = None
+    unsubscribe: Empty | None = None
+    publish: Empty | None = None
+    presence: PresenceResult | None = None
+    presence_stats: PresenceStatsResult | None = None
+    history: HistoryResult | None = None
+    rpc: RPCResult | None = None
+    refresh: RefreshResult | None = None
+    sub_refresh: SubRefreshResult | None = None
+
+
+# --- Codec -----------------------------------------------------------------------
+
+_command_decoder = msgspec.json.Decoder(Command)
+_encoder = msgspec.json.Encoder()
+
+encode = _encoder.encode
+"""Encode a wire object to compact JSON bytes (one line, no newline)."""
+
+PING = b"{}"
+"""A server ping: a reply with no id and no push. The client answers ``{}``."""
+
+
+def decode_frame(frame: str | bytes) -> list[Command]:
+    """Decode one WebSocket text frame into its commands, in order.
+
+    Raises :class:`msgspec.DecodeError` (a :class:`ValueError`) when any line is not
+    a valid command. Blank lines are skipped, so an empty frame gives ``[]``.
+    """
+    if isinstance(frame, str):
+        frame = frame.encode()
+    return _command_decoder.decode_lines(frame)
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return _encoder.encode(reply)
+
+
+def encode_error(command_id: int, code: int, message: str, temporary: bool = False) -> bytes:
+    return _encoder.encode(
+        Reply(id=command_id, error=ErrorBody(code=code, message=message, temporary=temporary))
+    )
+
+
+def encode_push(push: Push) -> bytes:
+    return _encoder.encode(Reply(push=push))
+
+
+def strip_newlines(raw: Raw) -> Raw:
+    """Make application JSON safe to embed in a newline-delimited frame.
+
+    JSON cannot hold a raw newline inside a string, so outside strings they are
+    only whitespace and removing them keeps the document equal.
+    """
+    data = bytes(raw)
+    if b"\n" in data or b"\r" in data:
+        return Raw(data.replace(b"\r", b"").replace(b"\n", b""))
+    return raw
