@@ -20,7 +20,7 @@ import asyncio
 import http
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 from websockets.asyncio.server import Server as WebSocketServer, ServerConnection, serve
@@ -46,13 +46,22 @@ __all__ = ["Server", "WEBSOCKET_PATH"]
 logger = logging.getLogger("tidings.server")
 
 WEBSOCKET_PATH = "/connection/websocket"
+MAX_FRAME_SIZE = 64 * 1024
+"""Coalesced messages are cut into frames of at most this size."""
+SLOW_CLOSE_TIMEOUT = 1.0
+"""Seconds a slow client gets to take the close frame before the TCP connection is cut."""
 
 
 class Connection:
-    """The transport of one client: a bounded queue of outgoing messages."""
+    """The transport of one client: a bounded queue of outgoing messages.
 
-    def __init__(self, queue_max_size: int) -> None:
+    ``abort`` is called when the queue overflows: the writer may be stuck on a
+    peer that stopped reading, so closing cannot wait for it.
+    """
+
+    def __init__(self, queue_max_size: int, abort: Callable[[Disconnect], None]) -> None:
         self.queue_max_size = queue_max_size
+        self.abort = abort
         self.closing: Disconnect | None = None
         self._pending: list[bytes] = []
         self._size = 0
@@ -68,6 +77,8 @@ class Connection:
             self._pending.clear()
             self._size = 0
             self.close(DISCONNECT_SLOW)
+            self.abort(DISCONNECT_SLOW)
+            return
         self._wakeup.set()
 
     def close(self, disconnect: Disconnect) -> None:
@@ -76,15 +87,23 @@ class Connection:
             self._wakeup.set()
 
     async def frames(self) -> AsyncIterator[bytes]:
-        """Yield one frame per wake-up with every pending message, until closed."""
+        """Yield every pending message, coalesced into frames, until closed.
+
+        A frame holds at most :data:`MAX_FRAME_SIZE` bytes (or one larger
+        message), so clients with a message size limit can read it.
+        """
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._pending:
-                frame = self._pending[0] if len(self._pending) == 1 else b"\n".join(self._pending)
-                self._pending.clear()
-                self._size = 0
-                yield frame
+            pending, self._pending, self._size = self._pending, [], 0
+            start = 0
+            while start < len(pending):
+                end, size = start + 1, len(pending[start])
+                while end < len(pending) and size + len(pending[end]) < MAX_FRAME_SIZE:
+                    size += len(pending[end]) + 1
+                    end += 1
+                yield pending[start] if end == start + 1 else b"\n".join(pending[start:end])
+                start = end
             if self.closing is not None:
                 return
 
@@ -98,12 +117,13 @@ class Server:
         self.verifier = verifier or TokenVerifier.from_config(config)
         self.clients: patterns.Registry[Client] = patterns.Registry()
         self._server: WebSocketServer | None = None
+        self._port = 0
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "not started"
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The port listened on (the one picked by the system when 0 was asked)."""
+        assert self._port, "not started"
+        return self._port
 
     async def start(self, host: str, port: int) -> None:
         self._server = await serve(
@@ -116,6 +136,7 @@ class Server:
             max_size=self.config.client.max_message_size,
             server_header=None,
         )
+        self._port = self._server.sockets[0].getsockname()[1]
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, close every client with 3001 once its queue is written."""
@@ -140,7 +161,17 @@ class Server:
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        connection = Connection(self.config.client.queue_max_size)
+        closing: set[asyncio.Task[None]] = set()
+
+        def abort(disconnect: Disconnect) -> None:
+            task = asyncio.ensure_future(websocket.close(disconnect.code, disconnect.reason))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+            # websockets' close() waits, unbounded, for the socket to drain; a
+            # peer that stopped reading never drains it, so cut the connection.
+            asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, websocket.transport.abort)
+
+        connection = Connection(self.config.client.queue_max_size, abort)
         client = Client(self.node, self.config, connection, verifier=self.verifier)
         timers = _Timers(client, self.config)
 

@@ -1,0 +1,37 @@
+"""The public names of ``tidings``: adding or removing one is a deliberate change."""
+
+import tidings
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in dir(tidings) if not name.startswith("_")}
+    modules = {"patterns"}
+    assert set(tidings.__all__) == public - modules | {"__version__"}
+
+
+def test_the_public_names_are_these() -> None:
+    assert sorted(tidings.__all__) == sorted(
+        [
+            "Broker",
+            "BrokerEventHandler",
+            "ChannelOptions",
+            "ClientInfo",
+            "ClientOptions",
+            "Config",
+            "ConfigError",
+            "Disconnect",
+            "Error",
+            "ErrorCode",
+            "HistoryOptions",
+            "Hub",
+            "MemoryBroker",
+            "PresenceManager",
+            "PresenceStats",
+            "Publication",
+            "StreamPosition",
+            "Unsubscribe",
+            "__version__",
+            "load_config",
+            "make_token",
+        ]
+    )
