@@ -176,7 +176,7 @@ async def test_garbage_never_hurts_other_clients(make_hub: HubFactory) -> None:
         '{"id":1,"connect":{}}\n{"id":2,"history":{"channel":"x","since":{"offset":"a"}}}',
         '{"id":1,"connect":{}}\n{"id":2,"rpc":{"method":"x"}}\n{"id":2,"unsubscribe":{}}',
         '{"id":1,"connect":{"token":"a.b.c"}}',
-        "\n".join('{"id":%d,"connect":{}}' % i for i in range(1, 40)),
+        "\n".join(f'{{"id":{i},"connect":{{}}}}' for i in range(1, 40)),
     ]
     for _ in range(60):
         length = rng.randint(0, 200)
