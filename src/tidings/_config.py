@@ -85,7 +85,11 @@ class HTTPAPIOptions(_Options, frozen=True):
 
 
 class Config(_Options, frozen=True):
-    """The whole hub configuration. Build it with :func:`load_config` or directly."""
+    """The whole hub configuration.
+
+    Build it with :func:`load_config`, which also applies the open defaults of
+    ``dev``; a ``Config`` built directly takes its channel options as given.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
