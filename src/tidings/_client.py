@@ -229,25 +229,11 @@ class Client:
 
         self.node.add_client(self)
         self._held = []  # pushes wait until the connect reply is written
-        subs: dict[str, SubscribeResult] = {}
-        for channel, options in server_side.items():
-            recover = request.subs.get(channel)
-            recovery = Recovery(
-                recover=recover is not None and recover.recover,
-                position=StreamPosition(recover.offset, recover.epoch)
-                if recover
-                else StreamPosition(),
-            )
-            self._grants[channel] = _ChannelGrant(options, NO_DATA)
-            await self.node.subscribe(
-                self,
-                channel,
-                options,
-                info=self._info(channel),
-                recovery=recovery,
-                push_join_leave=options.force_push_join_leave,
-                reply=functools.partial(subs.__setitem__, channel),
-            )
+        try:
+            subs = await self._subscribe_server_side(server_side, request)
+        except BaseException:
+            self._held = None
+            raise
         if self.expire_at:
             self._schedule_expiry()
         client = self.config.client
@@ -267,6 +253,31 @@ class Client:
         for data in held:
             self.deliver(data)
         return None
+
+    async def _subscribe_server_side(
+        self, channels: dict[str, ChannelOptions], request: ConnectRequest
+    ) -> dict[str, SubscribeResult]:
+        """Subscribe to the token's channels, recovering where ``connect.subs`` says."""
+        results: dict[str, SubscribeResult] = {}
+        for channel, options in channels.items():
+            recover = request.subs.get(channel)
+            recovery = Recovery(
+                recover=recover is not None and recover.recover,
+                position=StreamPosition(recover.offset, recover.epoch)
+                if recover
+                else StreamPosition(),
+            )
+            self._grants[channel] = _ChannelGrant(options, NO_DATA)
+            await self.node.subscribe(
+                self,
+                channel,
+                options,
+                info=self._info(channel),
+                recovery=recovery,
+                push_join_leave=options.force_push_join_leave,
+                reply=functools.partial(results.__setitem__, channel),
+            )
+        return results
 
     async def _on_refresh(self, request: RefreshRequest) -> RefreshResult:
         if not request.token:

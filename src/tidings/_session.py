@@ -192,6 +192,8 @@ class Session:
         """Channels this connection is subscribed to (client- and server-side)."""
         self.awaiting_pong = False
         """A ping was sent and no pong came back yet."""
+        self.disconnect: Disconnect | None = None
+        """Why the session closed, once it has."""
         self._commands: deque[Command | CloseConnection] = deque()
         self._pending: CommandReceived | None = None
         self._output: list[bytes] = []
@@ -296,6 +298,7 @@ class Session:
     def close(self, disconnect: Disconnect) -> None:
         """End the session (the I/O layer closes the socket with ``disconnect``)."""
         self.state = CLOSED
+        self.disconnect = disconnect
         self._commands.clear()
         self._pending = None
 
