@@ -51,5 +51,5 @@ def is_user_limited(channel: str, options: ChannelOptions) -> bool:
 
 def user_allowed(channel: str, user: str) -> bool:
     """Whether ``user`` is listed after the channel's last ``#``."""
-    _, _, users = channel.rpartition(USER_BOUNDARY)
-    return user != "" and user in users.split(USER_SEPARATOR)
+    _, boundary, users = channel.rpartition(USER_BOUNDARY)
+    return bool(boundary) and user != "" and user in users.split(USER_SEPARATOR)

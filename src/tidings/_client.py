@@ -136,6 +136,8 @@ class Client:
     async def _process(self) -> None:
         while not self.closed:
             event = self.session.next_event()
+            # What the session answered by itself (105, 106, 107) goes out too.
+            self._flush()
             if event is None:
                 break
             if isinstance(event, CloseConnection):

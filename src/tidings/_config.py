@@ -123,6 +123,7 @@ def _positive_numbers(config: Config) -> list[tuple[str, float]]:
     client = config.client
     return [
         ("client.ping_interval", client.ping_interval),
+        ("client.pong_timeout", client.pong_timeout),
         ("client.channel_limit", client.channel_limit),
         ("client.channel_max_length", client.channel_max_length),
         ("client.queue_max_size", client.queue_max_size),
@@ -171,12 +172,14 @@ def load_config(
         ConfigError: naming the file and the option that is wrong.
     """
     data: dict[str, Any] = {}
-    source = "defaults"
+    source = "configuration"
     if path is not None:
         source = str(path)
         try:
             with open(path, "rb") as file:
                 data = tomllib.load(file)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
@@ -261,21 +264,22 @@ def _duration(key: str, text: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
 
 
-def _known_keys() -> dict[str, str]:
-    """Environment variable name -> dotted option key, for every scalar option."""
-    keys: dict[str, str] = {}
-    for name, field_type in Config.__annotations__.items():
-        if name in ("channel", "namespaces"):
-            continue
-        if name in ("client", "http_api"):
-            struct = ClientOptions if name == "client" else HTTPAPIOptions
-            for inner in struct.__struct_fields__:
-                keys[f"TIDINGS_{name}_{inner}".upper()] = f"{name}.{inner}"
-        else:
-            del field_type
-            keys[f"TIDINGS_{name}".upper()] = name
-    for name in CHANNEL_OPTION_NAMES:
-        keys[f"TIDINGS_{name}".upper()] = name
+def _known_keys() -> dict[str, tuple[str, bool]]:
+    """Environment variable name -> (dotted option key, whether the option is a string)."""
+    keys: dict[str, tuple[str, bool]] = {}
+
+    def add(prefix: str, struct: type[msgspec.Struct]) -> None:
+        for info in msgspec.structs.fields(struct):
+            if info.name in ("channel", "namespaces"):
+                continue
+            if isinstance(info.type, type) and issubclass(info.type, msgspec.Struct):
+                add(f"{prefix}{info.name}.", info.type)
+            else:
+                dotted = prefix + info.name
+                keys["TIDINGS_" + dotted.replace(".", "_").upper()] = (dotted, info.type is str)
+
+    add("", Config)
+    add("", ChannelOptions)
     return keys
 
 
@@ -285,13 +289,15 @@ _ENV_KEYS = _known_keys()
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, value in env.items():
-        key = _ENV_KEYS.get(name)
-        if key is not None:
-            values[key] = _env_value(value)
+        known = _ENV_KEYS.get(name)
+        if known is not None:
+            key, is_string = known
+            values[key] = value if is_string else _env_value(value)
     return values
 
 
 def _env_value(text: str) -> Any:
+    """Read a non-string option from the environment as a TOML value (``5``, ``true``)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -300,6 +306,9 @@ def _env_value(text: str) -> Any:
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
-    for part in parents:
+    for index, part in enumerate(parents):
         data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            table = ".".join(parents[: index + 1])
+            raise ConfigError(f"{table} must be a table to set {key}")
     data[last] = value

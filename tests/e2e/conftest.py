@@ -1,0 +1,473 @@
+"""Fixtures for the end-to-end tests: a real ``tidings serve`` subprocess per test.
+
+``start_server(config_toml, dev=False)`` writes the config to ``tmp_path``, picks a
+free port, starts ``python -m tidings serve`` and waits for ``GET /health`` to
+answer 200. Every server started by a test is stopped (SIGTERM, then SIGKILL) at
+teardown, and when the test fails its stderr is attached to the report.
+
+``make_client(...)`` builds unmodified centrifuge-python clients whose events land
+in asyncio queues (see :class:`ClientEvents` / :class:`SubEvents`), and disconnects
+them at teardown, before the server is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jwt
+import pytest
+from centrifuge import (
+    Client,
+    ClientEventHandler,
+    ConnectedContext,
+    ConnectingContext,
+    DisconnectedContext,
+    ErrorContext,
+    JoinContext,
+    LeaveContext,
+    PublicationContext,
+    ServerJoinContext,
+    ServerLeaveContext,
+    ServerPublicationContext,
+    ServerSubscribedContext,
+    ServerSubscribingContext,
+    ServerUnsubscribedContext,
+    SubscribedContext,
+    SubscribingContext,
+    SubscriptionErrorContext,
+    SubscriptionEventHandler,
+    UnsubscribedContext,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+
+HMAC_SECRET = "e2e-secret-key-that-is-long-enough-for-hs256"
+WRONG_SECRET = "not-the-secret-the-server-knows-about-at-all"
+
+STARTUP_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+# Default bound for every single wait in the tests: a broken server fails fast.
+WAIT = 5.0
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------
+
+
+def make_token(
+    user: str,
+    *,
+    secret: str = HMAC_SECRET,
+    exp: float | None = 3600,
+    algorithm: str = "HS256",
+    **claims: Any,
+) -> str:
+    """Connection JWT: ``sub`` = user, ``exp`` = now + ``exp`` seconds (negative: expired)."""
+    payload: dict[str, Any] = {"sub": user, **claims}
+    if exp is not None:
+        payload["exp"] = int(time.time() + exp)
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def make_sub_token(
+    user: str,
+    channel: str,
+    *,
+    secret: str = HMAC_SECRET,
+    exp: float = 3600,
+    **claims: Any,
+) -> str:
+    """Subscription JWT: ``sub`` = user, ``channel``, ``exp``."""
+    payload = {"sub": user, "channel": channel, "exp": int(time.time() + exp), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+# ---------------------------------------------------------------------------
+# Waiting helpers
+# ---------------------------------------------------------------------------
+
+
+async def wait(aw: Awaitable[T], timeout: float = WAIT, what: str = "") -> T:
+    """``asyncio.wait_for`` with a readable failure (and no chained traceback)."""
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        pass
+    pytest.fail(f"timed out after {timeout:.1f}s waiting for {what or aw!r}")
+
+
+async def next_event(queue: asyncio.Queue[T], timeout: float = WAIT, what: str = "") -> T:
+    return await wait(queue.get(), timeout, what or "an event")
+
+
+async def event_where(
+    queue: asyncio.Queue[T],
+    predicate: Callable[[T], bool],
+    timeout: float = WAIT,
+    what: str = "",
+) -> T:
+    """The first event in ``queue`` matching ``predicate`` (others are dropped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = max(0.0, deadline - loop.time())
+        item = await wait(queue.get(), left, what or "a matching event")
+        if predicate(item):
+            return item
+
+
+def drain(queue: asyncio.Queue[T]) -> list[T]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+# ---------------------------------------------------------------------------
+# SDK event recorders
+# ---------------------------------------------------------------------------
+
+
+class ClientEvents(ClientEventHandler):
+    """Client-level events (including server-side subscriptions) as queues."""
+
+    def __init__(self) -> None:
+        self.connecting: asyncio.Queue[ConnectingContext] = asyncio.Queue()
+        self.connected: asyncio.Queue[ConnectedContext] = asyncio.Queue()
+        self.disconnected: asyncio.Queue[DisconnectedContext] = asyncio.Queue()
+        self.errors: asyncio.Queue[ErrorContext] = asyncio.Queue()
+        self.subscribing: asyncio.Queue[ServerSubscribingContext] = asyncio.Queue()
+        self.subscribed: asyncio.Queue[ServerSubscribedContext] = asyncio.Queue()
+        self.unsubscribed: asyncio.Queue[ServerUnsubscribedContext] = asyncio.Queue()
+        self.publications: asyncio.Queue[ServerPublicationContext] = asyncio.Queue()
+        self.joins: asyncio.Queue[ServerJoinContext] = asyncio.Queue()
+        self.leaves: asyncio.Queue[ServerLeaveContext] = asyncio.Queue()
+
+    async def on_connecting(self, ctx: ConnectingContext) -> None:
+        self.connecting.put_nowait(ctx)
+
+    async def on_connected(self, ctx: ConnectedContext) -> None:
+        self.connected.put_nowait(ctx)
+
+    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
+        self.disconnected.put_nowait(ctx)
+
+    async def on_error(self, ctx: ErrorContext) -> None:
+        self.errors.put_nowait(ctx)
+
+    async def on_subscribing(self, ctx: ServerSubscribingContext) -> None:
+        self.subscribing.put_nowait(ctx)
+
+    async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
+        self.subscribed.put_nowait(ctx)
+
+    async def on_unsubscribed(self, ctx: ServerUnsubscribedContext) -> None:
+        self.unsubscribed.put_nowait(ctx)
+
+    async def on_publication(self, ctx: ServerPublicationContext) -> None:
+        self.publications.put_nowait(ctx)
+
+    async def on_join(self, ctx: ServerJoinContext) -> None:
+        self.joins.put_nowait(ctx)
+
+    async def on_leave(self, ctx: ServerLeaveContext) -> None:
+        self.leaves.put_nowait(ctx)
+
+
+class SubEvents(SubscriptionEventHandler):
+    """Subscription events as queues."""
+
+    def __init__(self) -> None:
+        self.subscribing: asyncio.Queue[SubscribingContext] = asyncio.Queue()
+        self.subscribed: asyncio.Queue[SubscribedContext] = asyncio.Queue()
+        self.unsubscribed: asyncio.Queue[UnsubscribedContext] = asyncio.Queue()
+        self.publications: asyncio.Queue[PublicationContext] = asyncio.Queue()
+        self.joins: asyncio.Queue[JoinContext] = asyncio.Queue()
+        self.leaves: asyncio.Queue[LeaveContext] = asyncio.Queue()
+        self.errors: asyncio.Queue[SubscriptionErrorContext] = asyncio.Queue()
+
+    async def on_subscribing(self, ctx: SubscribingContext) -> None:
+        self.subscribing.put_nowait(ctx)
+
+    async def on_subscribed(self, ctx: SubscribedContext) -> None:
+        self.subscribed.put_nowait(ctx)
+
+    async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
+        self.unsubscribed.put_nowait(ctx)
+
+    async def on_publication(self, ctx: PublicationContext) -> None:
+        self.publications.put_nowait(ctx)
+
+    async def on_join(self, ctx: JoinContext) -> None:
+        self.joins.put_nowait(ctx)
+
+    async def on_leave(self, ctx: LeaveContext) -> None:
+        self.leaves.put_nowait(ctx)
+
+    async def on_error(self, ctx: SubscriptionErrorContext) -> None:
+        self.errors.put_nowait(ctx)
+
+
+# ---------------------------------------------------------------------------
+# The server subprocess
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """A minimal HTTP/1.0 GET, so the event loop is never blocked."""
+
+    async def go() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(
+                f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+        status_line = data.split(b"\r\n", 1)[0].split()
+        status = int(status_line[1]) if len(status_line) >= 2 else 0
+        return status, data.partition(b"\r\n\r\n")[2]
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+class Server:
+    """One ``tidings serve`` subprocess."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, config_path: Path, log_dir: Path, index: int, dev: bool = False) -> None:
+        self.config_path = config_path
+        self.log_dir = log_dir
+        self.index = index
+        self.dev = dev
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+        self.runs = 0
+        self.log_paths: list[Path] = []
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/connection/websocket"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "tidings",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        if self.dev:
+            cmd.append("--dev")
+        return cmd
+
+    def logs(self) -> str:
+        parts = []
+        for path in self.log_paths:
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                text = "<no log>"
+            parts.append(f"--- {path.name} ---\n{text}")
+        return "\n".join(parts)
+
+    async def start(self) -> None:
+        self.runs += 1
+        log_path = self.log_dir / f"server{self.index}-run{self.runs}.stderr.log"
+        self.log_paths.append(log_path)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(SRC), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=str(self.log_dir),
+                env=env,
+            )
+        self.returncode = None
+        await self._wait_healthy()
+
+    async def _wait_healthy(self) -> None:
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_TIMEOUT
+        last_error: object = None
+        while loop.time() < deadline:
+            if self.proc.poll() is not None:
+                self.returncode = self.proc.returncode
+                pytest.fail(
+                    f"tidings server exited with {self.proc.returncode} before it was ready\n"
+                    f"command: {' '.join(self.command)}\n{self.logs()}"
+                )
+            try:
+                status, _ = await http_get(self.host, self.port, "/health")
+                if status == 200:
+                    return
+                last_error = f"HTTP {status}"
+            except (OSError, TimeoutError) as exc:
+                last_error = exc
+            await asyncio.sleep(0.05)
+        await self.stop()
+        pytest.fail(
+            f"tidings server not healthy within {STARTUP_TIMEOUT}s (last: {last_error!r})\n"
+            f"command: {' '.join(self.command)}\n{self.logs()}"
+        )
+
+    async def terminate(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM and wait; returns the exit code, or None if it did not exit in time."""
+        proc = self.proc
+        if proc is None:
+            return self.returncode
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while proc.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            return None
+        self.returncode = proc.returncode
+        self.proc = None
+        return self.returncode
+
+    def kill(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=5)
+        self.returncode = proc.returncode
+        self.proc = None
+
+    async def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL; returns the exit code of the SIGTERM path (None if killed)."""
+        code = await self.terminate()
+        if code is None and self.proc is not None:
+            self.kill()
+        return code
+
+    async def restart(self) -> None:
+        """Stop and start again on the same port (in-memory state is lost)."""
+        await self.stop()
+        await self.start()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for server in getattr(item, "_tidings_servers", []):
+            report.sections.append(
+                (f"tidings server #{server.index} (port {server.port}) output", server.logs())
+            )
+    return report
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StartServer]:
+    servers: list[Server] = []
+    request.node._tidings_servers = servers
+
+    async def start(config_toml: str, dev: bool = False) -> Server:
+        index = len(servers)
+        config_path = tmp_path / f"tidings{index}.toml"
+        config_path.write_text(config_toml)
+        server = Server(config_path, tmp_path, index, dev=dev)
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield start
+
+    for server in servers:
+        code = await server.stop()
+        if code is None and server.runs:
+            # Killed: worth seeing, but a teardown problem is not the test's failure.
+            print(f"tidings server #{server.index} did not exit on SIGTERM; killed")
+
+
+MakeClient = Callable[..., Client]
+
+
+@pytest.fixture
+async def make_client(start_server: StartServer) -> AsyncIterator[MakeClient]:
+    """``make_client(server, token="", events=None, **kwargs) -> Client``.
+
+    The client gets a :class:`ClientEvents` as ``client.events`` unless given one,
+    a short command timeout, and is disconnected at teardown.
+    """
+    clients: list[Client] = []
+
+    def make(
+        server: Server,
+        token: str = "",
+        events: ClientEventHandler | None = None,
+        **kwargs: Any,
+    ) -> Client:
+        kwargs.setdefault("timeout", 3.0)
+        kwargs.setdefault("min_reconnect_delay", 0.05)
+        kwargs.setdefault("max_reconnect_delay", 0.5)
+        kwargs.setdefault("proxy", None)
+        client = Client(server.url, events=events or ClientEvents(), token=token, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+
+    for client in clients:
+        try:
+            await asyncio.wait_for(client.disconnect(), 3)
+        except Exception as exc:  # noqa: BLE001 - teardown must go on
+            print(f"client disconnect failed at teardown: {exc!r}")
+    # Let the SDK's background close tasks finish before the loop goes away.
+    pending = [t for c in clients for t in list(getattr(c, "_background_tasks", ()))]
+    if pending:
+        await asyncio.wait(pending, timeout=2)
