@@ -27,6 +27,7 @@ from ._codes import (
     DISCONNECT_EXPIRED,
     DISCONNECT_INVALID_TOKEN,
     Disconnect,
+    DisconnectRequest,
     Error,
     ErrorCode,
 )
@@ -72,15 +73,6 @@ class Transport(Protocol):
     def close(self, disconnect: Disconnect) -> None:
         """Close the connection with this code once queued messages are written."""
         ...
-
-
-class DisconnectRequested(Exception):
-    """Raised while handling a command to close the connection instead of replying."""
-
-    def __init__(self, disconnect: Disconnect, detail: str = "") -> None:
-        super().__init__(detail or disconnect.reason)
-        self.disconnect = disconnect
-        self.detail = detail
 
 
 @dataclass(slots=True)
@@ -155,7 +147,7 @@ class Client:
             if event.id:
                 self.session.reply_error(error)
             return
-        except DisconnectRequested as exc:
+        except DisconnectRequest as exc:
             self._log_bad_input(exc.disconnect, f"{event.method}: {exc.detail}")
             self.disconnect(exc.disconnect)
             return
@@ -225,7 +217,7 @@ class Client:
             self.user, self.conn_info = token.user, token.info
             self.expire_at, channels = token.expire_at, token.channels
         elif not self.config.client.allow_anonymous_connect_without_token:
-            raise DisconnectRequested(DISCONNECT_BAD_REQUEST, "client credentials not found")
+            raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "client credentials not found")
         ttl = self._ttl(self.expire_at)
         server_side = {channel: channel_options(self.config, channel) for channel in channels}
 
@@ -283,15 +275,15 @@ class Client:
 
     async def _on_refresh(self, request: RefreshRequest) -> RefreshResult:
         if not request.token:
-            raise DisconnectRequested(DISCONNECT_BAD_REQUEST, "refresh without a token")
+            raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "refresh without a token")
         try:
             token = self.verifier.verify_connect(request.token)
         except TokenExpired:
-            raise DisconnectRequested(DISCONNECT_EXPIRED, "refresh with an expired token") from None
+            raise DisconnectRequest(DISCONNECT_EXPIRED, "refresh with an expired token") from None
         except InvalidToken as exc:
-            raise DisconnectRequested(DISCONNECT_INVALID_TOKEN, str(exc)) from None
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, str(exc)) from None
         if token.user != self.user:
-            raise DisconnectRequested(DISCONNECT_INVALID_TOKEN, "refresh token of another user")
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "refresh token of another user")
         self.expire_at = token.expire_at
         ttl = self._ttl(self.expire_at)
         self._schedule_expiry()
@@ -412,11 +404,11 @@ class Client:
     def _verify_subscribe(self, token: str, channel: str) -> SubscribeToken:
         claims = self._verify(self.verifier.verify_subscribe, token)
         if claims.channel != channel:
-            raise DisconnectRequested(DISCONNECT_INVALID_TOKEN, "token for another channel")
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "token for another channel")
         if claims.user != self.user:
-            raise DisconnectRequested(DISCONNECT_INVALID_TOKEN, "token for another user")
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "token for another user")
         if claims.client and claims.client != self.id:
-            raise DisconnectRequested(DISCONNECT_INVALID_TOKEN, "token for another client")
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "token for another client")
         return claims
 
     def _verify(self, verify: Callable[[str], _T], token: str) -> _T:
@@ -426,7 +418,7 @@ class Client:
         except TokenExpired:
             raise Error(ErrorCode.TOKEN_EXPIRED) from None
         except InvalidToken as exc:
-            raise DisconnectRequested(DISCONNECT_INVALID_TOKEN, str(exc)) from None
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, str(exc)) from None
         if claims.expire_at and claims.expire_at <= time.time():
             raise Error(ErrorCode.TOKEN_EXPIRED)
         return claims

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 __all__ = [
     "Disconnect",
+    "DisconnectRequest",
     "Error",
     "ErrorCode",
     "Unsubscribe",
@@ -112,6 +113,20 @@ class Disconnect(NamedTuple):
     @property
     def reconnect(self) -> bool:
         return not (3500 <= self.code < 4000 or 4500 <= self.code < 5000)
+
+
+class DisconnectRequest(Exception):
+    """Raise while handling a client (in a hook, say) to close its connection.
+
+    Args:
+        disconnect: the close code and reason, e.g. ``Disconnect(4001, "banned")``.
+        detail: what went wrong, for the log only.
+    """
+
+    def __init__(self, disconnect: Disconnect, detail: str = "") -> None:
+        super().__init__(detail or disconnect.reason)
+        self.disconnect = disconnect
+        self.detail = detail or disconnect.reason
 
 
 class Unsubscribe(NamedTuple):

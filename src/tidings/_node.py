@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from msgspec import Raw
 
@@ -115,6 +115,7 @@ class Node:
         self._clients: dict[str, Subscriber] = {}
         self._users: dict[str, set[str]] = {}
         self._client_channels: dict[str, set[str]] = {}
+        self._routing: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         await self.broker.start(self)
@@ -190,7 +191,7 @@ class Node:
         entry = self._channels.get(channel)
         if entry is None:
             entry = self._channels[channel] = _Channel()
-            asyncio.ensure_future(self._route(channel, entry))
+            self._reroute(channel, self._route(channel, entry))
         subscription = _Subscription(subscriber, info, options, push_join_leave)
         entry.subscriptions[subscriber.id] = subscription
         self._client_channels.setdefault(subscriber.id, set()).add(channel)
@@ -209,6 +210,28 @@ class Node:
         self._go_live(subscription, result)
         if options.join_leave:
             await self._broker_call(self.broker.publish_join(channel, info))
+
+    def _reroute(self, channel: str, operation: Coroutine[Any, Any, None]) -> None:
+        """Run a broker (un)subscribe for ``channel`` after the previous one finished.
+
+        Order matters: an unsubscribe that completes after a later subscribe
+        would leave a channel with subscribers that the broker no longer routes.
+        """
+        previous = self._routing.get(channel)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await operation
+
+        task = asyncio.ensure_future(run())
+        self._routing[channel] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._routing.get(channel) is done:
+                del self._routing[channel]
+
+        task.add_done_callback(forget)
 
     async def _route(self, channel: str, entry: _Channel) -> None:
         try:
@@ -292,15 +315,11 @@ class Node:
         subscription = entry.subscriptions.pop(client_id, None)
         if not entry.subscriptions:
             del self._channels[channel]
-            asyncio.ensure_future(self._unroute(channel, entry))
+            self._reroute(channel, self._unroute(channel))
         return subscription
 
-    async def _unroute(self, channel: str, entry: _Channel) -> None:
-        try:
-            await asyncio.shield(entry.routed)
-        except Exception:
-            return  # never routed
-        if channel not in self._channels:
+    async def _unroute(self, channel: str) -> None:
+        if channel not in self._channels:  # nobody subscribed again meanwhile
             await self._broker_call(self.broker.unsubscribe(channel))
 
     async def _broker_call(self, call: object) -> None:

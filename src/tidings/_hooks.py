@@ -1,0 +1,165 @@
+"""Application hooks: Python callables the hub calls at each step of a client's life.
+
+Register them on a :class:`~tidings.Hub` (``hub.on_connect(func)``, also usable as
+a decorator). Each hook is an ``async`` function taking one event. Hooks that
+decide (connect, subscribe, publish, rpc, refresh) refuse by raising
+:class:`~tidings.Error` (the client gets that error) or
+:class:`~tidings.DisconnectRequest` (the connection is closed with its code),
+and accept by returning ``None`` or a reply that changes what happens. Hooks
+that observe (unsubscribe, disconnect) are called once per event, with the
+reason code; what they raise is logged and ignored.
+
+A registered ``on_subscribe`` or ``on_publish`` hook replaces the
+``allow_subscribe_*`` / ``allow_publish_*`` options: the hook decides. Private
+(``$``) channels still need a subscription token, and a valid token still
+grants a subscription without asking the hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConnectEvent",
+    "ConnectReply",
+    "DisconnectEvent",
+    "Hooks",
+    "PublishEvent",
+    "PublishReply",
+    "RPCEvent",
+    "RefreshEvent",
+    "RefreshReply",
+    "SubscribeEvent",
+    "SubscribeReply",
+    "UnsubscribeEvent",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectEvent:
+    """A client sent ``connect``. ``user`` is set when it carried a valid token."""
+
+    client: str
+    user: str
+    token: str
+    data: Any
+    name: str
+    version: str
+    headers: Mapping[str, str]
+    channels: tuple[str, ...] = ()
+    """Server-side subscriptions from the token."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectReply:
+    """What a connect hook may change. ``None`` fields keep what the token said."""
+
+    user: str | None = None
+    info: Any = None
+    """JSON-serialisable; sent to others as the client's ``conn_info``."""
+    data: Any = None
+    """Sent to the client in the connect result."""
+    channels: list[str] = field(default_factory=list)
+    """More server-side subscriptions."""
+    expire_at: int | None = None
+    """Unix time when the connection expires (0: never)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshEvent:
+    """A connection's token expired; the hook may extend it (instead of a client refresh)."""
+
+    client: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshReply:
+    expire_at: int = 0
+    """New expiry (Unix time); 0: never expire."""
+    expired: bool = False
+    """Close the connection (3005) instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeEvent:
+    client: str
+    user: str
+    channel: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeReply:
+    info: Any = None
+    """Channel info of this subscriber (``chan_info``)."""
+    data: Any = None
+    """Sent to the client in the subscribe result."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishEvent:
+    client: str
+    user: str
+    channel: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReply:
+    data: Any = None
+    """Publish this instead of the client's data (``None``: unchanged)."""
+    skip_history: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RPCEvent:
+    client: str
+    user: str
+    method: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeEvent:
+    """A client left a channel: ``code`` 0 when it asked to, else the server's reason."""
+
+    client: str
+    user: str
+    channel: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectEvent:
+    """A connection ended, with the close code it got (1000-range codes for transport ends)."""
+
+    client: str
+    user: str
+    code: int
+    reason: str
+
+
+ConnectHook = Callable[[ConnectEvent], Awaitable[ConnectReply | None]]
+RefreshHook = Callable[[RefreshEvent], Awaitable[RefreshReply | None]]
+SubscribeHook = Callable[[SubscribeEvent], Awaitable[SubscribeReply | None]]
+PublishHook = Callable[[PublishEvent], Awaitable[PublishReply | None]]
+RPCHook = Callable[[RPCEvent], Awaitable[Any]]
+UnsubscribeHook = Callable[[UnsubscribeEvent], Awaitable[None]]
+DisconnectHook = Callable[[DisconnectEvent], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Hooks:
+    """The hooks in use; each is ``None`` until registered."""
+
+    connect: ConnectHook | None = None
+    refresh: RefreshHook | None = None
+    subscribe: SubscribeHook | None = None
+    publish: PublishHook | None = None
+    rpc: RPCHook | None = None
+    unsubscribe: UnsubscribeHook | None = None
+    disconnect: DisconnectHook | None = None
