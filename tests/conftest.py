@@ -8,6 +8,7 @@ import pytest
 from tidings import Config, Hub, load_config
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+API_KEY = "test-api-key"
 
 HubFactory = Callable[..., Awaitable[Hub]]
 
@@ -19,7 +20,13 @@ async def make_hub() -> AsyncIterator[HubFactory]:
 
     async def make(config: Config | None = None, **overrides: Any) -> Hub:
         if config is None:
-            overrides = {"port": 0, "token_hmac_secret_key": SECRET, **overrides}
+            overrides = {
+                "port": 0,
+                "http_api.port": 0,
+                "http_api.key": API_KEY,
+                "token_hmac_secret_key": SECRET,
+                **overrides,
+            }
             config = load_config(env={}, overrides=overrides)
         hub = Hub(config)
         await hub.start()

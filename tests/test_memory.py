@@ -21,9 +21,13 @@ class Recorder:
         self.publications: list[tuple[str, Publication]] = []
         self.joins: list[tuple[str, ClientInfo]] = []
         self.leaves: list[tuple[str, ClientInfo]] = []
+        self.excluded: list[str] = []
 
-    def handle_publication(self, channel: str, publication: Publication) -> None:
+    def handle_publication(
+        self, channel: str, publication: Publication, exclude_client: str = ""
+    ) -> None:
         self.publications.append((channel, publication))
+        self.excluded.append(exclude_client)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.joins.append((channel, info))
@@ -325,3 +329,45 @@ async def test_the_presence_returned_is_a_copy(broker: MemoryBroker):
     snapshot = await broker.presence("ch")
     snapshot.clear()
     assert list(await broker.presence("ch")) == ["c1"]
+
+
+# -- idempotency and exclusion -------------------------------------------------------------------
+
+
+async def test_the_same_idempotency_key_publishes_once_and_returns_the_first_position(
+    broker: MemoryBroker,
+):
+    recorder = Recorder()
+    await broker.start(recorder)
+    await broker.subscribe("c")
+    first = await broker.publish("c", pub(1), KEEP, idempotency_key="k")
+    again = await broker.publish("c", pub(1), KEEP, idempotency_key="k")
+    other = await broker.publish("c", pub(2), KEEP, idempotency_key="k2")
+    assert again == first
+    assert offsets([first, other]) == [1, 2]
+    assert len(recorder.publications) == 2
+
+
+async def test_an_idempotency_key_is_per_channel(broker: MemoryBroker):
+    a = await broker.publish("a", pub(1), KEEP, idempotency_key="k")
+    b = await broker.publish("b", pub(1), KEEP, idempotency_key="k")
+    assert offsets([a, b]) == [1, 1]
+    assert a.epoch != b.epoch
+
+
+async def test_an_idempotency_key_is_forgotten_after_its_ttl(
+    broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("tidings._memory.IDEMPOTENCY_TTL", 0.01)
+    await broker.publish("c", pub(1), KEEP, idempotency_key="k")
+    await asyncio.sleep(0.02)
+    again = await broker.publish("c", pub(1), KEEP, idempotency_key="k")
+    assert again.offset == 2
+
+
+async def test_the_excluded_client_travels_with_the_publication(broker: MemoryBroker):
+    recorder = Recorder()
+    await broker.start(recorder)
+    await broker.subscribe("c")
+    await broker.publish("c", pub(1), None, exclude_client="client-1")
+    assert recorder.excluded == ["client-1"]

@@ -216,9 +216,11 @@ class _Lossy:
         self.handler = handler
         self.lost = lost
 
-    def handle_publication(self, channel: str, publication: Publication) -> None:
+    def handle_publication(
+        self, channel: str, publication: Publication, exclude_client: str = ""
+    ) -> None:
         if publication.offset not in self.lost:
-            self.handler.handle_publication(channel, publication)
+            self.handler.handle_publication(channel, publication, exclude_client)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.handler.handle_join(channel, info)

@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 from ._protocol import ClientInfo, Publication, StreamPosition
 
 __all__ = [
+    "IDEMPOTENCY_TTL",
     "Broker",
     "BrokerEventHandler",
     "HistoryOptions",
@@ -35,6 +36,10 @@ __all__ = [
     "PresenceStats",
     "UnrecoverablePosition",
 ]
+
+
+IDEMPOTENCY_TTL = 300.0
+"""Seconds an idempotency key of a publish is remembered (as in Centrifugo)."""
 
 
 class UnrecoverablePosition(Exception):
@@ -58,7 +63,11 @@ class PresenceStats:
 class BrokerEventHandler(Protocol):
     """What a broker calls when something arrives for a channel this node subscribed to."""
 
-    def handle_publication(self, channel: str, publication: Publication) -> None: ...
+    def handle_publication(
+        self, channel: str, publication: Publication, exclude_client: str = ""
+    ) -> None:
+        """Deliver to local subscribers, except the client ``exclude_client``."""
+        ...
 
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...
 
@@ -77,9 +86,21 @@ class Broker(Protocol):
     async def unsubscribe(self, channel: str) -> None: ...
 
     async def publish(
-        self, channel: str, publication: Publication, history: HistoryOptions | None
+        self,
+        channel: str,
+        publication: Publication,
+        history: HistoryOptions | None,
+        *,
+        idempotency_key: str = "",
+        exclude_client: str = "",
     ) -> StreamPosition:
-        """Deliver ``publication`` everywhere; return its position (offset 0 without history)."""
+        """Deliver ``publication`` everywhere; return its position (offset 0 without history).
+
+        A publication with an ``idempotency_key`` seen on this channel in the last
+        :data:`IDEMPOTENCY_TTL` seconds is not published again: the first one's
+        position is returned. ``exclude_client`` travels with the publication to
+        every node's :meth:`BrokerEventHandler.handle_publication`.
+        """
         ...
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...

@@ -1,9 +1,9 @@
 """One connected client: its session, its identity, and the commands it sends.
 
 :class:`Client` glues a sans-I/O :class:`~tidings._session.Session` to the
-:class:`~tidings._node.Node`: it checks tokens and permissions, runs each command
-against the node and writes the answers through a :class:`Transport`. It knows
-no socket either; the server shell provides the transport.
+:class:`~tidings._node.Node`: it checks tokens, permissions and hooks, runs each
+command against the node and writes the answers through a :class:`Transport`.
+It knows no socket either; the server shell provides the transport.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
+import msgspec
 from msgspec import Raw
 
 from . import __about__
@@ -26,12 +27,25 @@ from ._codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_EXPIRED,
     DISCONNECT_INVALID_TOKEN,
+    UNSUBSCRIBE_SERVER,
     Disconnect,
     DisconnectRequest,
     Error,
     ErrorCode,
+    Unsubscribe,
 )
 from ._config import ChannelOptions, Config
+from ._hooks import (
+    ConnectEvent,
+    DisconnectEvent,
+    Hooks,
+    PublishEvent,
+    RefreshEvent,
+    RPCEvent,
+    SubscribeEvent,
+    UnsubscribeEvent,
+)
+from ._metrics import Metrics
 from ._node import Node, Recovery
 from ._protocol import (
     NO_DATA,
@@ -46,21 +60,32 @@ from ._protocol import (
     PresenceStatsRequest,
     PresenceStatsResult,
     PublishRequest,
+    Push,
     RefreshRequest,
     RefreshResult,
+    RPCRequest,
+    RPCResult,
+    SendRequest,
     StreamPosition,
     SubRefreshRequest,
     SubRefreshResult,
+    SubscribePush,
     SubscribeRequest,
     SubscribeResult,
     UnsubscribeRequest,
+    encode_push,
 )
 from ._session import CloseConnection, CommandReceived, Result, Session
 
-__all__ = ["Client", "Transport"]
+__all__ = ["Client", "Context", "Transport"]
 
 logger = logging.getLogger("tidings.client")
 _T = TypeVar("_T", bound="ConnectToken | SubscribeToken")
+
+UNSUBSCRIBE_CLIENT = Unsubscribe(0, "unsubscribe called")
+"""Internal code for hooks: the client unsubscribed itself (never sent)."""
+UNSUBSCRIBE_DISCONNECT = Unsubscribe(1, "disconnect")
+"""Internal code for hooks: the subscription ended with the connection (never sent)."""
 
 
 class Transport(Protocol):
@@ -73,6 +98,17 @@ class Transport(Protocol):
     def close(self, disconnect: Disconnect) -> None:
         """Close the connection with this code once queued messages are written."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every client of a hub shares."""
+
+    node: Node[Client]
+    config: Config
+    verifier: TokenVerifier
+    hooks: Hooks = field(default_factory=Hooks)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass(slots=True)
@@ -89,19 +125,21 @@ class Client:
 
     def __init__(
         self,
-        node: Node,
-        config: Config,
+        context: Context,
         transport: Transport,
         *,
-        verifier: TokenVerifier | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.node = node
-        self.config = config
+        self.context = context
+        self.node = context.node
+        self.config = context.config
+        self.hooks = context.hooks
+        self.metrics = context.metrics
         self.transport = transport
-        self.verifier = verifier or TokenVerifier.from_config(config)
+        self.headers: Mapping[str, str] = headers or {}
         self.session = Session(
-            channel_limit=config.client.channel_limit,
-            channel_max_length=config.client.channel_max_length,
+            channel_limit=self.config.client.channel_limit,
+            channel_max_length=self.config.client.channel_max_length,
         )
         self.id = str(uuid.uuid4())
         self.user = ""
@@ -111,9 +149,15 @@ class Client:
         self._grants: dict[str, _ChannelGrant] = {}
         self._held: list[bytes] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r}>"
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """Channels this client is subscribed to."""
+        return frozenset(self.session.channels)
 
     # --- input from the connection -----------------------------------------------
 
@@ -136,14 +180,16 @@ class Client:
                 self._log_bad_input(event.disconnect, event.detail)
                 self.disconnect(event.disconnect)
                 break
+            self.metrics.received[event.method].inc()
             await self._handle(event)
             self._flush()
 
     async def _handle(self, event: CommandReceived) -> None:
-        handler = getattr(self, f"_on_{event.method}")
+        handler: Callable[[Any], Awaitable[Result | None]] = getattr(self, f"_on_{event.method}")
         try:
-            result: Result | None = await handler(event.request)
+            result = await handler(event.request)
         except Error as error:
+            self.metrics.command_errors.labels(str(error.code)).inc()
             if event.id:
                 self.session.reply_error(error)
             return
@@ -153,6 +199,7 @@ class Client:
             return
         except Exception:
             logger.exception("client %s: %s failed", self.id, event.method)
+            self.metrics.command_errors.labels(str(ErrorCode.INTERNAL)).inc()
             if event.id:
                 self.session.reply_error(Error(ErrorCode.INTERNAL))
             return
@@ -188,15 +235,34 @@ class Client:
         if self.session.awaiting_pong:
             return False
         self.session.send_ping()
+        self.metrics.sent_ping.inc()
         self._flush()
         return True
 
-    async def cleanup(self) -> None:
-        """Leave every channel; call once the connection is gone."""
+    async def cleanup(self, code: int, reason: str) -> None:
+        """Leave every channel and tell the hooks; call once the connection is gone.
+
+        ``code``/``reason`` say how the connection ended when the server did not
+        close it itself (the peer's close code, or 1006).
+        """
+        if self.session.disconnect is not None:
+            code, reason = self.session.disconnect
         self.closed = True
         if self._expiry is not None:
             self._expiry.cancel()
+        for task in self._background:
+            task.cancel()
+        self.metrics.disconnects.labels(str(code)).inc()
+        channels = list(self.session.channels)
         await self.node.remove_client(self)
+        if not self.session.client_id:
+            return  # never connected: nothing to tell the hooks
+        for channel in channels:
+            await self._unsubscribed(channel, UNSUBSCRIBE_DISCONNECT)
+        if self.hooks.disconnect is not None:
+            await self._observe(
+                self.hooks.disconnect(DisconnectEvent(self.id, self.user, code, reason))
+            )
 
     def _log_bad_input(self, disconnect: Disconnect, detail: str) -> None:
         logger.warning(
@@ -206,19 +272,45 @@ class Client:
             disconnect.code,
             disconnect.reason,
             detail,
+            extra={"client": self.id, "user": self.user},
         )
 
     # --- commands ----------------------------------------------------------------
 
-    async def _on_connect(self, request: ConnectRequest) -> ConnectResult | None:
-        channels: tuple[str, ...] = ()
+    async def _on_connect(self, request: ConnectRequest) -> None:
+        channels: list[str] = []
+        authenticated = False
         if request.token:
-            token = self._verify(self.verifier.verify_connect, request.token)
+            token = self._verify(self.context.verifier.verify_connect, request.token)
             self.user, self.conn_info = token.user, token.info
-            self.expire_at, channels = token.expire_at, token.channels
-        elif not self.config.client.allow_anonymous_connect_without_token:
+            self.expire_at, channels = token.expire_at, list(token.channels)
+            authenticated = True
+        connect_data = NO_DATA
+        if self.hooks.connect is not None:
+            reply = await self.hooks.connect(
+                ConnectEvent(
+                    client=self.id,
+                    user=self.user,
+                    token=request.token,
+                    data=_decode(request.data),
+                    name=request.name,
+                    version=request.version,
+                    headers=self.headers,
+                    channels=tuple(channels),
+                )
+            )
+            if reply is not None:
+                if reply.user is not None:
+                    self.user, authenticated = reply.user, True
+                if reply.info is not None:
+                    self.conn_info = _encode(reply.info)
+                if reply.data is not None:
+                    connect_data = _encode(reply.data)
+                if reply.expire_at is not None:
+                    self.expire_at = reply.expire_at
+                channels += [c for c in reply.channels if c not in channels]
+        if not authenticated and not self.config.client.allow_anonymous_connect_without_token:
             raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "client credentials not found")
-        ttl = self._ttl(self.expire_at)
         server_side = {channel: channel_options(self.config, channel) for channel in channels}
 
         self.node.add_client(self)
@@ -228,17 +320,19 @@ class Client:
         except BaseException:
             self._held = None
             raise
-        if self.expire_at:
-            self._schedule_expiry()
-        client = self.config.client
+        # With a refresh hook the server extends the connection itself, so the
+        # client is not asked to refresh (no expires/ttl), as in Centrifugo.
+        client_refreshes = bool(self.expire_at) and self.hooks.refresh is None
+        self._schedule_expiry()
         self.session.reply(
             ConnectResult(
                 client=self.id,
                 version=__about__.__version__,
-                expires=bool(self.expire_at),
-                ttl=ttl,
+                expires=client_refreshes,
+                ttl=self._ttl(self.expire_at) if client_refreshes else 0,
+                data=connect_data,
                 subs=subs or None,
-                ping=max(1, round(client.ping_interval)),
+                ping=max(1, round(self.config.client.ping_interval)),
                 pong=True,
             )
         )
@@ -246,7 +340,6 @@ class Client:
         self._flush()
         for data in held:
             self.deliver(data)
-        return None
 
     async def _subscribe_server_side(
         self, channels: dict[str, ChannelOptions], request: ConnectRequest
@@ -277,7 +370,7 @@ class Client:
         if not request.token:
             raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "refresh without a token")
         try:
-            token = self.verifier.verify_connect(request.token)
+            token = self.context.verifier.verify_connect(request.token)
         except TokenExpired:
             raise DisconnectRequest(DISCONNECT_EXPIRED, "refresh with an expired token") from None
         except InvalidToken as exc:
@@ -285,19 +378,18 @@ class Client:
         if token.user != self.user:
             raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "refresh token of another user")
         self.expire_at = token.expire_at
-        ttl = self._ttl(self.expire_at)
         self._schedule_expiry()
         return RefreshResult(
             client=self.id,
             version=__about__.__version__,
             expires=bool(self.expire_at),
-            ttl=ttl,
+            ttl=self._ttl(self.expire_at),
         )
 
     async def _on_subscribe(self, request: SubscribeRequest) -> None:
         channel = request.channel
         options = channel_options(self.config, channel)
-        chan_info, expire_at = NO_DATA, 0
+        chan_info, expire_at, data = NO_DATA, 0, NO_DATA
         if request.token:
             token = self._verify_subscribe(request.token, channel)
             chan_info, expire_at = token.info, token.expire_at
@@ -306,19 +398,24 @@ class Client:
         elif is_user_limited(channel, options):
             if not user_allowed(channel, self.user):
                 raise Error(ErrorCode.PERMISSION_DENIED)
+        elif self.hooks.subscribe is not None:
+            event = SubscribeEvent(self.id, self.user, channel, _decode(request.data))
+            decision = await self.hooks.subscribe(event)
+            if decision is not None:
+                chan_info, data = _encode(decision.info), _encode(decision.data)
         elif not self._allowed(
             options.allow_subscribe_for_client, options.allow_subscribe_for_anonymous
         ):
             raise Error(ErrorCode.PERMISSION_DENIED)
-        ttl = self._ttl(expire_at)
         self._grants[channel] = _ChannelGrant(options, chan_info, expire_at)
         push_join_leave = options.force_push_join_leave or (
-            request.join_leave and options.join_leave and self._may_see_presence(channel, options)
+            request.join_leave and options.join_leave and self._may(channel, options, "presence")
         )
 
         def reply(result: SubscribeResult) -> None:
             if expire_at:
-                result.expires, result.ttl = True, ttl
+                result.expires, result.ttl = True, self._ttl(expire_at)
+            result.data = data
             self.session.reply(result)
             self._flush()
 
@@ -352,22 +449,33 @@ class Client:
         return SubRefreshResult(expires=bool(token.expire_at), ttl=self._ttl(token.expire_at))
 
     async def _on_unsubscribe(self, request: UnsubscribeRequest) -> Empty:
-        self._grants.pop(request.channel, None)
-        await self.node.unsubscribe(self, request.channel)
+        if request.channel in self.session.channels:
+            await self.node.unsubscribe(self, request.channel)
+            await self._unsubscribed(request.channel, UNSUBSCRIBE_CLIENT)
         return Empty()
 
     async def _on_publish(self, request: PublishRequest) -> Empty:
         channel = request.channel
         options = channel_options(self.config, channel)
-        subscribed = channel in self.session.channels
-        if not (
+        data, skip_history = request.data, False
+        if not bytes(data):
+            raise Error(ErrorCode.BAD_REQUEST, "publish needs data")
+        if self.hooks.publish is not None:
+            reply = await self.hooks.publish(
+                PublishEvent(self.id, self.user, channel, _decode(data))
+            )
+            if reply is not None:
+                if reply.data is not None:
+                    data = _encode(reply.data)
+                skip_history = reply.skip_history
+        elif not (
             self._allowed(options.allow_publish_for_client, options.allow_publish_for_anonymous)
-            or (subscribed and options.allow_publish_for_subscriber)
+            or (channel in self.session.channels and options.allow_publish_for_subscriber)
         ):
             raise Error(ErrorCode.PERMISSION_DENIED)
-        if not bytes(request.data):
-            raise Error(ErrorCode.BAD_REQUEST, "publish needs data")
-        await self.node.publish(channel, request.data, options, info=self._info(channel))
+        await self.node.publish(
+            channel, data, options, info=self._info(channel), skip_history=skip_history
+        )
         return Empty()
 
     async def _on_presence(self, request: PresenceRequest) -> PresenceResult:
@@ -393,16 +501,89 @@ class Client:
         )
         return HistoryResult(publications=list(publications), epoch=top.epoch, offset=top.offset)
 
-    async def _on_rpc(self, request: object) -> None:
-        raise Error(ErrorCode.METHOD_NOT_FOUND)
+    async def _on_rpc(self, request: RPCRequest) -> RPCResult:
+        if self.hooks.rpc is None:
+            raise Error(ErrorCode.METHOD_NOT_FOUND)
+        result = await self.hooks.rpc(
+            RPCEvent(self.id, self.user, request.method, _decode(request.data))
+        )
+        return RPCResult(data=_encode(result))
 
-    async def _on_send(self, request: object) -> None:
-        return None  # no handler for asynchronous messages yet: dropped, as Centrifugo does
+    async def _on_send(self, request: SendRequest) -> None:
+        return None  # asynchronous messages have no handler: dropped, as Centrifugo does
+
+    # --- server-side operations (server API) -------------------------------------
+
+    async def subscribe_by_server(
+        self,
+        channel: str,
+        *,
+        info: Raw = NO_DATA,
+        data: Raw = NO_DATA,
+        recover_since: StreamPosition | None = None,
+    ) -> None:
+        """Subscribe this client to ``channel`` and tell it with a subscribe push.
+
+        Publications recovered from ``recover_since`` follow the push.
+        """
+        if channel in self.session.channels or self.closed:
+            return
+        options = channel_options(self.config, channel)
+        self._grants[channel] = _ChannelGrant(options, info)
+
+        def reply(result: SubscribeResult) -> None:
+            push = SubscribePush(
+                recoverable=result.recoverable,
+                epoch=result.epoch,
+                offset=result.offset,
+                positioned=result.positioned,
+                data=data,
+            )
+            self.session.subscribe_server_side(channel, push)
+            self._flush()
+            for publication in result.publications:
+                self.deliver(encode_push(Push(channel=channel, pub=publication)))
+
+        await self.node.subscribe(
+            self,
+            channel,
+            options,
+            info=self._info(channel),
+            recovery=Recovery(
+                recover=recover_since is not None, position=recover_since or StreamPosition()
+            ),
+            push_join_leave=options.force_push_join_leave,
+            reply=reply,
+        )
+
+    async def unsubscribe_by_server(
+        self, channel: str, unsubscribe: Unsubscribe = UNSUBSCRIBE_SERVER
+    ) -> None:
+        """Drop this client's subscription to ``channel`` and tell it."""
+        if channel not in self.session.channels or self.closed:
+            return
+        await self.node.unsubscribe(self, channel)
+        self.session.unsubscribe_server_side(channel, unsubscribe)
+        self._flush()
+        await self._unsubscribed(channel, unsubscribe)
+
+    def refresh_by_server(
+        self, *, expired: bool = False, expire_at: int | None = None, info: Raw | None = None
+    ) -> None:
+        """Extend (or end, with ``expired``) the connection; replace its info."""
+        if expired:
+            self.disconnect(DISCONNECT_EXPIRED)
+            return
+        if info is not None:
+            self.conn_info = info
+        if expire_at is not None:
+            self.expire_at = expire_at
+            self._schedule_expiry()
 
     # --- checks ------------------------------------------------------------------
 
     def _verify_subscribe(self, token: str, channel: str) -> SubscribeToken:
-        claims = self._verify(self.verifier.verify_subscribe, token)
+        claims = self._verify(self.context.verifier.verify_subscribe, token)
         if claims.channel != channel:
             raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "token for another channel")
         if claims.user != self.user:
@@ -435,9 +616,6 @@ class Client:
             return False
         return bool(for_client or (for_subscriber and channel in self._grants))
 
-    def _may_see_presence(self, channel: str, options: ChannelOptions) -> bool:
-        return self._may(channel, options, "presence")
-
     def _check_presence(self, channel: str) -> None:
         options = channel_options(self.config, channel)
         if not options.presence:
@@ -454,6 +632,21 @@ class Client:
             chan_info=grant.chan_info if grant is not None else NO_DATA,
         )
 
+    async def _unsubscribed(self, channel: str, unsubscribe: Unsubscribe) -> None:
+        self._grants.pop(channel, None)
+        if self.hooks.unsubscribe is not None:
+            event = UnsubscribeEvent(self.id, self.user, channel, *unsubscribe)
+            await self._observe(self.hooks.unsubscribe(event))
+
+    async def _observe(self, call: Awaitable[None]) -> None:
+        """Run an observing hook: what it raises is logged, never sent to the client."""
+        try:
+            await call
+        except Exception:
+            logger.exception("hook failed for client %s", self.id)
+
+    # --- expiry ------------------------------------------------------------------
+
     @staticmethod
     def _ttl(expire_at: int) -> int:
         return max(0, int(expire_at - time.time())) if expire_at else 0
@@ -462,10 +655,44 @@ class Client:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        if self.expire_at:
+        if not self.expire_at or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.hooks.refresh is not None:
+            delay = self.expire_at - time.time()
+            self._expiry = loop.call_later(max(0.0, delay), self._refresh_by_hook)
+        else:
             # The SDK refreshes before the token expires; after a grace period
             # without a refresh the connection is closed (3005).
             delay = self.expire_at - time.time() + self.config.client.expired_close_delay
-            self._expiry = asyncio.get_running_loop().call_later(
-                max(0.0, delay), self.disconnect, DISCONNECT_EXPIRED
-            )
+            self._expiry = loop.call_later(max(0.0, delay), self.disconnect, DISCONNECT_EXPIRED)
+
+    def _refresh_by_hook(self) -> None:
+        task = asyncio.ensure_future(self._run_refresh_hook())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_refresh_hook(self) -> None:
+        assert self.hooks.refresh is not None
+        try:
+            reply = await self.hooks.refresh(RefreshEvent(self.id, self.user))
+        except Exception:
+            logger.exception("refresh hook failed for client %s", self.id)
+            reply = None
+        if reply is None or reply.expired:
+            self.disconnect(DISCONNECT_EXPIRED)
+            return
+        self.expire_at = reply.expire_at
+        self._schedule_expiry()
+
+
+def _decode(data: Raw) -> Any:
+    """Application JSON as Python values, for hooks (``None`` when absent)."""
+    return msgspec.json.decode(bytes(data)) if bytes(data) else None
+
+
+def _encode(value: Any) -> Raw:
+    """A hook's value as application JSON (absent for ``None``)."""
+    if value is None:
+        return NO_DATA
+    return value if isinstance(value, Raw) else Raw(msgspec.json.encode(value))

@@ -78,10 +78,16 @@ class ClientOptions(_Options, frozen=True):
 
 
 class HTTPAPIOptions(_Options, frozen=True):
-    """The internal HTTP API (``[http_api]``)."""
+    """The internal HTTP port: server API, metrics, readiness (``[http_api]``)."""
 
+    enabled: bool = True
+    host: str = "127.0.0.1"
     port: int = 9000
     key: str = ""
+    """The API key; without one (and without ``insecure``) every API call gets 401."""
+    insecure: bool = False
+    """Accept API calls without a key (``--dev`` sets it)."""
+    max_body_size: int = 1024 * 1024
 
 
 class Config(_Options, frozen=True):
@@ -143,6 +149,7 @@ DEV_CHANNEL_OPTIONS: dict[str, Any] = {
     "force_recovery": True,
 }
 DEV_CLIENT_OPTIONS: dict[str, Any] = {"allow_anonymous_connect_without_token": True}
+DEV_HTTP_API_OPTIONS: dict[str, Any] = {"insecure": True}
 _DURATIONS = frozenset(
     {
         "shutdown_timeout",
@@ -207,9 +214,14 @@ def _convert_config(data: dict[str, Any]) -> Config:
     namespaces = data.pop("namespaces", {})
     if not isinstance(namespaces, dict):
         raise ConfigError("namespaces must be a table of [namespaces.NAME] tables")
-    client = data.get("client", {})
-    if dev and isinstance(client, dict):
-        data["client"] = {**DEV_CLIENT_OPTIONS, **client}
+    if dev:
+        for table, dev_options in (
+            ("client", DEV_CLIENT_OPTIONS),
+            ("http_api", DEV_HTTP_API_OPTIONS),
+        ):
+            given = data.get(table, {})
+            if isinstance(given, dict):
+                data[table] = {**dev_options, **given}
     _parse_durations(data, "")
     config = _convert(data, Config, "")
     channel = _channel_options({**defaults, **top}, "")

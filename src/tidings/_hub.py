@@ -1,27 +1,70 @@
-"""The hub: a node, its broker and its WebSocket server, as one embeddable object."""
+"""The hub: a node, its broker and its WebSocket server, as one embeddable object.
+
+Its methods are the server API: the HTTP API (``tidings._api``) only decodes
+requests, calls them and encodes what they return.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
-from collections.abc import Sequence
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from .__about__ import __version__
 from ._auth import TokenVerifier
 from ._broker import Broker, PresenceManager, PresenceStats
 from ._channels import channel_options
+from ._client import Client, Context
+from ._codes import DISCONNECT_FORCE_NO_RECONNECT, Disconnect, Error, ErrorCode
 from ._config import Config
+from ._hooks import (
+    ConnectHook,
+    DisconnectHook,
+    Hooks,
+    PublishHook,
+    RefreshHook,
+    RPCHook,
+    SubscribeHook,
+    UnsubscribeHook,
+)
 from ._memory import MemoryBroker
+from ._metrics import Metrics
 from ._node import Node
-from ._protocol import ClientInfo, Publication, StreamPosition
+from ._protocol import NO_DATA, ClientInfo, Publication, StreamPosition, strip_newlines
 from ._server import WEBSOCKET_PATH, Server
 
-__all__ = ["Hub"]
+if TYPE_CHECKING:
+    from ._api import APIServer
+
+__all__ = ["Hub", "NodeInfo"]
 
 logger = logging.getLogger("tidings")
+_H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node of the hub, as the ``info`` API reports it."""
+
+    uid: str
+    name: str
+    version: str
+    num_clients: int
+    num_users: int
+    num_channels: int
+    num_subs: int
+    uptime: int
 
 
 class Hub:
@@ -29,7 +72,7 @@ class Hub:
 
     Example::
 
-        async with Hub(Config(dev=True, port=8000)) as hub:
+        async with Hub(load_config("tidings.toml")) as hub:
             await hub.publish("news", {"text": "hello"})
             await hub.serve_forever()
 
@@ -52,23 +95,45 @@ class Hub:
             if not isinstance(self.broker, PresenceManager):
                 raise TypeError(f"{type(self.broker).__name__} keeps no presence: pass presence=")
             presence = self.broker
-        self.node = Node(
+        self.metrics = Metrics()
+        self.hooks = Hooks()
+        self.node: Node[Client] = Node(
             self.broker,
             presence,
             history_max_publication_limit=self.config.history_max_publication_limit,
+            metrics=self.metrics,
         )
-        self.verifier = TokenVerifier.from_config(self.config)
-        self.server = Server(self.node, self.config, self.verifier)
+        self.metrics.track(
+            connections=lambda: self.node.num_clients,
+            subscriptions=lambda: self.node.num_subscriptions,
+            channels=lambda: self.node.num_channels,
+            users=lambda: self.node.num_users,
+        )
+        context = Context(
+            self.node, self.config, TokenVerifier.from_config(self.config), self.hooks, self.metrics
+        )
+        self.server = Server(context)
+        self.uid = str(uuid.uuid4())
+        self.name = f"{socket.gethostname()}_{os.getpid()}"
+        self._started_at = time.monotonic()
+        self.api: APIServer | None = None
         self._stopped = asyncio.Event()
         self._started = False
 
     # --- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the node and listen on ``config.host``/``config.port``."""
+        """Start the node, listen on ``config.host``/``config.port``, start the HTTP API."""
         await self.node.start()
         await self.server.start(self.config.host, self.config.port)
+        if self.config.http_api.enabled:
+            # Imported here: the API is a layer over the hub and imports it.
+            from ._api import APIServer
+
+            self.api = APIServer(self)
+            await self.api.start()
         self._started = True
+        self._started_at = time.monotonic()
         logger.info("tidings listening on %s", self.url)
 
     async def stop(self) -> None:
@@ -77,6 +142,8 @@ class Hub:
             return
         self._started = False
         await self.server.shutdown(self.config.shutdown_timeout)
+        if self.api is not None:
+            await self.api.stop()
         await self.node.close()
         self._stopped.set()
 
@@ -105,36 +172,257 @@ class Hub:
         """The WebSocket endpoint for SDKs."""
         return f"ws://{self.config.host}:{self.port}{WEBSOCKET_PATH}"
 
-    # --- server-side operations --------------------------------------------------
+    @property
+    def api_url(self) -> str:
+        """The server API base URL (as ``cent`` wants it), when the API runs."""
+        assert self.api is not None, "the HTTP API is not running"
+        return f"http://{self.config.http_api.host}:{self.api.port}/api"
 
-    async def publish(self, channel: str, data: Any) -> StreamPosition:
-        """Publish ``data`` (any JSON-serialisable value) to ``channel``.
+    async def ready(self) -> bool:
+        """Whether the hub can serve: started and its broker answers."""
+        if not self._started:
+            return False
+        try:
+            await asyncio.wait_for(self.node.history("__ready__", limit=0), 2.0)
+        except Exception:
+            return False
+        return True
+
+    # --- hooks -------------------------------------------------------------------
+
+    def on_connect(self, hook: ConnectHook) -> ConnectHook:
+        """Register the connect hook (see :mod:`tidings` hooks); usable as a decorator."""
+        self.hooks.connect = hook
+        return hook
+
+    def on_refresh(self, hook: RefreshHook) -> RefreshHook:
+        self.hooks.refresh = hook
+        return hook
+
+    def on_subscribe(self, hook: SubscribeHook) -> SubscribeHook:
+        self.hooks.subscribe = hook
+        return hook
+
+    def on_publish(self, hook: PublishHook) -> PublishHook:
+        self.hooks.publish = hook
+        return hook
+
+    def on_rpc(self, hook: RPCHook) -> RPCHook:
+        self.hooks.rpc = hook
+        return hook
+
+    def on_unsubscribe(self, hook: UnsubscribeHook) -> UnsubscribeHook:
+        self.hooks.unsubscribe = hook
+        return hook
+
+    def on_disconnect(self, hook: DisconnectHook) -> DisconnectHook:
+        self.hooks.disconnect = hook
+        return hook
+
+    # --- server API --------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        skip_history: bool = False,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str = "",
+        exclude_client: str = "",
+    ) -> StreamPosition:
+        """Publish ``data`` (any JSON-serialisable value, or :class:`msgspec.Raw`).
 
         Returns the publication's position (offset 0 when the channel keeps no
-        history).
+        history). The same ``idempotency_key`` within 5 minutes publishes once;
+        ``exclude_client`` is a client id that does not receive this publication.
 
         Raises:
-            tidings.Error: 102 when the channel's namespace is unknown.
+            tidings.Error: 102 for an unknown namespace, 107 for an empty channel.
         """
+        _check_channel(channel)
         options = channel_options(self.config, channel)
-        return await self.node.publish(channel, _raw(data), options)
+        return await self.node.publish(
+            channel,
+            _raw(data),
+            options,
+            tags=tags,
+            skip_history=skip_history,
+            idempotency_key=idempotency_key,
+            exclude_client=exclude_client,
+        )
+
+    async def broadcast(
+        self,
+        channels: Sequence[str],
+        data: Any,
+        *,
+        skip_history: bool = False,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str = "",
+        exclude_client: str = "",
+    ) -> list[StreamPosition | Error]:
+        """Publish the same data to several channels; each gets a position or its error."""
+        raw = _raw(data)
+
+        async def one(channel: str) -> StreamPosition | Error:
+            try:
+                return await self.publish(
+                    channel,
+                    raw,
+                    skip_history=skip_history,
+                    tags=tags,
+                    idempotency_key=idempotency_key,
+                    exclude_client=exclude_client,
+                )
+            except Error as error:
+                return error
+
+        return list(await asyncio.gather(*(one(channel) for channel in channels)))
+
+    async def subscribe(
+        self,
+        user: str,
+        channel: str,
+        *,
+        client: str = "",
+        info: Any = None,
+        data: Any = None,
+        recover_since: StreamPosition | None = None,
+    ) -> None:
+        """Subscribe the user's connections (or one, ``client``) to ``channel``."""
+        _check_channel(channel)
+        channel_options(self.config, channel)  # 102 before touching anyone
+        for target in self._targets(user, client):
+            await target.subscribe_by_server(
+                channel,
+                info=_raw_or_absent(info),
+                data=_raw_or_absent(data),
+                recover_since=recover_since,
+            )
+
+    async def unsubscribe(self, user: str, channel: str, *, client: str = "") -> None:
+        """Unsubscribe the user's connections (or one) from ``channel`` (push code 2000)."""
+        _check_channel(channel)
+        for target in self._targets(user, client):
+            await target.unsubscribe_by_server(channel)
+
+    async def disconnect(
+        self,
+        user: str,
+        *,
+        client: str = "",
+        whitelist: Iterable[str] = (),
+        disconnect: Disconnect = DISCONNECT_FORCE_NO_RECONNECT,
+    ) -> None:
+        """Close the user's connections (or one), except the ``whitelist`` client ids."""
+        keep = set(whitelist)
+        for target in self._targets(user, client):
+            if target.id not in keep:
+                target.disconnect(disconnect)
+
+    async def refresh(
+        self,
+        user: str,
+        *,
+        client: str = "",
+        expired: bool = False,
+        expire_at: int | None = None,
+        info: Any = None,
+    ) -> None:
+        """Extend the user's connections to ``expire_at``, or end them (3005) if ``expired``."""
+        for target in self._targets(user, client):
+            target.refresh_by_server(
+                expired=expired,
+                expire_at=expire_at,
+                info=_raw(info) if info is not None else None,
+            )
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        self._check_feature(channel, "presence")
         return await self.node.presence(channel)
 
     async def presence_stats(self, channel: str) -> PresenceStats:
+        self._check_feature(channel, "presence")
         return await self.node.presence_stats(channel)
 
     async def history(
         self,
         channel: str,
         *,
-        limit: int = -1,
+        limit: int = 0,
         since: StreamPosition | None = None,
         reverse: bool = False,
     ) -> tuple[Sequence[Publication], StreamPosition]:
+        """Read history: ``limit`` 0 gives only the stream position, -1 up to the maximum."""
+        self._check_feature(channel, "history")
+        if reverse and since is not None and since.offset == 0:
+            raise Error(ErrorCode.BAD_REQUEST, "reverse history needs since.offset")
         return await self.node.history(channel, limit=limit, since=since, reverse=reverse)
+
+    async def history_remove(self, channel: str) -> None:
+        self._check_feature(channel, "history")
+        await self.node.remove_history(channel)
+
+    async def channels(self, pattern: str = "") -> dict[str, int]:
+        """Active channels and their subscriber counts, filtered by a glob ``pattern``."""
+        channels = self.node.channels()
+        if not pattern:
+            return channels
+        matcher = _glob(pattern)
+        return {name: count for name, count in channels.items() if matcher(name)}
+
+    async def info(self) -> list[NodeInfo]:
+        node = self.node
+        return [
+            NodeInfo(
+                uid=self.uid,
+                name=self.name,
+                version=__version__,
+                num_clients=node.num_clients,
+                num_users=node.num_users,
+                num_channels=node.num_channels,
+                num_subs=node.num_subscriptions,
+                uptime=int(time.monotonic() - self._started_at),
+            )
+        ]
+
+    def _targets(self, user: str, client: str) -> list[Client]:
+        clients = self.node.user_clients(user)
+        return [c for c in clients if c.id == client] if client else clients
+
+    def _check_feature(self, channel: str, feature: str) -> None:
+        _check_channel(channel)
+        options = channel_options(self.config, channel)
+        enabled = options.presence if feature == "presence" else options.history_enabled
+        if not enabled:
+            raise Error(ErrorCode.NOT_AVAILABLE)
+
+
+def _check_channel(channel: str) -> None:
+    if not channel:
+        raise Error(ErrorCode.BAD_REQUEST, "channel required")
 
 
 def _raw(data: Any) -> msgspec.Raw:
-    return data if isinstance(data, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(data))
+    if isinstance(data, msgspec.Raw):
+        return strip_newlines(data)
+    return msgspec.Raw(msgspec.json.encode(data))
+
+
+def _raw_or_absent(data: Any) -> msgspec.Raw:
+    return NO_DATA if data is None else _raw(data)
+
+
+def _glob(pattern: str) -> Callable[[str], bool]:
+    """A matcher for a gobwas-style glob: ``*``, ``?``, ``[...]`` and ``{a,b}``."""
+    alternatives = re.split(r"(\{[^{}]*\})", pattern)
+    regex = "".join(
+        "(?:" + "|".join(fnmatch.translate(a)[4:-3] for a in part[1:-1].split(",")) + ")"
+        if part.startswith("{") and part.endswith("}")
+        else fnmatch.translate(part)[4:-3]
+        for part in alternatives
+        if part
+    )
+    compiled = re.compile(f"(?s:{regex})\\Z")
+    return lambda name: compiled.match(name) is not None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from ._broker import (
+    IDEMPOTENCY_TTL,
     BrokerEventHandler,
     HistoryOptions,
     PresenceStats,
@@ -47,6 +48,7 @@ class MemoryBroker:
         self._channels: set[str] = set()
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, ClientInfo]] = {}
+        self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
@@ -61,8 +63,20 @@ class MemoryBroker:
         self._channels.discard(channel)
 
     async def publish(
-        self, channel: str, publication: Publication, history: HistoryOptions | None
+        self,
+        channel: str,
+        publication: Publication,
+        history: HistoryOptions | None,
+        *,
+        idempotency_key: str = "",
+        exclude_client: str = "",
     ) -> StreamPosition:
+        now = time.monotonic()
+        if idempotency_key:
+            self._forget_idempotency_keys(now)
+            seen = self._idempotent.get((channel, idempotency_key))
+            if seen is not None:
+                return seen[1]
         position = StreamPosition()
         if history is not None:
             stream = self._stream(channel)
@@ -71,11 +85,21 @@ class MemoryBroker:
             stream.items.append(publication)
             while len(stream.items) > history.size:
                 stream.items.popleft()
-            stream.expires_at = time.monotonic() + history.ttl
+            stream.expires_at = now + history.ttl
             position = StreamPosition(offset=stream.top, epoch=stream.epoch)
+        if idempotency_key:
+            self._idempotent[(channel, idempotency_key)] = (now + IDEMPOTENCY_TTL, position)
         if self._handler is not None and channel in self._channels:
-            self._handler.handle_publication(channel, publication)
+            self._handler.handle_publication(channel, publication, exclude_client)
         return position
+
+    def _forget_idempotency_keys(self, now: float) -> None:
+        # Keys are inserted in time order, so expired ones are at the front.
+        while self._idempotent:
+            key, (expires_at, _) = next(iter(self._idempotent.items()))
+            if expires_at > now:
+                break
+            del self._idempotent[key]
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         if self._handler is not None and channel in self._channels:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from msgspec import Raw
 
@@ -34,6 +35,7 @@ from ._broker import (
 )
 from ._codes import DISCONNECT_INSUFFICIENT_STATE, Disconnect, Error, ErrorCode
 from ._config import ChannelOptions
+from ._metrics import Metrics
 from ._protocol import (
     ClientInfo,
     Join,
@@ -98,8 +100,15 @@ class Recovery:
     positioned: bool = False
 
 
-class Node:
-    """Channels and subscribers of this process, on top of a broker."""
+C = TypeVar("C", bound=Subscriber)
+
+
+class Node(Generic[C]):
+    """Channels and subscribers of this process, on top of a broker.
+
+    Generic in the type of its clients, so callers get their own type back from
+    :meth:`clients` and :meth:`user_clients`.
+    """
 
     def __init__(
         self,
@@ -107,12 +116,14 @@ class Node:
         presence: PresenceManager,
         *,
         history_max_publication_limit: int = 300,
+        metrics: Metrics | None = None,
     ) -> None:
         self.broker = broker
+        self.metrics = metrics if metrics is not None else Metrics()
         self.presence_manager = presence
         self.history_max_publication_limit = history_max_publication_limit
         self._channels: dict[str, _Channel] = {}
-        self._clients: dict[str, Subscriber] = {}
+        self._clients: dict[str, C] = {}
         self._users: dict[str, set[str]] = {}
         self._client_channels: dict[str, set[str]] = {}
         self._routing: dict[str, asyncio.Task[None]] = {}
@@ -125,11 +136,11 @@ class Node:
 
     # --- clients -----------------------------------------------------------------
 
-    def add_client(self, client: Subscriber) -> None:
+    def add_client(self, client: C) -> None:
         self._clients[client.id] = client
         self._users.setdefault(client.user, set()).add(client.id)
 
-    async def remove_client(self, client: Subscriber) -> None:
+    async def remove_client(self, client: C) -> None:
         """Forget a disconnected client: leave all its channels."""
         for channel in list(self._client_channels.get(client.id, ())):
             await self.unsubscribe(client, channel)
@@ -157,11 +168,14 @@ class Node:
     def num_subscriptions(self) -> int:
         return sum(len(c.subscriptions) for c in self._channels.values())
 
-    def clients(self) -> list[Subscriber]:
+    def clients(self) -> list[C]:
         return list(self._clients.values())
 
-    def user_clients(self, user: str) -> list[Subscriber]:
+    def user_clients(self, user: str) -> list[C]:
         return [self._clients[i] for i in self._users.get(user, ())]
+
+    def client(self, client_id: str) -> C | None:
+        return self._clients.get(client_id)
 
     def channels(self) -> dict[str, int]:
         """Channels with local subscribers, and how many."""
@@ -292,7 +306,8 @@ class Node:
                     subscription.subscriber.disconnect(DISCONNECT_INSUFFICIENT_STATE)
                     return
                 last = offset
-            subscription.subscriber.deliver(data)
+            if data:
+                subscription.subscriber.deliver(data)
 
     async def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
         """Remove the subscription (leave, presence) if there is one."""
@@ -322,11 +337,12 @@ class Node:
         if channel not in self._channels:  # nobody subscribed again meanwhile
             await self._broker_call(self.broker.unsubscribe(channel))
 
-    async def _broker_call(self, call: object) -> None:
+    async def _broker_call(self, call: Awaitable[None]) -> None:
         """Await a broker call whose failure must not fail the client's command."""
         try:
-            await call  # type: ignore[misc]
+            await call
         except Exception:
+            self.metrics.broker_errors.inc()
             logger.exception("broker call failed")
 
     def is_subscribed(self, client_id: str, channel: str) -> bool:
@@ -343,49 +359,79 @@ class Node:
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
         skip_history: bool = False,
+        idempotency_key: str = "",
+        exclude_client: str = "",
     ) -> StreamPosition:
-        """Publish to every subscriber of ``channel`` on every node; return its position."""
+        """Publish to every subscriber of ``channel`` on every node; return its position.
+
+        Raises:
+            Error: 100 when the broker fails.
+        """
         history = (
             HistoryOptions(options.history_size, options.history_ttl)
             if options.history_enabled and not skip_history
             else None
         )
         publication = Publication(data=data, info=info, tags=tags or None)
-        return await self.broker.publish(channel, publication, history)
+        started = time.perf_counter()
+        try:
+            position = await self.broker.publish(
+                channel,
+                publication,
+                history,
+                idempotency_key=idempotency_key,
+                exclude_client=exclude_client,
+            )
+        except Exception as exc:
+            self.metrics.broker_errors.inc()
+            logger.exception("publish to %r failed", channel)
+            raise Error(ErrorCode.INTERNAL) from exc
+        self.metrics.publish_duration.observe(time.perf_counter() - started)
+        return position
 
     # BrokerEventHandler: called by the broker, synchronously, for routed channels.
 
-    def handle_publication(self, channel: str, publication: Publication) -> None:
+    def handle_publication(
+        self, channel: str, publication: Publication, exclude_client: str = ""
+    ) -> None:
         entry = self._channels.get(channel)
         if entry is None:
             return
         # Encoded once for every subscriber: the bytes are the same for all.
         data = encode_push(Push(channel=channel, pub=publication))
         offset = publication.offset
-        for subscription in entry.subscriptions.values():
+        for client_id, subscription in entry.subscriptions.items():
             if subscription.buffer is None:
-                subscription.subscriber.deliver(data)
+                if client_id != exclude_client:
+                    subscription.subscriber.deliver(data)
             else:
-                subscription.buffer.append((offset, data))
+                # Buffered even when excluded: the offset still counts for gaps.
+                subscription.buffer.append((offset, b"" if client_id == exclude_client else data))
+        self.metrics.sent_publication.inc(len(entry.subscriptions))
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self._push_join_leave(channel, Push(channel=channel, join=Join(info=info)))
+        sent = self._push_join_leave(channel, Push(channel=channel, join=Join(info=info)))
+        self.metrics.sent_join.inc(sent)
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self._push_join_leave(channel, Push(channel=channel, leave=Leave(info=info)))
+        sent = self._push_join_leave(channel, Push(channel=channel, leave=Leave(info=info)))
+        self.metrics.sent_leave.inc(sent)
 
-    def _push_join_leave(self, channel: str, push: Push) -> None:
+    def _push_join_leave(self, channel: str, push: Push) -> int:
         entry = self._channels.get(channel)
         if entry is None:
-            return
+            return 0
         data = encode_push(push)
+        sent = 0
         for subscription in entry.subscriptions.values():
             if not subscription.push_join_leave:
                 continue
+            sent += 1
             if subscription.buffer is None:
                 subscription.subscriber.deliver(data)
             else:
                 subscription.buffer.append((-1, data))
+        return sent
 
     # --- presence and history ----------------------------------------------------
 

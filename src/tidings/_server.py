@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 from websockets.asyncio.server import Server as WebSocketServer, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from . import patterns
-from ._auth import TokenVerifier
-from ._client import Client
+from ._client import Client, Context
 from ._codes import (
     DISCONNECT_NO_PONG,
     DISCONNECT_SHUTDOWN,
@@ -38,7 +38,7 @@ from ._codes import (
     Disconnect,
 )
 from ._config import Config
-from ._node import Node
+from ._metrics import Metrics
 from ._session import CONNECTING
 
 __all__ = ["Server", "WEBSOCKET_PATH"]
@@ -59,9 +59,12 @@ class Connection:
     peer that stopped reading, so closing cannot wait for it.
     """
 
-    def __init__(self, queue_max_size: int, abort: Callable[[Disconnect], None]) -> None:
+    def __init__(
+        self, queue_max_size: int, abort: Callable[[Disconnect], None], metrics: Metrics
+    ) -> None:
         self.queue_max_size = queue_max_size
         self.abort = abort
+        self.metrics = metrics
         self.closing: Disconnect | None = None
         self._pending: list[bytes] = []
         self._size = 0
@@ -76,6 +79,7 @@ class Connection:
             # Slow client: drop what it did not read, close now.
             self._pending.clear()
             self._size = 0
+            self.metrics.queue_overflows.inc()
             self.close(DISCONNECT_SLOW)
             self.abort(DISCONNECT_SLOW)
             return
@@ -102,7 +106,10 @@ class Connection:
                 while end < len(pending) and size + len(pending[end]) < MAX_FRAME_SIZE:
                     size += len(pending[end]) + 1
                     end += 1
-                yield pending[start] if end == start + 1 else b"\n".join(pending[start:end])
+                frame = pending[start] if end == start + 1 else b"\n".join(pending[start:end])
+                self.metrics.frames_sent.inc()
+                self.metrics.bytes_sent.inc(len(frame))
+                yield frame
                 start = end
             if self.closing is not None:
                 return
@@ -111,10 +118,9 @@ class Connection:
 class Server:
     """Accepts WebSocket connections and serves each as a :class:`Client`."""
 
-    def __init__(self, node: Node, config: Config, verifier: TokenVerifier | None = None) -> None:
-        self.node = node
-        self.config = config
-        self.verifier = verifier or TokenVerifier.from_config(config)
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.config = context.config
         self.clients: patterns.Registry[Client] = patterns.Registry()
         self._server: WebSocketServer | None = None
         self._port = 0
@@ -171,8 +177,9 @@ class Server:
             # peer that stopped reading never drains it, so cut the connection.
             asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, websocket.transport.abort)
 
-        connection = Connection(self.config.client.queue_max_size, abort)
-        client = Client(self.node, self.config, connection, verifier=self.verifier)
+        connection = Connection(self.config.client.queue_max_size, abort, self.context.metrics)
+        request = websocket.request
+        client = Client(self.context, connection, headers=request.headers if request else None)
         timers = _Timers(client, self.config)
 
         async def receive(message: str | bytes) -> None:
@@ -191,7 +198,9 @@ class Server:
                 await patterns.run_both(websocket, patterns.consume(websocket, receive), send())
             finally:
                 timers.cancel()
-                await client.cleanup()
+                await client.cleanup(
+                    websocket.close_code or CloseCode.ABNORMAL_CLOSURE, websocket.close_reason or ""
+                )
 
 
 class _Timers:
