@@ -14,6 +14,7 @@ from .__about__ import __version__
 from ._auth import make_token
 from ._config import Config, ConfigError, load_config
 from ._hub import Hub
+from ._logging import configure_logging
 
 __all__ = ["main"]
 
@@ -21,8 +22,19 @@ logger = logging.getLogger("tidings")
 
 DEV_WARNING = (
     "WARNING: --dev mode: anonymous clients may connect, subscribe, publish and read "
-    "presence and history on every channel. Never use it in production."
+    "presence and history on every channel, and the server API needs no key. "
+    "Never use it in production."
 )
+
+
+_FLAG_OPTIONS = {
+    "host": "host",
+    "port": "port",
+    "api_port": "http_api.port",
+    "log_format": "log_format",
+    "log_level": "log_level",
+}
+"""serve flags -> the options they override."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,9 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tidings {__version__}")
         return 0
     overrides: dict[str, Any] = {}
-    for key in ("host", "port"):
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
+    for flag, key in _FLAG_OPTIONS.items():
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
     if getattr(args, "dev", False):
         overrides["dev"] = True
     try:
@@ -58,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="WebSocket port (default 8000)")
+    serve.add_argument("--api-port", type=int, help="server API / metrics port (default 9000)")
     serve.add_argument("--dev", action="store_true", help="open everything for local development")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     token = commands.add_parser("token", help="print a connection or subscription JWT")
     token.add_argument("--config", metavar="FILE", help="TOML configuration file (for the secret)")
@@ -83,10 +98,7 @@ def _token(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     if config.dev:
         print(DEV_WARNING, file=sys.stderr)
     try:
@@ -113,7 +125,8 @@ async def _run(config: Config) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    print(f"tidings {__version__} serving {hub.url}", file=sys.stderr, flush=True)
+    api = f", server API {hub.api_url}" if hub.api is not None else ""
+    print(f"tidings {__version__} serving {hub.url}{api}", file=sys.stderr, flush=True)
     await stop.wait()
     logger.info("shutting down")
     await hub.stop()

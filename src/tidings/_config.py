@@ -90,6 +90,21 @@ class HTTPAPIOptions(_Options, frozen=True):
     max_body_size: int = 1024 * 1024
 
 
+class ProxyOptions(_Options, frozen=True):
+    """HTTP endpoints answering hooks, for backends not in Python (``[proxy]``)."""
+
+    connect_endpoint: str = ""
+    refresh_endpoint: str = ""
+    subscribe_endpoint: str = ""
+    publish_endpoint: str = ""
+    rpc_endpoint: str = ""
+    unsubscribe_endpoint: str = ""
+    disconnect_endpoint: str = ""
+    timeout: float = 1.0
+    http_headers: list[str] = []
+    """Headers of the client's WebSocket handshake forwarded to the connect endpoint."""
+
+
 class Config(_Options, frozen=True):
     """The whole hub configuration.
 
@@ -101,6 +116,8 @@ class Config(_Options, frozen=True):
     port: int = 8000
     dev: bool = False
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` or ``json`` (one JSON object per line)."""
     shutdown_timeout: float = 10.0
     token_hmac_secret_key: str = ""
     token_rsa_public_key: str = ""
@@ -110,6 +127,7 @@ class Config(_Options, frozen=True):
     history_max_publication_limit: int = 300
     client: ClientOptions = ClientOptions()
     http_api: HTTPAPIOptions = HTTPAPIOptions()
+    proxy: ProxyOptions = ProxyOptions()
     channel: ChannelOptions = ChannelOptions()
     """Options of channels without a namespace (top-level keys in the file)."""
     namespaces: dict[str, ChannelOptions] = {}
@@ -120,6 +138,8 @@ class Config(_Options, frozen=True):
         for name in self.namespaces:
             if not re.fullmatch(r"[A-Za-z0-9_\-.]+", name):
                 raise ConfigError(f"namespaces.{name}: a namespace name is letters, digits, _-.")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         for key, value in _positive_numbers(self):
             if value <= 0:
                 raise ConfigError(f"{key} must be greater than 0, got {value}")
@@ -157,6 +177,7 @@ _DURATIONS = frozenset(
         "client.pong_timeout",
         "client.stale_close_delay",
         "client.expired_close_delay",
+        "proxy.timeout",
     }
 )
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

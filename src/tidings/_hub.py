@@ -42,6 +42,7 @@ from ._memory import MemoryBroker
 from ._metrics import Metrics
 from ._node import Node
 from ._protocol import NO_DATA, ClientInfo, Publication, StreamPosition, strip_newlines
+from ._proxy import HTTPProxy
 from ._server import WEBSOCKET_PATH, Server
 
 if TYPE_CHECKING:
@@ -96,7 +97,9 @@ class Hub:
                 raise TypeError(f"{type(self.broker).__name__} keeps no presence: pass presence=")
             presence = self.broker
         self.metrics = Metrics()
-        self.hooks = Hooks()
+        self.proxy = HTTPProxy(self.config.proxy)
+        # Hooks answered by HTTP endpoints, where configured; on_* replaces them.
+        self.hooks: Hooks = self.proxy.hooks()
         self.node: Node[Client] = Node(
             self.broker,
             presence,
@@ -144,6 +147,7 @@ class Hub:
         await self.server.shutdown(self.config.shutdown_timeout)
         if self.api is not None:
             await self.api.stop()
+        await self.proxy.close()
         await self.node.close()
         self._stopped.set()
 

@@ -293,6 +293,8 @@ class Server:
             self.host,
             "--port",
             str(self.port),
+            "--api-port",
+            "0",  # the server API is not under test here: any free port
         ]
         if self.dev:
             cmd.append("--dev")
