@@ -32,6 +32,7 @@ __all__ = [
     "Broker",
     "BrokerEventHandler",
     "HistoryOptions",
+    "NodeRegistry",
     "PresenceManager",
     "PresenceStats",
     "UnrecoverablePosition",
@@ -72,6 +73,10 @@ class BrokerEventHandler(Protocol):
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_lost(self, channels: Sequence[str]) -> None:
+        """Publications of these channels may have been lost (the broker reconnected)."""
+        ...
 
 
 class Broker(Protocol):
@@ -119,6 +124,21 @@ class Broker(Protocol):
         ...
 
     async def remove_history(self, channel: str) -> None: ...
+
+
+@runtime_checkable
+class NodeRegistry(Protocol):
+    """Where the nodes of a cluster announce themselves (optional for a broker)."""
+
+    async def heartbeat(self, uid: str, info: bytes, ttl: float) -> None:
+        """Announce this node (``info`` is its JSON) for ``ttl`` seconds."""
+        ...
+
+    async def forget_node(self, uid: str) -> None: ...
+
+    async def nodes(self) -> list[bytes]:
+        """The JSON infos of the live nodes."""
+        ...
 
 
 @runtime_checkable

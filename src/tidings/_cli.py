@@ -31,6 +31,7 @@ _FLAG_OPTIONS = {
     "host": "host",
     "port": "port",
     "api_port": "http_api.port",
+    "broker": "broker.url",
     "log_format": "log_format",
     "log_level": "log_level",
 }
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="WebSocket port (default 8000)")
     serve.add_argument("--api-port", type=int, help="server API / metrics port (default 9000)")
+    serve.add_argument("--broker", metavar="URL", help="memory (default) or redis://host:6379/0")
     serve.add_argument("--dev", action="store_true", help="open everything for local development")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -27,6 +27,7 @@ from ._codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_EXPIRED,
     DISCONNECT_INVALID_TOKEN,
+    UNSUBSCRIBE_INSUFFICIENT_STATE,
     UNSUBSCRIBE_SERVER,
     Disconnect,
     DisconnectRequest,
@@ -566,6 +567,18 @@ class Client:
         self.session.unsubscribe_server_side(channel, unsubscribe)
         self._flush()
         await self._unsubscribed(channel, unsubscribe)
+
+    def resubscribe(self, channel: str) -> None:
+        """The node may have lost publications of ``channel``: make the client recover.
+
+        The unsubscribe push with code 2500 makes SDKs subscribe again, with
+        recovery from their last position where the channel keeps history.
+        """
+        task = asyncio.ensure_future(
+            self.unsubscribe_by_server(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def refresh_by_server(
         self, *, expired: bool = False, expire_at: int | None = None, info: Raw | None = None

@@ -90,6 +90,21 @@ class HTTPAPIOptions(_Options, frozen=True):
     max_body_size: int = 1024 * 1024
 
 
+class BrokerOptions(_Options, frozen=True):
+    """Where publications travel between nodes (``[broker]``)."""
+
+    url: str = "memory"
+    """``memory`` (one process) or ``redis://host:6379/0``."""
+    prefix: str = "tidings"
+    """Prefix of every Redis key and channel, to share one Redis between hubs."""
+    pubsub_shards: int = 4
+    presence_ttl: float = 60.0
+    """A node's clients vanish from presence this long after the node dies."""
+    presence_update_interval: float = 25.0
+    history_meta_ttl: float = 30 * 24 * 3600.0
+    node_info_interval: float = 3.0
+
+
 class ProxyOptions(_Options, frozen=True):
     """HTTP endpoints answering hooks, for backends not in Python (``[proxy]``)."""
 
@@ -128,6 +143,7 @@ class Config(_Options, frozen=True):
     client: ClientOptions = ClientOptions()
     http_api: HTTPAPIOptions = HTTPAPIOptions()
     proxy: ProxyOptions = ProxyOptions()
+    broker: BrokerOptions = BrokerOptions()
     channel: ChannelOptions = ChannelOptions()
     """Options of channels without a namespace (top-level keys in the file)."""
     namespaces: dict[str, ChannelOptions] = {}
@@ -138,6 +154,17 @@ class Config(_Options, frozen=True):
         for name in self.namespaces:
             if not re.fullmatch(r"[A-Za-z0-9_\-.]+", name):
                 raise ConfigError(f"namespaces.{name}: a namespace name is letters, digits, _-.")
+        if not (
+            self.broker.url == "memory"
+            or self.broker.url.startswith(("redis://", "rediss://", "unix://"))
+        ):
+            raise ConfigError(
+                f"broker.url must be 'memory' or redis://..., got {self.broker.url!r}"
+            )
+        if self.broker.presence_update_interval >= self.broker.presence_ttl:
+            raise ConfigError(
+                "broker.presence_update_interval must be less than broker.presence_ttl"
+            )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         for key, value in _positive_numbers(self):
@@ -158,6 +185,7 @@ def _positive_numbers(config: Config) -> list[tuple[str, float]]:
     ]
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 CHANNEL_OPTION_NAMES = frozenset(ChannelOptions.__struct_fields__)
 DEV_CHANNEL_OPTIONS: dict[str, Any] = {
     **{name: True for name in CHANNEL_OPTION_NAMES if name.startswith("allow_")},
@@ -178,6 +206,10 @@ _DURATIONS = frozenset(
         "client.stale_close_delay",
         "client.expired_close_delay",
         "proxy.timeout",
+        "broker.presence_ttl",
+        "broker.presence_update_interval",
+        "broker.history_meta_ttl",
+        "broker.node_info_interval",
     }
 )
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

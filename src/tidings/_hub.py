@@ -23,7 +23,7 @@ import msgspec
 
 from .__about__ import __version__
 from ._auth import TokenVerifier
-from ._broker import Broker, PresenceManager, PresenceStats
+from ._broker import Broker, NodeRegistry, PresenceManager, PresenceStats
 from ._channels import channel_options
 from ._client import Client, Context
 from ._codes import DISCONNECT_FORCE_NO_RECONNECT, Disconnect, Error, ErrorCode
@@ -91,7 +91,7 @@ class Hub:
         presence: PresenceManager | None = None,
     ) -> None:
         self.config = config if config is not None else Config()
-        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.broker: Broker = broker if broker is not None else make_broker(self.config)
         if presence is None:
             if not isinstance(self.broker, PresenceManager):
                 raise TypeError(f"{type(self.broker).__name__} keeps no presence: pass presence=")
@@ -105,6 +105,7 @@ class Hub:
             presence,
             history_max_publication_limit=self.config.history_max_publication_limit,
             metrics=self.metrics,
+            presence_update_interval=self.config.broker.presence_update_interval,
         )
         self.metrics.track(
             connections=lambda: self.node.num_clients,
@@ -120,6 +121,7 @@ class Hub:
         self.name = f"{socket.gethostname()}_{os.getpid()}"
         self._started_at = time.monotonic()
         self.api: APIServer | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._started = False
 
@@ -129,6 +131,8 @@ class Hub:
         """Start the node, listen on ``config.host``/``config.port``, start the HTTP API."""
         await self.node.start()
         await self.server.start(self.config.host, self.config.port)
+        if isinstance(self.broker, NodeRegistry):
+            self._heartbeat = asyncio.ensure_future(self._announce(self.broker))
         if self.config.http_api.enabled:
             # Imported here: the API is a layer over the hub and imports it.
             from ._api import APIServer
@@ -145,6 +149,11 @@ class Hub:
             return
         self._started = False
         await self.server.shutdown(self.config.shutdown_timeout)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            if isinstance(self.broker, NodeRegistry):
+                await self._quietly(self.broker.forget_node(self.uid))
         if self.api is not None:
             await self.api.stop()
         await self.proxy.close()
@@ -377,19 +386,46 @@ class Hub:
         return {name: count for name, count in channels.items() if matcher(name)}
 
     async def info(self) -> list[NodeInfo]:
-        node = self.node
-        return [
-            NodeInfo(
-                uid=self.uid,
-                name=self.name,
-                version=__version__,
-                num_clients=node.num_clients,
-                num_users=node.num_users,
-                num_channels=node.num_channels,
-                num_subs=node.num_subscriptions,
-                uptime=int(time.monotonic() - self._started_at),
+        """Every live node: this one, and the others announced through the broker."""
+        local = self._node_info()
+        if not isinstance(self.broker, NodeRegistry):
+            return [local]
+        others = [
+            info
+            for info in (
+                msgspec.json.decode(raw, type=NodeInfo) for raw in await self.broker.nodes()
             )
+            if info.uid != self.uid
         ]
+        return [local, *sorted(others, key=lambda info: info.name)]
+
+    def _node_info(self) -> NodeInfo:
+        node = self.node
+        return NodeInfo(
+            uid=self.uid,
+            name=self.name,
+            version=__version__,
+            num_clients=node.num_clients,
+            num_users=node.num_users,
+            num_channels=node.num_channels,
+            num_subs=node.num_subscriptions,
+            uptime=int(time.monotonic() - self._started_at),
+        )
+
+    async def _announce(self, registry: NodeRegistry) -> None:
+        """Heartbeat this node's info; it expires if the node stops (or dies)."""
+        interval = self.config.broker.node_info_interval
+        while True:
+            info = msgspec.json.encode(self._node_info())
+            await self._quietly(registry.heartbeat(self.uid, info, interval * 3))
+            await asyncio.sleep(interval)
+
+    @staticmethod
+    async def _quietly(call: Awaitable[None]) -> None:
+        try:
+            await call
+        except Exception as exc:
+            logger.warning("broker unavailable: %s", exc)
 
     def _targets(self, user: str, client: str) -> list[Client]:
         clients = self.node.user_clients(user)
@@ -401,6 +437,22 @@ class Hub:
         enabled = options.presence if feature == "presence" else options.history_enabled
         if not enabled:
             raise Error(ErrorCode.NOT_AVAILABLE)
+
+
+def make_broker(config: Config) -> Broker:
+    """The broker ``config.broker.url`` names."""
+    options = config.broker
+    if options.url == "memory":
+        return MemoryBroker()
+    from ._redis import RedisBroker  # redis is only needed when used
+
+    return RedisBroker(
+        options.url,
+        prefix=options.prefix,
+        shards=options.pubsub_shards,
+        presence_ttl=options.presence_ttl,
+        history_meta_ttl=options.history_meta_ttl,
+    )
 
 
 def _check_channel(channel: str) -> None:

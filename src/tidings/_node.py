@@ -69,6 +69,10 @@ class Subscriber(Protocol):
         """Close the client's connection."""
         ...
 
+    def resubscribe(self, channel: str) -> None:
+        """Publications may be missing: have the client resubscribe (and recover)."""
+        ...
+
 
 @dataclass(slots=True)
 class _Subscription:
@@ -117,8 +121,11 @@ class Node(Generic[C]):
         *,
         history_max_publication_limit: int = 300,
         metrics: Metrics | None = None,
+        presence_update_interval: float = 25.0,
     ) -> None:
         self.broker = broker
+        self.presence_update_interval = presence_update_interval
+        self._presence_task: asyncio.Task[None] | None = None
         self.metrics = metrics if metrics is not None else Metrics()
         self.presence_manager = presence
         self.history_max_publication_limit = history_max_publication_limit
@@ -130,9 +137,29 @@ class Node(Generic[C]):
 
     async def start(self) -> None:
         await self.broker.start(self)
+        self._presence_task = asyncio.ensure_future(self._refresh_presence())
 
     async def close(self) -> None:
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            await asyncio.gather(self._presence_task, return_exceptions=True)
         await self.broker.close()
+
+    async def _refresh_presence(self) -> None:
+        """Re-add the presence of local subscribers, so a shared store keeps them alive.
+
+        Entries of a node that stops refreshing (it crashed) expire in the store.
+        """
+        while True:
+            await asyncio.sleep(self.presence_update_interval)
+            for channel, entry in list(self._channels.items()):
+                for client_id, subscription in list(entry.subscriptions.items()):
+                    if subscription.options.presence and subscription.buffer is None:
+                        await self._broker_call(
+                            self.presence_manager.add_presence(
+                                channel, client_id, subscription.info
+                            )
+                        )
 
     # --- clients -----------------------------------------------------------------
 
@@ -416,6 +443,19 @@ class Node(Generic[C]):
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         sent = self._push_join_leave(channel, Push(channel=channel, leave=Leave(info=info)))
         self.metrics.sent_leave.inc(sent)
+
+    def handle_lost(self, channels: Sequence[str]) -> None:
+        for channel in channels:
+            entry = self._channels.get(channel)
+            if entry is None:
+                continue
+            logger.warning(
+                "publications of %r may be lost: %d subscribers resubscribe",
+                channel,
+                len(entry.subscriptions),
+            )
+            for subscription in list(entry.subscriptions.values()):
+                subscription.subscriber.resubscribe(channel)
 
     def _push_join_leave(self, channel: str, push: Push) -> int:
         entry = self._channels.get(channel)
