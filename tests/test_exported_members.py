@@ -12,6 +12,7 @@ def test_all_lists_exactly_the_public_names() -> None:
 def test_the_public_names_are_these() -> None:
     assert sorted(tidings.__all__) == sorted(
         [
+            "AsyncPublisher",
             "Broker",
             "BrokerEventHandler",
             "ChannelOptions",
@@ -27,16 +28,19 @@ def test_the_public_names_are_these() -> None:
             "Error",
             "ErrorCode",
             "HistoryOptions",
+            "NodeRegistry",
             "Hub",
             "MemoryBroker",
             "NodeInfo",
             "PresenceManager",
             "PresenceStats",
+            "Publisher",
             "Publication",
             "PublishEvent",
             "PublishReply",
             "RPCEvent",
             "RefreshEvent",
+            "RedisBroker",
             "RefreshReply",
             "StreamPosition",
             "SubscribeEvent",

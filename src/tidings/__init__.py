@@ -17,7 +17,14 @@ each in its own private module and re-exported here:
 
 from .__about__ import __version__
 from ._auth import make_token
-from ._broker import Broker, BrokerEventHandler, HistoryOptions, PresenceManager, PresenceStats
+from ._broker import (
+    Broker,
+    BrokerEventHandler,
+    HistoryOptions,
+    NodeRegistry,
+    PresenceManager,
+    PresenceStats,
+)
 from ._codes import Disconnect, DisconnectRequest, Error, ErrorCode, Unsubscribe
 from ._config import ChannelOptions, ClientOptions, Config, ConfigError, load_config
 from ._hooks import (
@@ -36,8 +43,11 @@ from ._hooks import (
 from ._hub import Hub, NodeInfo
 from ._memory import MemoryBroker
 from ._protocol import ClientInfo, Publication, StreamPosition
+from ._publisher import AsyncPublisher, Publisher
+from ._redis import RedisBroker
 
 __all__ = [
+    "AsyncPublisher",
     "Broker",
     "BrokerEventHandler",
     "ChannelOptions",
@@ -53,16 +63,19 @@ __all__ = [
     "Error",
     "ErrorCode",
     "HistoryOptions",
+    "NodeRegistry",
     "Hub",
     "MemoryBroker",
     "NodeInfo",
     "PresenceManager",
     "PresenceStats",
+    "Publisher",
     "Publication",
     "PublishEvent",
     "PublishReply",
     "RPCEvent",
     "RefreshEvent",
+    "RedisBroker",
     "RefreshReply",
     "StreamPosition",
     "SubscribeEvent",

@@ -572,8 +572,9 @@ def _operation(name: str, request: Any, response: Any) -> dict[str, Any]:
 class APIServer:
     """Runs the API application on ``http_api.host``/``http_api.port``."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, *, reuse_port: bool = False) -> None:
         self.hub = hub
+        self.reuse_port = reuse_port
         self._runner = web.AppRunner(create_app(hub), access_log=None)
         self._site: web.TCPSite | None = None
         self.port = 0
@@ -581,7 +582,9 @@ class APIServer:
     async def start(self) -> None:
         options = self.hub.config.http_api
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, options.host, options.port)
+        self._site = web.TCPSite(
+            self._runner, options.host, options.port, reuse_port=self.reuse_port or None
+        )
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or ()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ _FLAG_OPTIONS = {
     "port": "port",
     "api_port": "http_api.port",
     "broker": "broker.url",
+    "workers": "workers",
     "log_format": "log_format",
     "log_level": "log_level",
 }
@@ -73,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="WebSocket port (default 8000)")
     serve.add_argument("--api-port", type=int, help="server API / metrics port (default 9000)")
     serve.add_argument("--broker", metavar="URL", help="memory (default) or redis://host:6379/0")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (needs --broker)")
     serve.add_argument("--dev", action="store_true", help="open everything for local development")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -103,6 +107,12 @@ def _serve(config: Config) -> int:
     configure_logging(config.log_level, config.log_format)
     if config.dev:
         print(DEV_WARNING, file=sys.stderr)
+    if config.workers > 1:
+        return _serve_workers(config)
+    return _serve_one(config)
+
+
+def _serve_one(config: Config) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
@@ -118,6 +128,35 @@ def _serve(config: Config) -> int:
         print(f"tidings: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_workers(config: Config) -> int:
+    """Fork ``config.workers`` processes that share the ports; stop them on a signal."""
+    children: list[int] = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker: serve until told to stop
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = _serve_one(config)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    logger.info("started %d workers: %s", len(children), children)
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
 
 
 async def _run(config: Config) -> None:

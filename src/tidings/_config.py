@@ -130,6 +130,8 @@ class Config(_Options, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8000
     dev: bool = False
+    workers: int = 1
+    """Processes sharing the ports (needs a shared broker such as Redis)."""
     log_level: str = "info"
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line)."""
@@ -154,14 +156,17 @@ class Config(_Options, frozen=True):
         for name in self.namespaces:
             if not re.fullmatch(r"[A-Za-z0-9_\-.]+", name):
                 raise ConfigError(f"namespaces.{name}: a namespace name is letters, digits, _-.")
-        if not (
-            self.broker.url == "memory"
-            or self.broker.url.startswith(("redis://", "rediss://", "unix://"))
-        ):
+        broker = self.broker
+        if broker.url != "memory" and not broker.url.startswith(_REDIS_SCHEMES):
+            raise ConfigError(f"broker.url must be 'memory' or redis://..., got {broker.url!r}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and broker.url == "memory":
             raise ConfigError(
-                f"broker.url must be 'memory' or redis://..., got {self.broker.url!r}"
+                "workers > 1 needs a shared broker: the memory broker cannot connect "
+                "processes (set broker.url = 'redis://...' or --broker)"
             )
-        if self.broker.presence_update_interval >= self.broker.presence_ttl:
+        if broker.presence_update_interval >= broker.presence_ttl:
             raise ConfigError(
                 "broker.presence_update_interval must be less than broker.presence_ttl"
             )

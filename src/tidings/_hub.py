@@ -43,6 +43,7 @@ from ._metrics import Metrics
 from ._node import Node
 from ._protocol import NO_DATA, ClientInfo, Publication, StreamPosition, strip_newlines
 from ._proxy import HTTPProxy
+from ._redis import RedisBroker
 from ._server import WEBSOCKET_PATH, Server
 
 if TYPE_CHECKING:
@@ -130,14 +131,16 @@ class Hub:
     async def start(self) -> None:
         """Start the node, listen on ``config.host``/``config.port``, start the HTTP API."""
         await self.node.start()
-        await self.server.start(self.config.host, self.config.port)
+        # Worker processes share the ports (SO_REUSEPORT): the kernel spreads connections.
+        reuse_port = self.config.workers > 1
+        await self.server.start(self.config.host, self.config.port, reuse_port=reuse_port)
         if isinstance(self.broker, NodeRegistry):
             self._heartbeat = asyncio.ensure_future(self._announce(self.broker))
         if self.config.http_api.enabled:
             # Imported here: the API is a layer over the hub and imports it.
             from ._api import APIServer
 
-            self.api = APIServer(self)
+            self.api = APIServer(self, reuse_port=reuse_port)
             await self.api.start()
         self._started = True
         self._started_at = time.monotonic()
@@ -444,8 +447,6 @@ def make_broker(config: Config) -> Broker:
     options = config.broker
     if options.url == "memory":
         return MemoryBroker()
-    from ._redis import RedisBroker  # redis is only needed when used
-
     return RedisBroker(
         options.url,
         prefix=options.prefix,

@@ -131,7 +131,7 @@ class Server:
         assert self._port, "not started"
         return self._port
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         self._server = await serve(
             self._handle,
             host,
@@ -141,6 +141,7 @@ class Server:
             ping_interval=None,  # the protocol has its own pings (client.ping_interval)
             max_size=self.config.client.max_message_size,
             server_header=None,
+            reuse_port=reuse_port,
         )
         self._port = self._server.sockets[0].getsockname()[1]
 
