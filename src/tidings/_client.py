@@ -692,7 +692,8 @@ class Client:
         except Exception:
             logger.exception("refresh hook failed for client %s", self.id)
             reply = None
-        if reply is None or reply.expired:
+        # None, expired, or an expiry that is not in the future ends the connection.
+        if reply is None or reply.expired or 0 < reply.expire_at <= time.time():
             self.disconnect(DISCONNECT_EXPIRED)
             return
         self.expire_at = reply.expire_at

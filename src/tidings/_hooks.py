@@ -5,9 +5,11 @@ a decorator). Each hook is an ``async`` function taking one event. Hooks that
 decide (connect, subscribe, publish, rpc, refresh) refuse by raising
 :class:`~tidings.Error` (the client gets that error) or
 :class:`~tidings.DisconnectRequest` (the connection is closed with its code),
-and accept by returning ``None`` or a reply that changes what happens. Hooks
-that observe (unsubscribe, disconnect) are called once per event, with the
-reason code; what they raise is logged and ignored.
+and accept by returning ``None`` or a reply that changes what happens (the
+refresh hook is the exception: only a reply with a future ``expire_at``, or 0 for
+never, keeps the connection; anything else closes it with 3005). Hooks that
+observe (unsubscribe, disconnect) are called once per event, with the reason
+code; what they raise is logged and ignored.
 
 A registered ``on_subscribe`` or ``on_publish`` hook replaces the
 ``allow_subscribe_*`` / ``allow_publish_*`` options: the hook decides. Private
