@@ -73,6 +73,8 @@ class ClientOptions(_Options, frozen=True):
     channel_limit: int = 128
     channel_max_length: int = 255
     queue_max_size: int = 1024 * 1024
+    write_delay: float = 0.0
+    """Seconds to gather outgoing messages before writing (0: end of each loop iteration)."""
     max_message_size: int = 65536
     allow_anonymous_connect_without_token: bool = False
 
@@ -210,6 +212,7 @@ _DURATIONS = frozenset(
         "client.pong_timeout",
         "client.stale_close_delay",
         "client.expired_close_delay",
+        "client.write_delay",
         "proxy.timeout",
         "broker.presence_ttl",
         "broker.presence_update_interval",

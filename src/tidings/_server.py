@@ -1,17 +1,18 @@
 """The WebSocket server: a thin asyncio shell around clients and the node.
 
-Per connection: a reader (the toolkit's :func:`~tidings.patterns.consume`) feeds
-frames to the :class:`~tidings._client.Client`; a writer
-(:func:`~tidings.patterns.produce`) drains the connection's outgoing queue; the
-two run under :func:`~tidings.patterns.run_both`, so either ending stops the
-other and closes the socket. Pings and the stale-connection check are timers,
-not tasks.
+Per connection, two coroutines run under :func:`~tidings.patterns.run_both`, so
+either ending stops the other and closes the socket: a reader (the toolkit's
+:func:`~tidings.patterns.consume`) feeds frames to the
+:class:`~tidings._client.Client`, and a closer waits for the client to be
+closed and performs the closing handshake. Pings and the stale-connection
+check are timers, not tasks.
 
-The outgoing queue holds encoded messages. Everything pending when the writer
-wakes up goes out as one text frame, newline-joined, as the protocol allows
-(write coalescing). Its size is bounded by ``client.queue_max_size``: a client
-that does not read fast enough is disconnected with 3008 at once, without
-affecting anyone else.
+Writing has no task and no ``await`` per message: a :class:`Connection` keeps
+its pending messages, and one :class:`Flusher` per server writes those of every
+connection at the end of the event-loop iteration (write coalescing: one frame
+and one write per connection however many messages, newline-joined as the
+protocol allows). A client whose unsent bytes exceed ``client.queue_max_size``
+is disconnected with 3008 at once, without affecting anyone else.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import asyncio
 import http
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+import struct
 
 import msgspec
 from websockets.asyncio.server import Server as WebSocketServer, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
 
 from . import patterns
 from ._client import Client, Context
@@ -52,67 +54,142 @@ SLOW_CLOSE_TIMEOUT = 1.0
 """Seconds a slow client gets to take the close frame before the TCP connection is cut."""
 
 
-class Connection:
-    """The transport of one client: a bounded queue of outgoing messages.
+def frame_text(payload: bytes) -> bytes:
+    """A complete unmasked server text frame (FIN set) carrying ``payload``."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
 
-    ``abort`` is called when the queue overflows: the writer may be stuck on a
-    peer that stopped reading, so closing cannot wait for it.
+
+class Flusher:
+    """Writes the pending messages of every connection at the end of a loop iteration.
+
+    Pushes queued while handling one iteration's events (a burst of publications,
+    say) leave as one frame and one write per connection. With ``write_delay``
+    the flush waits that long to gather more.
+    """
+
+    def __init__(self, write_delay: float = 0.0) -> None:
+        self.write_delay = write_delay
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, connection: Connection) -> None:
+        self._dirty.append(connection)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            if self.write_delay > 0:
+                loop.call_later(self.write_delay, self.flush)
+            else:
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        # One publication is the same bytes for all its subscribers: frame it once.
+        framed: dict[int, tuple[bytes, bytes]] = {}
+        for connection in dirty:
+            connection.flush(framed)
+
+
+class Connection:
+    """The transport of one client: its pending messages, and their bound.
+
+    Messages are framed here and written straight to the socket's transport:
+    one frame per flush, newline-joined, shared by all subscribers when it is
+    a single publication. Data frames never go through ``websockets``' ``send()``
+    (an ``await`` per message); its protocol still handles control frames and
+    the closing handshake, and no data is written once it is closing.
+
+    A client whose unsent bytes (in the transport's buffer) exceed
+    ``queue_max_size`` is slow: it is closed with 3008 at once, and its TCP
+    connection cut if it does not take the close frame in time.
     """
 
     def __init__(
-        self, queue_max_size: int, abort: Callable[[Disconnect], None], metrics: Metrics
+        self,
+        websocket: ServerConnection,
+        flusher: Flusher,
+        queue_max_size: int,
+        metrics: Metrics,
     ) -> None:
+        self.websocket = websocket
+        self.flusher = flusher
         self.queue_max_size = queue_max_size
-        self.abort = abort
         self.metrics = metrics
         self.closing: Disconnect | None = None
+        self.closed = asyncio.Event()
+        """Set once a close was asked for; the handler then performs it."""
         self._pending: list[bytes] = []
-        self._size = 0
-        self._wakeup = asyncio.Event()
+        self._dirty = False
 
     def write(self, data: bytes) -> None:
         if self.closing is not None:
             return
         self._pending.append(data)
-        self._size += len(data)
-        if self._size > self.queue_max_size:
-            # Slow client: drop what it did not read, close now.
-            self._pending.clear()
-            self._size = 0
-            self.metrics.queue_overflows.inc()
-            self.close(DISCONNECT_SLOW)
-            self.abort(DISCONNECT_SLOW)
-            return
-        self._wakeup.set()
+        if not self._dirty:
+            self._dirty = True
+            self.flusher.mark(self)
 
     def close(self, disconnect: Disconnect) -> None:
+        """Close after the pending messages are written."""
         if self.closing is None:
+            self.flush({})
             self.closing = disconnect
-            self._wakeup.set()
+            self.closed.set()
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """Yield every pending message, coalesced into frames, until closed.
+    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> None:
+        self._dirty = False
+        pending, self._pending = self._pending, []
+        if not pending or self.closing is not None:
+            return
+        websocket = self.websocket
+        if websocket.protocol.state is not OPEN:
+            return
+        if len(pending) == 1:
+            payload = pending[0]
+            cached = framed.get(id(payload))
+            if cached is not None and cached[0] is payload:
+                data = cached[1]
+            else:
+                data = frame_text(payload)
+                framed[id(payload)] = (payload, data)  # keeps payload alive: ids stay unique
+            frames = 1
+        else:
+            data, frames = _frames(pending)
+        transport = websocket.transport
+        transport.write(data)
+        self.metrics.frames_sent.inc(frames)
+        self.metrics.bytes_sent.inc(len(data))
+        if transport.get_write_buffer_size() > self.queue_max_size:
+            self._slow()
 
-        A frame holds at most :data:`MAX_FRAME_SIZE` bytes (or one larger
-        message), so clients with a message size limit can read it.
-        """
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            pending, self._pending, self._size = self._pending, [], 0
-            start = 0
-            while start < len(pending):
-                end, size = start + 1, len(pending[start])
-                while end < len(pending) and size + len(pending[end]) < MAX_FRAME_SIZE:
-                    size += len(pending[end]) + 1
-                    end += 1
-                frame = pending[start] if end == start + 1 else b"\n".join(pending[start:end])
-                self.metrics.frames_sent.inc()
-                self.metrics.bytes_sent.inc(len(frame))
-                yield frame
-                start = end
-            if self.closing is not None:
-                return
+    def _slow(self) -> None:
+        self.metrics.queue_overflows.inc()
+        self.closing = DISCONNECT_SLOW
+        self.closed.set()
+        # The close frame waits behind what the client did not read: give it
+        # a moment, then cut the connection.
+        transport = self.websocket.transport
+        asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, transport.abort)
+
+
+def _frames(pending: list[bytes]) -> tuple[bytes, int]:
+    """Coalesce messages into frames of at most :data:`MAX_FRAME_SIZE` bytes."""
+    out: list[bytes] = []
+    start = 0
+    while start < len(pending):
+        end, size = start + 1, len(pending[start])
+        while end < len(pending) and size + len(pending[end]) < MAX_FRAME_SIZE:
+            size += len(pending[end]) + 1
+            end += 1
+        out.append(frame_text(b"\n".join(pending[start:end])))
+        start = end
+    return b"".join(out), len(out)
 
 
 class Server:
@@ -122,6 +199,7 @@ class Server:
         self.context = context
         self.config = context.config
         self.clients: patterns.Registry[Client] = patterns.Registry()
+        self.flusher = Flusher(self.config.client.write_delay)
         self._server: WebSocketServer | None = None
         self._port = 0
 
@@ -168,17 +246,9 @@ class Server:
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        closing: set[asyncio.Task[None]] = set()
-
-        def abort(disconnect: Disconnect) -> None:
-            task = asyncio.ensure_future(websocket.close(disconnect.code, disconnect.reason))
-            closing.add(task)
-            task.add_done_callback(closing.discard)
-            # websockets' close() waits, unbounded, for the socket to drain; a
-            # peer that stopped reading never drains it, so cut the connection.
-            asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, websocket.transport.abort)
-
-        connection = Connection(self.config.client.queue_max_size, abort, self.context.metrics)
+        connection = Connection(
+            websocket, self.flusher, self.config.client.queue_max_size, self.context.metrics
+        )
         request = websocket.request
         client = Client(self.context, connection, headers=request.headers if request else None)
         timers = _Timers(client, self.config)
@@ -189,14 +259,16 @@ class Server:
             else:
                 await client.receive_binary(message)
 
-        async def send() -> None:
-            await patterns.produce(websocket, connection.frames(), text=True)
+        async def close_when_asked() -> None:
+            await connection.closed.wait()
             closing = connection.closing or DISCONNECT_SHUTDOWN
             await websocket.close(closing.code, closing.reason)
 
         async with self.clients.registered(websocket, client):
             try:
-                await patterns.run_both(websocket, patterns.consume(websocket, receive), send())
+                await patterns.run_both(
+                    websocket, patterns.consume(websocket, receive), close_when_asked()
+                )
             finally:
                 timers.cancel()
                 await client.cleanup(
