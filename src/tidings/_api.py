@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import dataclasses
+import functools
 import hmac
 import logging
+import operator
+import types
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -206,7 +209,7 @@ def _payload(data: Raw, b64data: str, name: str = "data") -> Raw:
         try:
             decoded = base64.b64decode(b64data, validate=True)
             msgspec.json.decode(decoded)
-        except (binascii.Error, msgspec.DecodeError):
+        except (ValueError, msgspec.DecodeError):  # binascii.Error is a ValueError
             raise Error(
                 ErrorCode.BAD_REQUEST, f"b64{name} must be base64 of JSON (no binary on JSON)"
             ) from None
@@ -504,8 +507,9 @@ def openapi() -> dict[str, Any]:
     for request_type, _, result_type in METHODS.values():
         types += [request_type, result_type]
     types += [BatchRequest, ErrorBody]
+    twins: dict[type, Any] = {}
     schemas, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
+        [_schema_twin(kind, twins) for kind in types], ref_template="#/components/schemas/{name}"
     )
     refs = dict(zip(types, schemas, strict=True))
     paths: dict[str, Any] = {}
@@ -544,6 +548,39 @@ def openapi() -> dict[str, Any]:
         },
         "security": [{"apiKey": []}],
     }
+
+
+def _schema_twin(kind: Any, twins: dict[type, Any]) -> Any:
+    """``kind`` with every ``Raw`` default turned into a factory, for schema generation.
+
+    The wire types default payloads to the :data:`NO_DATA` instance (``omit_defaults``
+    needs that identity), but msgspec cannot write a ``Raw`` default into a schema.
+    """
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if args:
+        twin_args = tuple(_schema_twin(arg, twins) for arg in args)
+        if origin in (types.UnionType, typing.Union):
+            return functools.reduce(operator.or_, twin_args)
+        return origin[twin_args]
+    if not (isinstance(kind, type) and issubclass(kind, Struct)):
+        return kind
+    if kind not in twins:
+        twins[kind] = None  # recursion guard; no wire type refers to itself
+        fields: list[Any] = []
+        for info in msgspec.structs.fields(kind):
+            field_type = _schema_twin(info.type, twins)
+            if info.default is NO_DATA:
+                absent = msgspec.field(default_factory=lambda: NO_DATA)
+                fields.append((info.encode_name, field_type, absent))
+            elif info.default is not msgspec.NODEFAULT:
+                fields.append((info.encode_name, field_type, info.default))
+            elif info.default_factory is not msgspec.NODEFAULT:
+                default = msgspec.field(default_factory=info.default_factory)
+                fields.append((info.encode_name, field_type, default))
+            else:
+                fields.append((info.encode_name, field_type))
+        twins[kind] = msgspec.defstruct(kind.__name__, fields, kw_only=True)
+    return twins[kind]
 
 
 def _operation(name: str, request: Any, response: Any) -> dict[str, Any]:

@@ -183,6 +183,8 @@ class Client:
                 break
             self.metrics.received[event.method].inc()
             await self._handle(event)
+            if event.id:
+                self.metrics.sent_reply.inc()
             self._flush()
 
     async def _handle(self, event: CommandReceived) -> None:

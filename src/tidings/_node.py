@@ -434,7 +434,10 @@ class Node(Generic[C]):
             else:
                 # Buffered even when excluded: the offset still counts for gaps.
                 subscription.buffer.append((offset, b"" if client_id == exclude_client else data))
-        self.metrics.sent_publication.inc(len(entry.subscriptions))
+        recipients = len(entry.subscriptions)
+        if exclude_client and exclude_client in entry.subscriptions:
+            recipients -= 1
+        self.metrics.sent_publication.inc(recipients)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         sent = self._push_join_leave(channel, Push(channel=channel, join=Join(info=info)))
