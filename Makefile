@@ -17,12 +17,12 @@ run: install
 	$(BIN)/tidings serve --dev
 
 test: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 	$(BIN)/ruff format --check src tests
 
 types: install
