@@ -92,8 +92,15 @@ class Flusher:
         dirty, self._dirty = self._dirty, []
         # One publication is the same bytes for all its subscribers: frame it once.
         framed: dict[int, tuple[bytes, bytes]] = {}
+        frames = written = 0
         for connection in dirty:
-            connection.flush(framed)
+            count, size = connection.flush(framed)
+            frames += count
+            written += size
+        if frames:  # metrics once per flush, not per connection
+            metrics = dirty[0].metrics
+            metrics.frames_sent.inc(frames)
+            metrics.bytes_sent.inc(written)
 
 
 class Connection:
@@ -138,18 +145,21 @@ class Connection:
     def close(self, disconnect: Disconnect) -> None:
         """Close after the pending messages are written."""
         if self.closing is None:
-            self.flush({})
+            frames, size = self.flush({})
+            self.metrics.frames_sent.inc(frames)
+            self.metrics.bytes_sent.inc(size)
             self.closing = disconnect
             self.closed.set()
 
-    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> None:
+    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Write the pending messages; return how many frames and bytes were written."""
         self._dirty = False
         pending, self._pending = self._pending, []
         if not pending or self.closing is not None:
-            return
+            return 0, 0
         websocket = self.websocket
         if websocket.protocol.state is not OPEN:
-            return
+            return 0, 0
         if len(pending) == 1:
             payload = pending[0]
             cached = framed.get(id(payload))
@@ -163,10 +173,9 @@ class Connection:
             data, frames = _frames(pending)
         transport = websocket.transport
         transport.write(data)
-        self.metrics.frames_sent.inc(frames)
-        self.metrics.bytes_sent.inc(len(data))
         if transport.get_write_buffer_size() > self.queue_max_size:
             self._slow()
+        return frames, len(data)
 
     def _slow(self) -> None:
         self.metrics.queue_overflows.inc()
