@@ -19,6 +19,8 @@ import functools
 import hmac
 import logging
 import operator
+import secrets
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,7 @@ from .__about__ import __version__
 from ._codes import Disconnect, Error, ErrorCode
 from ._hub import Hub
 from ._protocol import NO_DATA, ClientInfo, Publication, StreamPosition
+from ._static import StaticFiles
 
 __all__ = ["APIServer", "create_app", "openapi"]
 
@@ -404,6 +407,8 @@ def create_app(hub: Hub) -> web.Application:
     app.router.add_get("/api/openapi.json", _openapi)
     app.router.add_post("/api/batch", _batch)
     app.router.add_post("/api/{method}", _method)
+    if hub.config.admin.password:
+        Admin(hub).mount(app)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
@@ -604,6 +609,176 @@ def _operation(name: str, request: Any, response: Any) -> dict[str, Any]:
             },
         }
     }
+
+
+class _LoginThrottle:
+    """Slows down password guessing: after 5 failures a client waits, doubling each time."""
+
+    FREE_FAILURES = 5
+    MAX_BLOCK = 300.0
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def blocked_for(self, who: str) -> float:
+        failures, until = self._failures.get(who, (0, 0.0))
+        return max(0.0, until - time.monotonic())
+
+    def failed(self, who: str) -> None:
+        failures, _ = self._failures.get(who, (0, 0.0))
+        failures += 1
+        block = 0.0
+        if failures >= self.FREE_FAILURES:
+            block = min(self.MAX_BLOCK, 2.0 ** (failures - self.FREE_FAILURES))
+        self._failures[who] = (failures, time.monotonic() + block)
+        if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
+            self._failures.pop(next(iter(self._failures)))
+
+    def succeeded(self, who: str) -> None:
+        self._failures.pop(who, None)
+
+
+class Admin:
+    """The admin UI: a password login with a signed session cookie, and the API behind it.
+
+    Everything the UI does goes through the server API methods (``/admin/api/<method>``,
+    the same implementation as ``/api/<method>``), authorised by the session cookie.
+    """
+
+    COOKIE = "tidings_admin"
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        options = hub.config.admin
+        self.password = options.password
+        self.secret = (options.secret or secrets.token_hex(32)).encode()
+        self.session_ttl = options.session_ttl
+        self.throttle = _LoginThrottle()
+        self.files = StaticFiles("admin")
+
+    def mount(self, app: web.Application) -> None:
+        app.router.add_get("/admin", self._redirect)
+        app.router.add_post("/admin/login", self._login)
+        app.router.add_post("/admin/logout", self._logout)
+        app.router.add_get("/admin/session", self._session)
+        app.router.add_get("/admin/api/stats", self._stats)
+        app.router.add_post("/admin/api/{method}", self._method)
+        app.router.add_get("/admin/{path:.*}", self._file)
+
+    def _cookie(self) -> str:
+        expires = str(int(time.time() + self.session_ttl))
+        signature = hmac.new(self.secret, expires.encode(), "sha256").hexdigest()
+        return f"{expires}.{signature}"
+
+    def _signed_in(self, request: web.Request) -> bool:
+        expires, _, signature = request.cookies.get(self.COOKIE, "").partition(".")
+        expected = hmac.new(self.secret, expires.encode(), "sha256").hexdigest()
+        return (
+            hmac.compare_digest(signature.encode(), expected.encode())
+            and expires.isdigit()
+            and int(expires) > time.time()
+        )
+
+    async def _redirect(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/admin/")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        static = self.files.get(path)
+        if static is None and not path.startswith("assets/"):
+            static = self.files.get("")  # the single-page app handles its own routes
+        if static is None:
+            raise web.HTTPNotFound(text="admin UI not built (run make)\n")
+        cache = "public, max-age=31536000, immutable" if static.immutable else "no-cache"
+        return web.Response(
+            body=static.body, headers={"Content-Type": static.content_type, "Cache-Control": cache}
+        )
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        who = request.remote or "?"
+        wait = self.throttle.blocked_for(who)
+        if wait > 0:
+            return web.json_response(
+                {"error": "too many attempts, try again later"},
+                status=429,
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
+        try:
+            body = await request.json()
+            password = body.get("password", "") if isinstance(body, dict) else ""
+        except ValueError:
+            password = ""
+        if not isinstance(password, str) or not hmac.compare_digest(
+            password.encode(), self.password.encode()
+        ):
+            self.throttle.failed(who)
+            logger.warning("admin login failed from %s", who)
+            return web.json_response({"error": "wrong password"}, status=401)
+        self.throttle.succeeded(who)
+        response = web.json_response({"ok": True})
+        response.set_cookie(
+            self.COOKIE,
+            self._cookie(),
+            max_age=int(self.session_ttl),
+            path="/admin",
+            httponly=True,
+            samesite="Strict",
+        )
+        return response
+
+    async def _logout(self, request: web.Request) -> web.StreamResponse:
+        response = web.json_response({"ok": True})
+        response.del_cookie(self.COOKIE, path="/admin")
+        return response
+
+    async def _session(self, request: web.Request) -> web.StreamResponse:
+        if not self._signed_in(request):
+            return web.json_response({"ok": False}, status=401)
+        return web.json_response({"ok": True})
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        if not self._signed_in(request):
+            return web.json_response({"error": "login required"}, status=401)
+        hub = self.hub
+        metrics = hub.metrics
+        nodes = await hub.info()
+        return _json(
+            {
+                "time": time.time(),
+                "nodes": [dataclasses.asdict(node) for node in nodes],
+                "connections": sum(node.num_clients for node in nodes),
+                "subscriptions": sum(node.num_subs for node in nodes),
+                "channels": hub.node.channels(),
+                "messages_sent": _total(metrics.messages_sent),
+                "messages_received": _total(metrics.messages_received),
+            }
+        )
+
+    async def _method(self, request: web.Request) -> web.StreamResponse:
+        if not self._signed_in(request):
+            return web.json_response({"error": "login required"}, status=401)
+        if request.content_type != "application/json":
+            # A cross-site form cannot send JSON without a preflight: no CSRF this way.
+            return web.json_response({"error": "JSON only"}, status=415)
+        method = request.match_info["method"]
+        if method not in METHODS:
+            raise web.HTTPNotFound(text=f"unknown API method {method!r}\n")
+        body = await _read_json(request)
+        if isinstance(body, web.Response):
+            return body
+        return _json(await call(self.hub, method, body))
+
+
+def _total(counter: Any) -> float:
+    """The sum of a labelled counter over its labels."""
+    return float(
+        sum(
+            sample.value
+            for family in counter.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )
 
 
 class APIServer:

@@ -24,7 +24,8 @@ logger = logging.getLogger("tidings")
 
 DEV_WARNING = (
     "WARNING: --dev mode: anonymous clients may connect, subscribe, publish and read "
-    "presence and history on every channel, and the server API needs no key. "
+    "presence and history on every channel, the server API needs no key, and the "
+    "admin password is 'admin'. "
     "Never use it in production."
 )
 
@@ -166,8 +167,14 @@ async def _run(config: Config) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    api = f", server API {hub.api_url}" if hub.api is not None else ""
-    print(f"tidings {__version__} serving {hub.url}{api}", file=sys.stderr, flush=True)
+    lines = [f"tidings {__version__} serving {hub.url}"]
+    if hub.server.demo is not None and hub.server.demo.available:
+        lines.append(f"  demo app:   http://{config.host}:{hub.port}/")
+    if hub.api is not None:
+        lines.append(f"  server API: {hub.api_url}")
+        if config.admin.password:
+            lines.append(f"  admin UI:   http://{config.http_api.host}:{hub.api.port}/admin/")
+    print("\n".join(lines), file=sys.stderr, flush=True)
     await stop.wait()
     logger.info("shutting down")
     await hub.stop()

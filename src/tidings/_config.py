@@ -122,6 +122,15 @@ class ProxyOptions(_Options, frozen=True):
     """Headers of the client's WebSocket handshake forwarded to the connect endpoint."""
 
 
+class AdminOptions(_Options, frozen=True):
+    """The admin UI on the API port (``[admin]``); off without a password."""
+
+    password: str = ""
+    secret: str = ""
+    """Signs session cookies; random per process when empty (logins end on restart)."""
+    session_ttl: float = 8 * 3600.0
+
+
 class Config(_Options, frozen=True):
     """The whole hub configuration.
 
@@ -132,6 +141,8 @@ class Config(_Options, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8000
     dev: bool = False
+    demo: bool = False
+    """Serve the demo app on the WebSocket port (``--dev`` turns it on)."""
     workers: int = 1
     """Processes sharing the ports (needs a shared broker such as Redis)."""
     log_level: str = "info"
@@ -148,6 +159,7 @@ class Config(_Options, frozen=True):
     http_api: HTTPAPIOptions = HTTPAPIOptions()
     proxy: ProxyOptions = ProxyOptions()
     broker: BrokerOptions = BrokerOptions()
+    admin: AdminOptions = AdminOptions()
     channel: ChannelOptions = ChannelOptions()
     """Options of channels without a namespace (top-level keys in the file)."""
     namespaces: dict[str, ChannelOptions] = {}
@@ -205,6 +217,7 @@ DEV_CHANNEL_OPTIONS: dict[str, Any] = {
 }
 DEV_CLIENT_OPTIONS: dict[str, Any] = {"allow_anonymous_connect_without_token": True}
 DEV_HTTP_API_OPTIONS: dict[str, Any] = {"insecure": True}
+DEV_ADMIN_OPTIONS: dict[str, Any] = {"password": "admin"}
 _DURATIONS = frozenset(
     {
         "shutdown_timeout",
@@ -218,6 +231,7 @@ _DURATIONS = frozenset(
         "broker.presence_update_interval",
         "broker.history_meta_ttl",
         "broker.node_info_interval",
+        "admin.session_ttl",
     }
 )
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -276,9 +290,11 @@ def _convert_config(data: dict[str, Any]) -> Config:
     if not isinstance(namespaces, dict):
         raise ConfigError("namespaces must be a table of [namespaces.NAME] tables")
     if dev:
+        data.setdefault("demo", True)
         for table, dev_options in (
             ("client", DEV_CLIENT_OPTIONS),
             ("http_api", DEV_HTTP_API_OPTIONS),
+            ("admin", DEV_ADMIN_OPTIONS),
         ):
             given = data.get(table, {})
             if isinstance(given, dict):

@@ -42,6 +42,7 @@ from ._codes import (
 from ._config import Config
 from ._metrics import Metrics
 from ._session import CONNECTING
+from ._static import StaticFile, StaticFiles
 
 __all__ = ["Server", "WEBSOCKET_PATH"]
 
@@ -209,6 +210,8 @@ class Server:
         self.config = context.config
         self.clients: patterns.Registry[Client] = patterns.Registry()
         self.flusher = Flusher(self.config.client.write_delay)
+        self.demo = StaticFiles("demo") if self.config.demo else None
+        """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
         self._server: WebSocketServer | None = None
         self._port = 0
 
@@ -252,6 +255,10 @@ class Server:
             return None
         if path == "/health":
             return _json_response(http.HTTPStatus.OK, {"status": "ok"})
+        if self.demo is not None:
+            static = self.demo.get(path)
+            if static is not None:
+                return _static_response(static)
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
 
     async def _handle(self, websocket: ServerConnection) -> None:
@@ -322,6 +329,18 @@ class _Timers:
     def _check_stale(self) -> None:
         if self.client.session.state is CONNECTING:
             self.client.disconnect(DISCONNECT_STALE)
+
+
+def _static_response(static: StaticFile) -> Response:
+    cache = "public, max-age=31536000, immutable" if static.immutable else "no-cache"
+    headers = Headers(
+        [
+            ("Content-Type", static.content_type),
+            ("Content-Length", str(len(static.body))),
+            ("Cache-Control", cache),
+        ]
+    )
+    return Response(200, "OK", headers, static.body)
 
 
 def _json_response(status: http.HTTPStatus, body: object) -> Response:
