@@ -36,6 +36,8 @@ _FLAG_OPTIONS = {
     "api_port": "http_api.port",
     "broker": "broker.url",
     "workers": "workers",
+    "tls_cert": "tls_cert",
+    "tls_key": "tls_key",
     "log_format": "log_format",
     "log_level": "log_level",
 }
@@ -78,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-port", type=int, help="server API / metrics port (default 9000)")
     serve.add_argument("--broker", metavar="URL", help="memory (default) or redis://host:6379/0")
     serve.add_argument("--workers", type=int, help="processes sharing the port (needs --broker)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate")
+    serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--dev", action="store_true", help="open everything for local development")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -25,8 +25,10 @@ from ._auth import ConnectToken, InvalidToken, SubscribeToken, TokenExpired, Tok
 from ._channels import channel_options, is_private, is_user_limited, user_allowed
 from ._codes import (
     DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_EXPIRED,
     DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_TOO_MANY_REQUESTS,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     UNSUBSCRIBE_SERVER,
     Disconnect,
@@ -46,6 +48,7 @@ from ._hooks import (
     SubscribeEvent,
     UnsubscribeEvent,
 )
+from ._limits import TokenBucket
 from ._metrics import Metrics
 from ._node import Node, Recovery
 from ._protocol import (
@@ -151,6 +154,9 @@ class Client:
         self._held: list[bytes] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
+        rate = self.config.client.command_rate_limit
+        self._commands = TokenBucket(rate, 2 * rate) if rate > 0 else None
+        self._rejected = 0
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r}>"
@@ -182,9 +188,25 @@ class Client:
                 self.disconnect(event.disconnect)
                 break
             self.metrics.received[event.method].inc()
+            if self._commands is not None and not self._commands.take():
+                self._too_many(event)
+                continue
+            self._rejected = 0
             await self._handle(event)
             if event.id:
                 self.metrics.sent_reply.inc()
+            self._flush()
+
+    def _too_many(self, event: CommandReceived) -> None:
+        """Over the command rate: error 111, and 3013 for a client that keeps going."""
+        self._rejected += 1
+        if self._rejected > max(10.0, self.config.client.command_rate_limit):
+            self._log_bad_input(DISCONNECT_TOO_MANY_REQUESTS, "over the command rate limit")
+            self.disconnect(DISCONNECT_TOO_MANY_REQUESTS)
+            return
+        self.metrics.command_errors.labels(str(ErrorCode.TOO_MANY_REQUESTS)).inc()
+        if event.id:
+            self.session.reply_error(Error(ErrorCode.TOO_MANY_REQUESTS))
             self._flush()
 
     async def _handle(self, event: CommandReceived) -> None:
@@ -314,6 +336,9 @@ class Client:
                 channels += [c for c in reply.channels if c not in channels]
         if not authenticated and not self.config.client.allow_anonymous_connect_without_token:
             raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "client credentials not found")
+        limit = self.config.client.user_connection_limit
+        if limit and self.user and len(self.node.user_clients(self.user)) >= limit:
+            raise DisconnectRequest(DISCONNECT_CONNECTION_LIMIT, f"user {self.user!r} at limit")
         server_side = {channel: channel_options(self.config, channel) for channel in channels}
 
         self.node.add_client(self)

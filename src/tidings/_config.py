@@ -77,6 +77,15 @@ class ClientOptions(_Options, frozen=True):
     """Seconds to gather outgoing messages before writing (0: end of each loop iteration)."""
     max_message_size: int = 65536
     allow_anonymous_connect_without_token: bool = False
+    connection_limit: int = 100_000
+    """Connections per node; more are refused at the handshake with HTTP 503 (0: no limit)."""
+    user_connection_limit: int = 0
+    """Connections per user on a node; more are closed with 3504 (0: no limit)."""
+    connection_rate_limit: float = 0.0
+    """New connections per second per node; more get HTTP 503 (0: no limit)."""
+    command_rate_limit: float = 1000.0
+    """Commands per second per connection (bursts of twice that); over it: error 111,
+    and 3013 when a client keeps going (0: no limit)."""
 
 
 class HTTPAPIOptions(_Options, frozen=True):
@@ -141,6 +150,12 @@ class Config(_Options, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8000
     dev: bool = False
+    allowed_origins: list[str] = []
+    """Origins allowed to open WebSockets (``*`` wildcards). Empty: requests without an
+    Origin header (non-browser clients) and same-host pages only. Others get HTTP 403."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """PEM files: serve ``wss://`` directly, without a proxy in front."""
     demo: bool = False
     """Serve the demo app on the WebSocket port (``--dev`` turns it on)."""
     workers: int = 1
@@ -173,6 +188,8 @@ class Config(_Options, frozen=True):
         broker = self.broker
         if broker.url != "memory" and not broker.url.startswith(_REDIS_SCHEMES):
             raise ConfigError(f"broker.url must be 'memory' or redis://..., got {broker.url!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.workers > 1 and broker.url == "memory":
@@ -291,6 +308,7 @@ def _convert_config(data: dict[str, Any]) -> Config:
         raise ConfigError("namespaces must be a table of [namespaces.NAME] tables")
     if dev:
         data.setdefault("demo", True)
+        data.setdefault("allowed_origins", ["*"])
         for table, dev_options in (
             ("client", DEV_CLIENT_OPTIONS),
             ("http_api", DEV_HTTP_API_OPTIONS),

@@ -21,6 +21,7 @@ import asyncio
 import http
 import logging
 import random
+import ssl
 import struct
 
 import msgspec
@@ -40,6 +41,7 @@ from ._codes import (
     Disconnect,
 )
 from ._config import Config
+from ._limits import OriginCheck, TokenBucket
 from ._metrics import Metrics
 from ._session import CONNECTING
 from ._static import StaticFile, StaticFiles
@@ -210,6 +212,9 @@ class Server:
         self.config = context.config
         self.clients: patterns.Registry[Client] = patterns.Registry()
         self.flusher = Flusher(self.config.client.write_delay)
+        self.origins = OriginCheck(self.config.allowed_origins)
+        rate = self.config.client.connection_rate_limit
+        self.connection_rate = TokenBucket(rate, max(1.0, rate)) if rate > 0 else None
         self.demo = StaticFiles("demo") if self.config.demo else None
         """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
         self._server: WebSocketServer | None = None
@@ -232,8 +237,16 @@ class Server:
             max_size=self.config.client.max_message_size,
             server_header=None,
             reuse_port=reuse_port,
+            ssl=self._tls(),
         )
         self._port = self._server.sockets[0].getsockname()[1]
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, close every client with 3001 once its queue is written."""
@@ -252,7 +265,7 @@ class Server:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == WEBSOCKET_PATH:
-            return None
+            return self._admit(connection, request)
         if path == "/health":
             return _json_response(http.HTTPStatus.OK, {"status": "ok"})
         if self.demo is not None:
@@ -260,6 +273,21 @@ class Server:
             if static is not None:
                 return _static_response(static)
         return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Check a WebSocket handshake against the origin and connection limits."""
+        headers = request.headers
+        if not self.origins.allows(headers.get("Origin"), headers.get("Host")):
+            logger.warning("handshake refused: origin %r not allowed", headers.get("Origin"))
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+        limit = self.config.client.connection_limit
+        if limit and len(self.clients) >= limit:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
+        if self.connection_rate is not None and not self.connection_rate.take():
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many new connections\n"
+            )
+        return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
         connection = Connection(

@@ -23,7 +23,8 @@ nothing about permissions. It answers on its own:
   channel name: the connection is closed with 3501 (bad request);
 * a binary frame: closed with 3506 (inappropriate protocol);
 * a second subscribe to a channel: error 105; more than ``channel_limit``
-  channels: error 106; a channel name over ``channel_max_length``: error 107;
+  channels: error 106; a channel name over ``channel_max_length``, or with
+  characters other than printable ASCII: error 107;
 * the empty command ``{}``: a pong, closing with 3501 when no ping was sent.
 
 Rule 3: the state only changes through the tables below, when a command is
@@ -33,6 +34,7 @@ answered or when the connection is closed. ``CLOSED`` is final.
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -169,6 +171,8 @@ TRANSITIONS: dict[tuple[State, str], tuple[State, State]] = {
 
 # The order of Command's method fields: the first one set is the command's method.
 _METHODS = tuple(name for name in Command.__struct_fields__ if name != "id")
+_CHANNEL_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+"""Channel names are printable ASCII without spaces (as Centrifugo's default)."""
 _METHODS_WITH_CHANNEL = frozenset(
     {"subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history", "sub_refresh"}
 )
@@ -330,6 +334,9 @@ class Session:
                 return _close(DISCONNECT_BAD_REQUEST, f"{method} (id {command.id}): empty channel")
             if len(channel) > self.channel_max_length:
                 self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, "channel too long"))
+                return None
+            if not _CHANNEL_CHARACTERS.fullmatch(channel):
+                self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, "invalid channel name"))
                 return None
             if method == "subscribe":
                 if channel in self.channels:
