@@ -11,6 +11,7 @@ from tidings._protocol import (
     NO_DATA,
     ClientInfo,
     Empty,
+    ErrorBody,
     HistoryResult,
     PresenceResult,
     PresenceStatsResult,
@@ -20,7 +21,6 @@ from tidings._protocol import (
     SubscribeResult,
     decode_frame,
     encode,
-    encode_error,
     encode_push,
     strip_newlines,
 )
@@ -60,7 +60,8 @@ def test_the_no_data_sentinel_is_left_out() -> None:
 
 
 def test_error_replies_have_code_and_message() -> None:
-    assert json.loads(encode_error(4, 103, "permission denied")) == {
+    reply = Reply(id=4, error=ErrorBody(code=103, message="permission denied"))
+    assert json.loads(encode(reply)) == {
         "id": 4,
         "error": {"code": 103, "message": "permission denied"},
     }

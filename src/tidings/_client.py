@@ -161,11 +161,6 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r}>"
 
-    @property
-    def channels(self) -> frozenset[str]:
-        """Channels this client is subscribed to."""
-        return frozenset(self.session.channels)
-
     # --- input from the connection -----------------------------------------------
 
     async def receive_text(self, frame: str | bytes) -> None:

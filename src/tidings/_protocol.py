@@ -24,9 +24,7 @@ __all__ = [
     "StreamPosition",
     "decode_frame",
     "encode",
-    "encode_error",
     "encode_push",
-    "encode_reply",
     "strip_newlines",
 ]
 
@@ -289,16 +287,6 @@ def decode_frame(frame: str | bytes) -> list[Command]:
     if isinstance(frame, str):
         frame = frame.encode()
     return _command_decoder.decode_lines(frame)
-
-
-def encode_reply(reply: Reply) -> bytes:
-    return _encoder.encode(reply)
-
-
-def encode_error(command_id: int, code: int, message: str, temporary: bool = False) -> bytes:
-    return _encoder.encode(
-        Reply(id=command_id, error=ErrorBody(code=code, message=message, temporary=temporary))
-    )
 
 
 def encode_push(push: Push) -> bytes:
