@@ -3,7 +3,15 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint types check clean
+# The front-end (demo app and admin UI): sources in web/, built by vite into package data
+# (src/tidings/web/<app>/, not committed). Rebuilt when missing or older than its sources.
+NPM ?= npm
+WEB_SOURCES := $(shell find web -path web/node_modules -prune -o -type f -print 2>/dev/null)
+WEB_DEPS := web/node_modules/.installed
+WEB_BUILT := src/tidings/web/.built
+WEB_APPS := src/tidings/web/demo/index.html src/tidings/web/admin/index.html
+
+.PHONY: install web run test lint types check clean clean-web
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,10 +21,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+$(WEB_DEPS): web/package.json web/package-lock.json
+	cd web && $(NPM) ci --no-audit --no-fund
+	touch $(WEB_DEPS)
+
+$(WEB_BUILT): $(WEB_DEPS) $(WEB_SOURCES)
+	cd web && $(NPM) run build
+	touch $(WEB_BUILT)
+
+# An app folder removed by hand (the stamp still there) is built again too.
+web: $(WEB_BUILT)
+	@for f in $(WEB_APPS); do test -f $$f || { rm -f $(WEB_BUILT); $(MAKE) --no-print-directory $(WEB_BUILT); break; }; done
+
+run: install web
 	$(BIN)/tidings serve --dev
 
-test: install
+test: install web
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -28,5 +48,41 @@ lint: install
 types: install
 	$(BIN)/mypy
 
-clean:
+clean: clean-web
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+
+clean-web:
+	rm -rf src/tidings/web web/node_modules
+
+# --- benchmark suite (bench/README.md) ---------------------------------------------------
+BENCH_VENV := bench/.venv-peers
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+.PHONY: bench bench-quick bench-build bench-deps
+
+bench/build/wsbench: bench/loadgen/wsbench.c bench/loadgen/common.h
+	mkdir -p bench/build
+	gcc -O2 -Wall -Wextra -o $@ bench/loadgen/wsbench.c -lm
+
+bench/build/wsblast: bench/loadgen/wsblast.c bench/loadgen/common.h
+	mkdir -p bench/build
+	gcc -O2 -Wall -o $@ bench/loadgen/wsblast.c
+
+bench-build: bench/build/wsbench bench/build/wsblast
+
+$(BENCH_STAMP): bench/requirements-peers.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements-peers.txt
+	touch $(BENCH_STAMP)
+
+bench/node_modules/.package-lock.json: bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund
+
+bench-deps: install $(BENCH_STAMP) bench/node_modules/.package-lock.json
+
+bench: bench-build bench-deps
+	$(BENCH_VENV)/bin/python bench/run.py
+
+bench-quick: bench-build bench-deps
+	$(BENCH_VENV)/bin/python bench/run.py --quick
