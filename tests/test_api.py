@@ -1184,14 +1184,6 @@ async def test_exclude_client_skips_the_named_client_but_not_other_subscribers(
 # OpenAPI and schemathesis
 # ======================================================================================
 
-OPENAPI_BUG = (
-    "src bug: GET /api/openapi.json answers 500: _api.py openapi() calls "
-    "msgspec.json.schema_components() on request structs whose Raw fields default to "
-    "NO_DATA (PublishRequest.data, BroadcastRequest.data, SubscribeRequest.info/data, "
-    "RefreshRequest.info); msgspec renders field defaults into the schema and raises "
-    "TypeError: Encoding objects of type msgspec.Raw is unsupported"
-)
-
 
 async def test_the_openapi_description_is_served_and_lists_every_method(
     make_hub: HubFactory,

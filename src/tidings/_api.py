@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import functools
 import hmac
 import logging
@@ -32,7 +31,7 @@ from msgspec import Raw, Struct
 
 from .__about__ import __version__
 from ._codes import Disconnect, Error, ErrorCode
-from ._hub import Hub
+from ._hub import Hub, NodeInfo
 from ._protocol import NO_DATA, ClientInfo, Publication, StreamPosition
 from ._static import StaticFiles
 
@@ -52,24 +51,23 @@ class _Result(Struct, omit_defaults=True):
 # --- requests ------------------------------------------------------------------------
 
 
-class PublishRequest(_Request):
+class _PublishFields(_Request, kw_only=True):
+    """What publish and broadcast share."""
+
+    data: Raw = NO_DATA
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+    exclude_client: str = ""
+
+
+class PublishRequest(_PublishFields, kw_only=True):
     channel: str
-    data: Raw = NO_DATA
-    b64data: str = ""
-    skip_history: bool = False
-    tags: dict[str, str] | None = None
-    idempotency_key: str = ""
-    exclude_client: str = ""
 
 
-class BroadcastRequest(_Request):
+class BroadcastRequest(_PublishFields, kw_only=True):
     channels: list[str]
-    data: Raw = NO_DATA
-    b64data: str = ""
-    skip_history: bool = False
-    tags: dict[str, str] | None = None
-    idempotency_key: str = ""
-    exclude_client: str = ""
 
 
 class SubscribeRequest(_Request):
@@ -186,19 +184,8 @@ class ChannelsResult(Struct):
     channels: dict[str, ChannelInfo]
 
 
-class NodeResult(Struct):
-    uid: str
-    name: str
-    version: str
-    num_clients: int
-    num_users: int
-    num_channels: int
-    num_subs: int
-    uptime: int
-
-
 class InfoResult(Struct):
-    nodes: list[NodeResult]
+    nodes: list[NodeInfo]
 
 
 # --- methods: decode, call the hub, encode ---------------------------------------------
@@ -336,7 +323,7 @@ async def _channels(hub: Hub, req: ChannelsRequest) -> ChannelsResult:
 
 
 async def _info(hub: Hub, req: InfoRequest) -> InfoResult:
-    return InfoResult(nodes=[NodeResult(**dataclasses.asdict(n)) for n in await hub.info()])
+    return InfoResult(nodes=await hub.info())
 
 
 def _require_user(user: str) -> None:
@@ -745,7 +732,7 @@ class Admin:
         return _json(
             {
                 "time": time.time(),
-                "nodes": [dataclasses.asdict(node) for node in nodes],
+                "nodes": nodes,
                 "connections": sum(node.num_clients for node in nodes),
                 "subscriptions": sum(node.num_subs for node in nodes),
                 "channels": hub.node.channels(),

@@ -15,7 +15,6 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -55,8 +54,7 @@ logger = logging.getLogger("tidings")
 _H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
 
 
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
+class NodeInfo(msgspec.Struct, frozen=True):
     """One node of the hub, as the ``info`` API reports it."""
 
     uid: str

@@ -10,21 +10,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+from ._protocol import METHODS
 
-COMMANDS = (
-    "connect",
-    "subscribe",
-    "unsubscribe",
-    "publish",
-    "presence",
-    "presence_stats",
-    "history",
-    "rpc",
-    "send",
-    "refresh",
-    "sub_refresh",
-)
+__all__ = ["Metrics"]
 
 
 class Metrics:
@@ -81,7 +69,7 @@ class Metrics:
             "Clients disconnected because their outgoing queue overflowed (3008).",
             registry=r,
         )
-        self.received = {name: self.messages_received.labels(name) for name in COMMANDS}
+        self.received = {name: self.messages_received.labels(name) for name in METHODS}
         self.sent_publication = self.messages_sent.labels("publication")
         self.sent_join = self.messages_sent.labels("join")
         self.sent_leave = self.messages_sent.labels("leave")

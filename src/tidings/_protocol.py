@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta, Raw, Struct
 
 __all__ = [
+    "METHODS",
     "NO_DATA",
     "ClientInfo",
     "Command",
@@ -131,6 +132,10 @@ class Command(_Wire):
     send: SendRequest | None = None
     refresh: RefreshRequest | None = None
     sub_refresh: SubRefreshRequest | None = None
+
+
+METHODS = tuple(name for name in Command.__struct_fields__ if name != "id")
+"""The command methods, in the order they are looked for in a command."""
 
 
 # --- Results and pushes (server -> client) ---------------------------------------

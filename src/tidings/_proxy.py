@@ -82,6 +82,13 @@ class _Response(msgspec.Struct):
     disconnect: _DisconnectBody | None = None
 
 
+def _body(
+    event: RefreshEvent | SubscribeEvent | PublishEvent | RPCEvent, **fields: Any
+) -> dict[str, Any]:
+    """A proxy request: who, over what, then the event's own fields."""
+    return {"client": event.client, **_COMMON, "user": event.user, **fields}
+
+
 class HTTPProxy:
     """Calls the configured endpoints; :meth:`hooks` gives the hooks to install."""
 
@@ -126,40 +133,22 @@ class HTTPProxy:
         )
 
     async def refresh(self, event: RefreshEvent) -> RefreshReply:
-        body = {"client": event.client, **_COMMON, "user": event.user}
+        body = _body(event)
         result = await self._call(self.options.refresh_endpoint, body, _RefreshResult)
         return RefreshReply(expire_at=result.expire_at, expired=result.expired)
 
     async def subscribe(self, event: SubscribeEvent) -> SubscribeReply:
-        body = {
-            "client": event.client,
-            **_COMMON,
-            "user": event.user,
-            "channel": event.channel,
-            "data": event.data,
-        }
+        body = _body(event, channel=event.channel, data=event.data)
         result = await self._call(self.options.subscribe_endpoint, body, _SubscribeResult)
         return SubscribeReply(info=result.info, data=result.data)
 
     async def publish(self, event: PublishEvent) -> PublishReply:
-        body = {
-            "client": event.client,
-            **_COMMON,
-            "user": event.user,
-            "channel": event.channel,
-            "data": event.data,
-        }
+        body = _body(event, channel=event.channel, data=event.data)
         result = await self._call(self.options.publish_endpoint, body, _PublishResult)
         return PublishReply(data=result.data, skip_history=result.skip_history)
 
     async def rpc(self, event: RPCEvent) -> Any:
-        body = {
-            "client": event.client,
-            **_COMMON,
-            "user": event.user,
-            "method": event.method,
-            "data": event.data,
-        }
+        body = _body(event, method=event.method, data=event.data)
         return (await self._call(self.options.rpc_endpoint, body, _RPCResult)).data
 
     async def unsubscribe(self, event: UnsubscribeEvent) -> None:

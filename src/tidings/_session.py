@@ -49,6 +49,7 @@ from ._codes import (
     Unsubscribe,
 )
 from ._protocol import (
+    METHODS,
     PING,
     Command,
     ConnectRequest,
@@ -142,20 +143,7 @@ class CloseConnection:
 Event = CommandReceived | CloseConnection
 
 # Which methods each state accepts; any other method closes with 3501.
-_CLIENT_METHODS = frozenset(
-    {
-        "subscribe",
-        "unsubscribe",
-        "publish",
-        "presence",
-        "presence_stats",
-        "history",
-        "rpc",
-        "send",
-        "refresh",
-        "sub_refresh",
-    }
-)
+_CLIENT_METHODS = frozenset(METHODS) - {"connect"}
 ACCEPTED_METHODS: dict[State, frozenset[str]] = {
     CONNECTING: frozenset({"connect"}),
     CONNECTED: _CLIENT_METHODS,
@@ -169,8 +157,6 @@ TRANSITIONS: dict[tuple[State, str], tuple[State, State]] = {
     (CONNECTING, "connect"): (CONNECTED, FAILED),
 }
 
-# The order of Command's method fields: the first one set is the command's method.
-_METHODS = tuple(name for name in Command.__struct_fields__ if name != "id")
 _CHANNEL_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 """Channel names are printable ASCII without spaces (as Centrifugo's default)."""
 _METHODS_WITH_CHANNEL = frozenset(
@@ -315,7 +301,7 @@ class Session:
 
     def _check(self, command: Command) -> Event | None:
         """Validate one command against the protocol rules (module docstring)."""
-        method = next((name for name in _METHODS if getattr(command, name) is not None), None)
+        method = next((name for name in METHODS if getattr(command, name) is not None), None)
         if method is None or (command.id == 0 and method != "send"):
             if method is None and command.id == 0:
                 return self._pong()
