@@ -591,14 +591,17 @@ class Client:
         await self._unsubscribed(channel, unsubscribe)
 
     def resubscribe(self, channel: str) -> None:
-        """The node may have lost publications of ``channel``: make the client recover.
+        """The node dropped the subscription (publications may be lost): tell the client.
 
-        The unsubscribe push with code 2500 makes SDKs subscribe again, with
-        recovery from their last position where the channel keeps history.
+        The unsubscribe push with code 2500 goes out before anything else the
+        node sends: SDKs subscribe again, recovering from their last position
+        where the channel keeps history.
         """
-        task = asyncio.ensure_future(
-            self.unsubscribe_by_server(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
-        )
+        if channel not in self.session.channels or self.closed:
+            return
+        self.session.unsubscribe_server_side(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
+        self._flush()
+        task = asyncio.ensure_future(self._unsubscribed(channel, UNSUBSCRIBE_INSUFFICIENT_STATE))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -44,6 +44,7 @@ from ._protocol import NO_DATA, ClientInfo, Publication, StreamPosition, strip_n
 from ._proxy import HTTPProxy
 from ._redis import RedisBroker
 from ._server import WEBSOCKET_PATH, Server
+from ._tasks import stop_task
 
 if TYPE_CHECKING:
     from ._api import APIServer
@@ -151,8 +152,7 @@ class Hub:
         self._started = False
         await self.server.shutdown(self.config.shutdown_timeout)
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await stop_task(self._heartbeat)
             if isinstance(self.broker, NodeRegistry):
                 await self._quietly(self.broker.forget_node(self.uid))
         if self.api is not None:

@@ -46,6 +46,7 @@ from ._protocol import (
     SubscribeResult,
     encode_push,
 )
+from ._tasks import stop_task
 
 __all__ = ["Node", "Subscriber"]
 
@@ -70,7 +71,8 @@ class Subscriber(Protocol):
         ...
 
     def resubscribe(self, channel: str) -> None:
-        """Publications may be missing: have the client resubscribe (and recover)."""
+        """The node dropped this subscription (publications may be missing): tell the
+        client now, so that it subscribes again and recovers. Must not block."""
         ...
 
 
@@ -82,6 +84,8 @@ class _Subscription:
     push_join_leave: bool
     buffer: list[tuple[int, bytes]] | None = field(default_factory=list)
     """(offset or -1, encoded push) received while subscribing; None once live."""
+    lost: bool = False
+    """The broker may have lost publications while this subscribe was in progress."""
 
 
 @dataclass(slots=True)
@@ -134,15 +138,16 @@ class Node(Generic[C]):
         self._users: dict[str, set[str]] = {}
         self._client_channels: dict[str, set[str]] = {}
         self._routing: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.broker.start(self)
         self._presence_task = asyncio.ensure_future(self._refresh_presence())
 
     async def close(self) -> None:
-        if self._presence_task is not None:
-            self._presence_task.cancel()
-            await asyncio.gather(self._presence_task, return_exceptions=True)
+        await stop_task(self._presence_task)
+        for task in list(self._background):
+            await stop_task(task)
         await self.broker.close()
 
     async def _refresh_presence(self) -> None:
@@ -247,6 +252,10 @@ class Node(Generic[C]):
                 logger.exception("subscribe to %r failed", channel)
                 raise Error(ErrorCode.INTERNAL) from exc
             raise
+        if subscription.lost:
+            # Its position may predate a gap: fail (temporary), the client retries.
+            await self.unsubscribe(subscriber, channel)
+            raise Error(ErrorCode.INTERNAL, "publications may be lost, subscribe again")
         reply(result)
         self._go_live(subscription, result)
         if options.join_leave:
@@ -339,11 +348,15 @@ class Node(Generic[C]):
     async def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
         """Remove the subscription (leave, presence) if there is one."""
         subscription = self._drop(channel, subscriber.id)
-        if subscription is None:
-            return
+        if subscription is not None:
+            await self._forget(channel, subscription)
+
+    async def _forget(self, channel: str, subscription: _Subscription) -> None:
+        """What a dropped subscription leaves behind: its presence, its leave event."""
         options = subscription.options
         if options.presence:
-            await self._broker_call(self.presence_manager.remove_presence(channel, subscriber.id))
+            client_id = subscription.subscriber.id
+            await self._broker_call(self.presence_manager.remove_presence(channel, client_id))
         if options.join_leave and subscription.buffer is None:
             await self._broker_call(self.broker.publish_leave(channel, subscription.info))
 
@@ -371,6 +384,11 @@ class Node(Generic[C]):
         except Exception:
             self.metrics.broker_errors.inc()
             logger.exception("broker call failed")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def is_subscribed(self, client_id: str, channel: str) -> bool:
         return channel in self._client_channels.get(client_id, ())
@@ -448,6 +466,12 @@ class Node(Generic[C]):
         self.metrics.sent_leave.inc(sent)
 
     def handle_lost(self, channels: Sequence[str]) -> None:
+        """Make the subscribers of these channels resubscribe, before anything else arrives.
+
+        Live subscriptions are dropped now (synchronously, so not one more
+        publication reaches them past the gap) and their clients told (2500);
+        subscribes in progress fail and are retried by their clients.
+        """
         for channel in channels:
             entry = self._channels.get(channel)
             if entry is None:
@@ -457,8 +481,13 @@ class Node(Generic[C]):
                 channel,
                 len(entry.subscriptions),
             )
-            for subscription in list(entry.subscriptions.values()):
+            for client_id, subscription in list(entry.subscriptions.items()):
+                if subscription.buffer is not None:
+                    subscription.lost = True
+                    continue
+                self._drop(channel, client_id)
                 subscription.subscriber.resubscribe(channel)
+                self._spawn(self._forget(channel, subscription))
 
     def _push_join_leave(self, channel: str, push: Push) -> int:
         entry = self._channels.get(channel)

@@ -41,6 +41,7 @@ from ._broker import (
     UnrecoverablePosition,
 )
 from ._protocol import ClientInfo, Publication, StreamPosition
+from ._tasks import stop_task
 
 __all__ = ["RedisBroker", "RedisKeys", "PUBLISH_SCRIPT"]
 
@@ -176,9 +177,7 @@ class _Shard:
         self.task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        await stop_task(self.task)
         await self._close()
 
     def subscribe(self, name: str) -> asyncio.Future[None]:
@@ -231,6 +230,9 @@ class _Shard:
             try:
                 await self._connect()
                 if lost:
+                    # Redis came back (maybe restarted): idle pooled connections are
+                    # stale, drop them before a command trips on one.
+                    await self.broker.redis.connection_pool.disconnect(inuse_connections=False)
                     self.broker._lost(self.channels)
                     lost = False
                 delay = 0.05
@@ -312,8 +314,12 @@ class RedisBroker:
         self.max_retry_delay = max_retry_delay
         self.subscribe_timeout = subscribe_timeout
         self.errors = 0
+        # health_check_interval: a pooled connection idle for a second is checked
+        # (PING) before use, so the first command after Redis restarted does not
+        # fail on a stale connection. Commands are not retried: a publish must not
+        # risk going out twice.
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_keepalive=True
+            url, socket_connect_timeout=2.0, socket_keepalive=True, health_check_interval=1
         )
         self._publish = self.redis.register_script(PUBLISH_SCRIPT)
         self._history = self.redis.register_script(HISTORY_SCRIPT)
@@ -337,7 +343,7 @@ class RedisBroker:
         for shard in self._shards:
             await shard.stop()
         for task in list(self._background):
-            task.cancel()
+            await stop_task(task)
         await self.redis.aclose()
 
     def _shard(self, name: str) -> _Shard:
@@ -351,6 +357,7 @@ class RedisBroker:
         try:
             await asyncio.wait_for(confirmed, self.subscribe_timeout)
         except TimeoutError:
+            self._shard(name).unsubscribe(name)  # not routed: the node gives up on it
             raise RedisError(f"no SUBSCRIBE confirmation for {name} (Redis down?)") from None
 
     async def unsubscribe(self, channel: str) -> None:
