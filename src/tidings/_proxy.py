@@ -77,7 +77,7 @@ class _RPCResult(msgspec.Struct):
 
 
 class _Response(msgspec.Struct):
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     error: _ErrorBody | None = None
     disconnect: _DisconnectBody | None = None
 
@@ -183,7 +183,7 @@ class HTTPProxy:
             raise DisconnectRequest(disconnect, f"proxy {url} disconnected the client")
         if response.error is not None:
             raise Error(response.error.code, response.error.message or None)
-        if response.result is None:
+        if not bytes(response.result):
             return result_type()
         return msgspec.json.decode(bytes(response.result), type=result_type)
 
