@@ -86,3 +86,35 @@ bench: bench-build bench-deps
 
 bench-quick: bench-build bench-deps
 	$(BENCH_VENV)/bin/python bench/run.py --quick
+
+# Coverage-guided fuzzing of the frame decoder and the session (atheris, see fuzz/README.md).
+# FUZZ_IGNORE names exceptions of known, reported bugs the fuzzer should go past.
+FUZZ_TIME ?= 600
+FUZZ_CORPUS ?= fuzz/corpus
+FUZZ_IGNORE ?=
+
+.PHONY: fuzz
+fuzz: install
+	$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/python -m pip install --quiet atheris
+	mkdir -p $(FUZZ_CORPUS)
+	TIDINGS_FUZZ_IGNORE=$(FUZZ_IGNORE) $(BIN)/python fuzz/fuzz_decode.py \
+		-dict=fuzz/json.dict -max_total_time=$(FUZZ_TIME) -max_len=8192 \
+		-artifact_prefix=fuzz/ $(FUZZ_CORPUS)
+
+# --- soak and fault tests (soak/README.md, docs/reliability.md) --------------------------
+# `make test` runs tests/test_faults.py with a 2,000-client reconnect storm and a 60 s soak;
+# these run the full sizes: a 600 s soak (SOAK_SECONDS=...) and a 10,000-client storm.
+SOAK_SECONDS ?= 600
+STORM_CLIENTS ?= 10000
+
+.PHONY: soak storm
+
+soak: install
+	$(BIN)/python soak/run.py --seconds $(SOAK_SECONDS); soak=$$?; \
+	TIDINGS_STORM_CLIENTS=$(STORM_CLIENTS) $(BIN)/python -m pytest tests/test_faults.py \
+		-q -s -p no:cacheprovider -k a_reconnect_storm_is_served; storm=$$?; \
+	test $$soak -eq 0 -a $$storm -eq 0
+
+storm: install
+	TIDINGS_STORM_CLIENTS=$(STORM_CLIENTS) $(BIN)/python -m pytest tests/test_faults.py \
+		-q -s -p no:cacheprovider -k a_reconnect_storm_is_served

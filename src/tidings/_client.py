@@ -188,7 +188,7 @@ class Client:
                 continue
             self._rejected = 0
             await self._handle(event)
-            if event.id:
+            if event.id and event.method != "send":
                 self.metrics.sent_reply.inc()
             self._flush()
 
@@ -493,7 +493,12 @@ class Client:
                 skip_history = reply.skip_history
         elif not (
             self._allowed(options.allow_publish_for_client, options.allow_publish_for_anonymous)
-            or (channel in self.session.channels and options.allow_publish_for_subscriber)
+            or (
+                channel in self.session.channels
+                and self._allowed(
+                    options.allow_publish_for_subscriber, options.allow_publish_for_anonymous
+                )
+            )
         ):
             raise Error(ErrorCode.PERMISSION_DENIED)
         await self.node.publish(

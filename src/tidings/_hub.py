@@ -184,7 +184,8 @@ class Hub:
     @property
     def url(self) -> str:
         """The WebSocket endpoint for SDKs."""
-        return f"ws://{self.config.host}:{self.port}{WEBSOCKET_PATH}"
+        scheme = "wss" if self.config.tls_cert else "ws"
+        return f"{scheme}://{self.config.host}:{self.port}{WEBSOCKET_PATH}"
 
     @property
     def api_url(self) -> str:

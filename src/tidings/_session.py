@@ -38,8 +38,6 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-import msgspec
-
 from ._codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
@@ -196,7 +194,7 @@ class Session:
             return
         try:
             commands = decode_frame(frame)
-        except (msgspec.DecodeError, UnicodeEncodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8, deep nesting
             self._commands.clear()
             self._commands.append(_bad(f"undecodable frame: {exc}"))
             return
@@ -231,7 +229,7 @@ class Session:
                 continue
             if isinstance(event, CloseConnection):
                 return self._closed(event)
-            if event.id:
+            if event.id and event.method != "send":  # a send is never answered
                 self._pending = event
             return event
         return None
