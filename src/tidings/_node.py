@@ -86,6 +86,10 @@ class _Subscription:
     """(offset or -1, encoded push) received while subscribing; None once live."""
     lost: bool = False
     """The broker may have lost publications while this subscribe was in progress."""
+    floor: int = 0
+    """Offsets up to this one reached the client in its subscribe reply or buffer: a
+    late live copy of one of them (a broker delivering after the history read) is
+    dropped."""
 
 
 @dataclass(slots=True)
@@ -344,6 +348,8 @@ class Node(Generic[C]):
                 last = offset
             if data:
                 subscription.subscriber.deliver(data)
+        if result.positioned:
+            subscription.floor = last
 
     async def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
         """Remove the subscription (leave, presence) if there is one."""
@@ -447,7 +453,7 @@ class Node(Generic[C]):
         offset = publication.offset
         for client_id, subscription in entry.subscriptions.items():
             if subscription.buffer is None:
-                if client_id != exclude_client:
+                if client_id != exclude_client and (offset > subscription.floor or not offset):
                     subscription.subscriber.deliver(data)
             else:
                 # Buffered even when excluded: the offset still counts for gaps.

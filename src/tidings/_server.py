@@ -54,6 +54,8 @@ WEBSOCKET_PATH = "/connection/websocket"
 MAX_FRAME_SIZE = 64 * 1024
 """Coalesced messages are cut into frames of at most this size."""
 SLOW_CLOSE_TIMEOUT = 1.0
+CLOSE_TIMEOUT = 5.0
+"""Seconds a closing handshake may take before the TCP connection is cut."""
 """Seconds a slow client gets to take the close frame before the TCP connection is cut."""
 
 
@@ -243,6 +245,7 @@ class Server:
             server_header=None,
             reuse_port=reuse_port,
             ssl=self._tls(),
+            backlog=4096,  # a reconnect storm overflows the default 100 (SYN retries, seconds)
         )
         self._port = self._server.sockets[0].getsockname()[1]
 
@@ -263,8 +266,9 @@ class Server:
         try:
             await asyncio.wait_for(self._server.wait_closed(), timeout)
         except TimeoutError:
-            logger.warning("shutdown timeout: closing the remaining connections")
-            self._server.close(close_connections=True)
+            logger.warning("shutdown timeout: cutting the remaining connections")
+            for websocket in list(self.clients):
+                websocket.transport.abort()
             await self._server.wait_closed()
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -311,7 +315,13 @@ class Server:
         async def close_when_asked() -> None:
             await connection.closed.wait()
             closing = connection.closing or DISCONNECT_SHUTDOWN
-            await websocket.close(closing.code, closing.reason)
+            try:
+                # websockets' close() waits, without a deadline, for a socket that
+                # does not drain: a peer that stopped reading would hold it forever.
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await websocket.close(closing.code, closing.reason)
+            except TimeoutError:
+                websocket.transport.abort()
 
         async with self.clients.registered(websocket, client):
             try:
@@ -320,9 +330,13 @@ class Server:
                 )
             finally:
                 timers.cancel()
-                await client.cleanup(
-                    websocket.close_code or CloseCode.ABNORMAL_CLOSURE, websocket.close_reason or ""
+                # The code the server chose (3008 for a slow client whose close frame
+                # never went out), else what the peer sent, else 1006.
+                code, reason = connection.closing or (
+                    websocket.close_code or CloseCode.ABNORMAL_CLOSURE,
+                    websocket.close_reason or "",
                 )
+                await client.cleanup(code, reason)
 
 
 class _Timers:
