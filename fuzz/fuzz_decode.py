@@ -100,11 +100,9 @@ def feed_session(data: bytes) -> None:
         while (event := session.next_event()) is not None:
             if isinstance(event, CloseConnection):
                 break
-            if not event.id:
-                continue
-            # A send with an id cannot take a result (Reply has no send field): an
-            # error answers it. See the README.
-            if event.method != "send" and rng.random() < 0.7:
+            if not event.id or event.method == "send":
+                continue  # a send is never answered
+            if rng.random() < 0.7:
                 session.reply(RESULTS[event.method]())  # type: ignore[operator]
             else:
                 session.reply_error(Error(rng.randint(100, 112)))
