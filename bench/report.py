@@ -494,7 +494,8 @@ def build_markdown(summary: dict[str, Any], charts: list[tuple[str, str]]) -> st
         w("### Cross-node latency (tidings, Redis broker, 1,000 subscribers, 128 B)\n")
         w(
             "Single node: publisher and subscribers on one node (core 1). Cross-node: subscribers on "
-            "node B (core 1), publisher on node A (core 0).\n"
+            "node B (core 1), publisher on node A (core 0). Each run starts with a warm-up step "
+            "at the first rate, left out here.\n"
         )
         w("| rate msg/s | setup | delivered | p50 ms | p99 ms | max ms | node CPU |")
         w("|---:|---|---:|---:|---:|---:|---:|")
