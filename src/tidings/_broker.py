@@ -21,7 +21,7 @@ Contract the node relies on:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -59,6 +59,11 @@ class HistoryOptions:
 class PresenceStats:
     num_clients: int
     num_users: int
+
+    @classmethod
+    def of(cls, clients: Mapping[str, ClientInfo]) -> PresenceStats:
+        """The stats of a presence map (client id -> info)."""
+        return cls(len(clients), len({info.user for info in clients.values()}))
 
 
 class BrokerEventHandler(Protocol):

@@ -153,7 +153,7 @@ class MemoryBroker:
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         clients = self._presence.get(channel, {})
-        return PresenceStats(len(clients), len({info.user for info in clients.values()}))
+        return PresenceStats.of(clients)
 
     def _stream(self, channel: str) -> _Stream:
         stream = self._streams.get(channel)

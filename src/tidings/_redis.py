@@ -494,7 +494,7 @@ class RedisBroker:
 
     async def presence_stats(self, channel: str) -> PresenceStats:
         clients = await self.presence(channel)
-        return PresenceStats(len(clients), len({info.user for info in clients.values()}))
+        return PresenceStats.of(clients)
 
     # --- nodes -------------------------------------------------------------------
 
