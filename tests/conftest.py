@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -11,6 +12,14 @@ SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 API_KEY = "test-api-key"
 
 HubFactory = Callable[..., Awaitable[Hub]]
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage() -> Iterator[None]:
+    """Collect cycles after each test, so that a resource it leaked (an unclosed transport,
+    reported as an unraisable ResourceWarning) fails that test and not a later one."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -427,6 +427,11 @@ async def test_message_sent_through_django_reaches_a_websocket_client(
         assert denied.value.code == 103
     finally:
         await client.disconnect()
+        # The SDK closes its WebSocket in a background task: let it finish before the
+        # test's event loop goes away, or the socket is reported as leaked.
+        pending = list(getattr(client, "_background_tasks", ()))
+        if pending:
+            await asyncio.wait(pending, timeout=WAIT)
 
 
 async def test_token_is_a_jwt_for_the_logged_in_user(
