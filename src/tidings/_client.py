@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -28,6 +31,8 @@ from ._codes import (
     DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_EXPIRED,
     DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_NO_PONG,
+    DISCONNECT_STALE,
     DISCONNECT_TOO_MANY_REQUESTS,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     UNSUBSCRIBE_SERVER,
@@ -79,7 +84,7 @@ from ._protocol import (
     UnsubscribeRequest,
     encode_push,
 )
-from ._session import CloseConnection, CommandReceived, Result, Session
+from ._session import CONNECTING, CloseConnection, CommandReceived, Result, Session
 
 __all__ = ["Client", "Context", "Transport"]
 
@@ -124,6 +129,9 @@ class _ChannelGrant:
     expire_at: int = 0
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 class Client:
     """A connected client, driven by the frames its connection receives."""
 
@@ -140,7 +148,7 @@ class Client:
         self.hooks = context.hooks
         self.metrics = context.metrics
         self.transport = transport
-        self.headers: Mapping[str, str] = headers or {}
+        self.headers: Mapping[str, str] = headers or _NO_HEADERS
         self.session = Session(
             channel_limit=self.config.client.channel_limit,
             channel_max_length=self.config.client.channel_max_length,
@@ -153,7 +161,10 @@ class Client:
         self._grants: dict[str, _ChannelGrant] = {}
         self._held: list[bytes] | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] | None = None  # made on first use
+        # Heartbeat deadlines (loop time; see heartbeat()).
+        self.due = math.inf
+        self._ping_at = self._pong_at = self._stale_at = math.inf
         rate = self.config.client.command_rate_limit
         self._commands = TokenBucket(rate, 2 * rate) if rate > 0 else None
         self._rejected = 0
@@ -162,6 +173,13 @@ class Client:
         return f"<Client {self.id} user={self.user!r}>"
 
     # --- input from the connection -----------------------------------------------
+
+    async def receive(self, message: str | bytes) -> None:
+        """Take one message as ``websockets`` gives it: text as str, binary as bytes."""
+        if isinstance(message, str):
+            await self.receive_text(message)
+        else:
+            await self.receive_binary(message)
 
     async def receive_text(self, frame: str | bytes) -> None:
         self.session.receive_text(frame)
@@ -259,6 +277,49 @@ class Client:
         self._flush()
         return True
 
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background task until it is done (cancelled on cleanup)."""
+        if self._background is None:
+            self._background = set()
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- heartbeat: pings, the pong deadline, the stale check ----------------------
+    # Deadlines, not loop timers: the server calls heartbeat() on one periodic tick
+    # for every client whose ``due`` time passed (two timers per client cost ~1 KiB
+    # of every idle connection).
+
+    def start_heartbeat(self, now: float) -> None:
+        """Set the first deadlines; ``now`` is the loop's time."""
+        options = self.config.client
+        # The first ping is randomized to spread the pings of clients that
+        # connected together (say, after a restart).
+        self._ping_at = now + random.uniform(options.ping_interval / 2, options.ping_interval)
+        self._stale_at = now + options.stale_close_delay
+        self.due = min(self._ping_at, self._stale_at)
+
+    def heartbeat(self, now: float) -> None:
+        """Act on the deadlines passed by ``now``: stale (3502), no pong (3012), ping."""
+        if self.closed:
+            self.due = math.inf
+            return
+        if now >= self._stale_at:
+            self._stale_at = math.inf
+            if self.session.state is CONNECTING:
+                self.disconnect(DISCONNECT_STALE)
+                return
+        if now >= self._pong_at:
+            self._pong_at = math.inf
+            if self.session.awaiting_pong:
+                self.disconnect(DISCONNECT_NO_PONG)
+                return
+        if now >= self._ping_at:
+            options = self.config.client
+            self._ping_at = now + options.ping_interval
+            if self.send_ping():
+                self._pong_at = now + options.pong_timeout
+        self.due = min(self._ping_at, self._pong_at, self._stale_at)
+
     async def cleanup(self, code: int, reason: str) -> None:
         """Leave every channel and tell the hooks; call once the connection is gone.
 
@@ -270,7 +331,7 @@ class Client:
         self.closed = True
         if self._expiry is not None:
             self._expiry.cancel()
-        for task in self._background:
+        for task in self._background or ():
             task.cancel()
         self.metrics.disconnects.labels(str(code)).inc()
         channels = list(self.session.channels)
@@ -329,6 +390,7 @@ class Client:
                 if reply.expire_at is not None:
                     self.expire_at = reply.expire_at
                 channels += [c for c in reply.channels if c not in channels]
+        self.headers = _NO_HEADERS  # only the connect hook sees them: free them
         if not authenticated and not self.config.client.allow_anonymous_connect_without_token:
             raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "client credentials not found")
         limit = self.config.client.user_connection_limit
@@ -607,8 +669,7 @@ class Client:
         self.session.unsubscribe_server_side(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
         self._flush()
         task = asyncio.ensure_future(self._unsubscribed(channel, UNSUBSCRIBE_INSUFFICIENT_STATE))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._keep(task)
 
     def refresh_by_server(
         self, *, expired: bool = False, expire_at: int | None = None, info: Raw | None = None
@@ -712,8 +773,7 @@ class Client:
 
     def _refresh_by_hook(self) -> None:
         task = asyncio.ensure_future(self._run_refresh_hook())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._keep(task)
 
     async def _run_refresh_hook(self) -> None:
         assert self.hooks.refresh is not None

@@ -1,11 +1,12 @@
 """The WebSocket server: a thin asyncio shell around clients and the node.
 
-Per connection, two coroutines run under :func:`~tidings.patterns.run_both`, so
-either ending stops the other and closes the socket: a reader (the toolkit's
-:func:`~tidings.patterns.consume`) feeds frames to the
-:class:`~tidings._client.Client`, and a closer waits for the client to be
-closed and performs the closing handshake. Pings and the stale-connection
-check are timers, not tasks.
+Per connection, the handler task that ``websockets`` runs is the only task: it
+reads with the toolkit's :func:`~tidings.patterns.consume` and feeds frames to
+the :class:`~tidings._client.Client`. A closing handshake the server starts
+gets a task of its own, only while it lasts. Pings, pong deadlines and the
+stale-connection check are deadlines on each client, checked by one periodic
+tick for all of them. An idle connection thus costs little memory: no timer,
+no second task, no handshake headers kept (see ``bench/results/REPORT.md``).
 
 Writing has no task and no ``await`` per message: a :class:`Connection` keeps
 its pending messages, and one :class:`Flusher` per server writes those of every
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import random
 import ssl
 import struct
 
@@ -33,17 +33,9 @@ from websockets.protocol import OPEN
 
 from . import patterns
 from ._client import Client, Context
-from ._codes import (
-    DISCONNECT_NO_PONG,
-    DISCONNECT_SHUTDOWN,
-    DISCONNECT_SLOW,
-    DISCONNECT_STALE,
-    Disconnect,
-)
-from ._config import Config
+from ._codes import DISCONNECT_SHUTDOWN, DISCONNECT_SLOW, Disconnect
 from ._limits import OriginCheck, TokenBucket
 from ._metrics import Metrics
-from ._session import CONNECTING
 from ._static import StaticFile, StaticFiles
 
 __all__ = ["Server", "WEBSOCKET_PATH"]
@@ -54,9 +46,9 @@ WEBSOCKET_PATH = "/connection/websocket"
 MAX_FRAME_SIZE = 64 * 1024
 """Coalesced messages are cut into frames of at most this size."""
 SLOW_CLOSE_TIMEOUT = 1.0
+"""Seconds a slow client gets to take the close frame before the TCP connection is cut."""
 CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take before the TCP connection is cut."""
-"""Seconds a slow client gets to take the close frame before the TCP connection is cut."""
 
 
 def frame_text(payload: bytes) -> bytes:
@@ -127,6 +119,17 @@ class Connection:
     connection cut if it does not take the close frame in time.
     """
 
+    __slots__ = (
+        "websocket",
+        "flusher",
+        "queue_max_size",
+        "metrics",
+        "closing",
+        "_pending",
+        "_dirty",
+        "_closer",
+    )
+
     def __init__(
         self,
         websocket: ServerConnection,
@@ -139,10 +142,9 @@ class Connection:
         self.queue_max_size = queue_max_size
         self.metrics = metrics
         self.closing: Disconnect | None = None
-        self.closed = asyncio.Event()
-        """Set once a close was asked for; the handler then performs it."""
         self._pending: list[bytes] = []
         self._dirty = False
+        self._closer: asyncio.Task[None] | None = None
 
     def write(self, data: bytes) -> None:
         if self.closing is not None:
@@ -159,7 +161,21 @@ class Connection:
             self.metrics.frames_sent.inc(frames)
             self.metrics.bytes_sent.inc(size)
             self.closing = disconnect
-            self.closed.set()
+            self._closer = asyncio.get_running_loop().create_task(self._close(disconnect))
+
+    async def _close(self, disconnect: Disconnect) -> None:
+        try:
+            # websockets' close() waits, without a deadline, for a socket that
+            # does not drain: a peer that stopped reading would hold it forever.
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.websocket.close(disconnect.code, disconnect.reason)
+        except TimeoutError:
+            self.websocket.transport.abort()
+
+    async def closed(self) -> None:
+        """Wait for a closing handshake the server started, if any."""
+        if self._closer is not None:
+            await self._closer
 
     def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
         """Write the pending messages; return how many frames and bytes were written."""
@@ -190,7 +206,7 @@ class Connection:
     def _slow(self) -> None:
         self.metrics.queue_overflows.inc()
         self.closing = DISCONNECT_SLOW
-        self.closed.set()
+        self._closer = asyncio.get_running_loop().create_task(self._close(DISCONNECT_SLOW))
         # The close frame waits behind what the client did not read: give it
         # a moment, then cut the connection.
         transport = self.websocket.transport
@@ -226,6 +242,7 @@ class Server:
         """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
         self._server: WebSocketServer | None = None
         self._port = 0
+        self._heartbeat: asyncio.TimerHandle | asyncio.Handle | None = None
 
     @property
     def port(self) -> int:
@@ -260,6 +277,8 @@ class Server:
         """Stop accepting, close every client with 3001 once its queue is written."""
         if self._server is None:
             return
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         self._server.close(close_connections=False)
         for connection in list(self.clients):
             self.clients.get(connection).disconnect(DISCONNECT_SHUTDOWN)
@@ -302,80 +321,61 @@ class Server:
         connection = Connection(
             websocket, self.flusher, self.config.client.queue_max_size, self.context.metrics
         )
-        request = websocket.request
-        client = Client(self.context, connection, headers=request.headers if request else None)
-        timers = _Timers(client, self.config)
-
-        async def receive(message: str | bytes) -> None:
-            if isinstance(message, str):
-                await client.receive_text(message)
-            else:
-                await client.receive_binary(message)
-
-        async def close_when_asked() -> None:
-            await connection.closed.wait()
-            closing = connection.closing or DISCONNECT_SHUTDOWN
+        client = Client(self.context, connection, headers=_take_headers(websocket))
+        client.start_heartbeat(asyncio.get_running_loop().time())
+        self._start_heartbeat()
+        self.clients.add(websocket, client)
+        try:
+            await patterns.consume(websocket, client.receive)
+        finally:
+            await connection.closed()
+            # The code the server chose (3008 for a slow client whose close frame
+            # never went out), else what the peer sent, else 1006.
+            code, reason = connection.closing or (
+                websocket.close_code or CloseCode.ABNORMAL_CLOSURE,
+                websocket.close_reason or "",
+            )
             try:
-                # websockets' close() waits, without a deadline, for a socket that
-                # does not drain: a peer that stopped reading would hold it forever.
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await websocket.close(closing.code, closing.reason)
-            except TimeoutError:
-                websocket.transport.abort()
-
-        async with self.clients.registered(websocket, client):
-            try:
-                await patterns.run_both(
-                    websocket, patterns.consume(websocket, receive), close_when_asked()
-                )
-            finally:
-                timers.cancel()
-                # The code the server chose (3008 for a slow client whose close frame
-                # never went out), else what the peer sent, else 1006.
-                code, reason = connection.closing or (
-                    websocket.close_code or CloseCode.ABNORMAL_CLOSURE,
-                    websocket.close_reason or "",
-                )
                 await client.cleanup(code, reason)
+            finally:
+                self.clients.remove(websocket)
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            options = self.config.client
+            # Deadlines are checked this often: late by at most this much.
+            period = min(
+                1.0,
+                options.ping_interval / 4,
+                options.pong_timeout / 4,
+                options.stale_close_delay / 4,
+            )
+            self._heartbeat = asyncio.get_running_loop().call_soon(self._beat, period)
+
+    def _beat(self, period: float) -> None:
+        """Call the heartbeat of every client whose deadline passed."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for _, client in list(self.clients.items()):
+            if client.due <= now:
+                client.heartbeat(now)
+        self._heartbeat = loop.call_later(period, self._beat, period)
 
 
-class _Timers:
-    """Ping, pong and stale checks of one client, as loop timers."""
+def _take_headers(websocket: ServerConnection) -> Headers | None:
+    """The handshake request's headers, removed from the connection.
 
-    def __init__(self, client: Client, config: Config) -> None:
-        self.client = client
-        self.interval = config.client.ping_interval
-        self.pong_timeout = config.client.pong_timeout
-        self._loop = asyncio.get_running_loop()
-        # The first ping is randomized to spread the pings of clients that
-        # connected together (say, after a restart).
-        first = random.uniform(self.interval / 2, self.interval)
-        self._ping_handle = self._loop.call_later(first, self._ping)
-        self._pong_handle: asyncio.TimerHandle | None = None
-        self._stale_handle = self._loop.call_later(
-            config.client.stale_close_delay, self._check_stale
-        )
-
-    def cancel(self) -> None:
-        self._ping_handle.cancel()
-        self._stale_handle.cancel()
-        if self._pong_handle is not None:
-            self._pong_handle.cancel()
-
-    def _ping(self) -> None:
-        if self.client.closed:
-            return
-        if self.client.send_ping():
-            self._pong_handle = self._loop.call_later(self.pong_timeout, self._check_pong)
-        self._ping_handle = self._loop.call_later(self.interval, self._ping)
-
-    def _check_pong(self) -> None:
-        if self.client.session.awaiting_pong:
-            self.client.disconnect(DISCONNECT_NO_PONG)
-
-    def _check_stale(self) -> None:
-        if self.client.session.state is CONNECTING:
-            self.client.disconnect(DISCONNECT_STALE)
+    websockets keeps the handshake for the connection's lifetime: its headers
+    would be ~3 KiB of every idle connection. The client keeps them (no local
+    variable of the handler may) until its connect command is handled.
+    """
+    if websocket.response is not None:
+        websocket.response.headers.clear()
+    if websocket.request is None:
+        return None
+    headers = websocket.request.headers.copy()
+    websocket.request.headers.clear()
+    return headers
 
 
 def _static_response(static: StaticFile) -> Response:
