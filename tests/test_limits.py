@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Origin
 
 from tidings import Config, Hub, load_config, make_token
+from tidings._limits import Turns
 
 from .conftest import SECRET, HubFactory
 
@@ -461,3 +462,45 @@ async def test_with_presence_and_history_on_but_no_allow_option_clients_and_anon
     assert [m for m in (await replies(ws, 5)).values() if "error" in m] == []
     await anonymous.close()
     await ws.close()
+
+
+# -- turns per loop iteration (a reconnect storm must not hold the loop) --------------------------
+
+
+async def test_turns_let_a_quota_of_callers_go_on_per_loop_iteration_in_arrival_order() -> None:
+    turns = Turns(3)
+    iteration = 0
+    went: list[tuple[int, int]] = []  # (caller, iteration it went on in)
+
+    async def caller(n: int) -> None:
+        await turns.take()
+        went.append((n, iteration))
+
+    async def count_iterations() -> None:
+        nonlocal iteration
+        while True:
+            await asyncio.sleep(0)
+            iteration += 1
+
+    counter = asyncio.create_task(count_iterations())
+    await asyncio.sleep(0)
+    await asyncio.gather(*(caller(n) for n in range(10)))
+    counter.cancel()
+    assert [n for n, _ in went] == list(range(10))
+    per_iteration: dict[int, int] = {}
+    for _, it in went:
+        per_iteration[it] = per_iteration.get(it, 0) + 1
+    assert max(per_iteration.values()) <= 3, went
+    assert len(per_iteration) >= 4, went
+
+
+async def test_turns_do_not_make_a_caller_wait_below_the_quota_and_skip_cancelled_waiters() -> None:
+    turns = Turns(1)
+    await asyncio.wait_for(turns.take(), 0.1)  # below the quota: no wait at all
+    await asyncio.sleep(0)  # a new iteration: the quota is free again
+    first, second, third = (asyncio.create_task(turns.take()) for _ in range(3))
+    await asyncio.sleep(0)  # all three asked in that iteration: the first went on
+    assert first.done() and not second.done() and not third.done()
+    second.cancel()
+    await asyncio.wait_for(third, 1.0)  # the cancelled one is skipped, the next goes on
+    assert second.cancelled()

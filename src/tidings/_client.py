@@ -53,7 +53,7 @@ from ._hooks import (
     SubscribeEvent,
     UnsubscribeEvent,
 )
-from ._limits import TokenBucket
+from ._limits import TokenBucket, Turns
 from ._metrics import Metrics
 from ._node import Node, Recovery
 from ._protocol import (
@@ -118,6 +118,8 @@ class Context:
     verifier: TokenVerifier
     hooks: Hooks = field(default_factory=Hooks)
     metrics: Metrics = field(default_factory=Metrics)
+    turns: Turns = field(default_factory=lambda: Turns(TURNS_PER_ITERATION))
+    """Shared by handshakes and received messages: see :class:`~tidings._limits.Turns`."""
 
 
 @dataclass(slots=True)
@@ -130,6 +132,10 @@ class _ChannelGrant:
 
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+TURNS_PER_ITERATION = 64
+"""Clients whose message is handled in one event-loop iteration, at most (~20 ms
+of work at a storm's connect + subscribe with recovery)."""
 
 
 class Client:
@@ -176,6 +182,7 @@ class Client:
 
     async def receive(self, message: str | bytes) -> None:
         """Take one message as ``websockets`` gives it: text as str, binary as bytes."""
+        await self.context.turns.take()
         if isinstance(message, str):
             await self.receive_text(message)
         else:

@@ -1,14 +1,16 @@
-"""Rate limits: a token bucket, and origin matching for the WebSocket handshake."""
+"""Rate limits: a token bucket, turns per loop iteration, origin matching."""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-__all__ = ["OriginCheck", "TokenBucket"]
+__all__ = ["OriginCheck", "TokenBucket", "Turns"]
 
 
 class TokenBucket:
@@ -29,6 +31,45 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+
+class Turns:
+    """At most ``per_iteration`` callers go on per event-loop iteration; the others
+    wait for the next ones, in arrival order.
+
+    A reconnect storm makes thousands of clients hand over their handshakes and
+    commands at once. Handled all in one iteration, they would hold the loop for a
+    second or more, and nothing else (a health probe, a publication, a ping) would
+    get a turn meanwhile. The same work in slices keeps the loop responsive and
+    costs no more in total; below the quota, :meth:`take` does not wait.
+    """
+
+    def __init__(self, per_iteration: int) -> None:
+        self.per_iteration = per_iteration
+        self._used = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._next: asyncio.Handle | None = None
+
+    async def take(self) -> None:
+        if self._used < self.per_iteration and not self._waiters:
+            self._used += 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter  # a cancelled waiter is skipped by _new_iteration
+        if self._next is None:
+            self._next = asyncio.get_running_loop().call_soon(self._new_iteration)
+
+    def _new_iteration(self) -> None:
+        self._next = None
+        self._used = 0
+        while self._waiters and self._used < self.per_iteration:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._used += 1
+        if self._waiters:
+            self._next = asyncio.get_running_loop().call_soon(self._new_iteration)
 
 
 class OriginCheck:

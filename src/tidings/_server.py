@@ -290,12 +290,15 @@ class Server:
                 websocket.transport.abort()
             await self._server.wait_closed()
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         path = request.path.partition("?")[0]
+        if path == "/health":  # answered at once, whatever waits for its turn
+            return _json_response(http.HTTPStatus.OK, {"status": "ok"})
+        await self.context.turns.take()
         if path == WEBSOCKET_PATH:
             return self._admit(connection, request)
-        if path == "/health":
-            return _json_response(http.HTTPStatus.OK, {"status": "ok"})
         if self.demo is not None:
             static = self.demo.get(path)
             if static is not None:
