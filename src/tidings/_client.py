@@ -84,7 +84,7 @@ from ._protocol import (
     UnsubscribeRequest,
     encode_push,
 )
-from ._session import CONNECTING, CloseConnection, CommandReceived, Result, Session
+from ._session import CONNECTED, CONNECTING, CloseConnection, CommandReceived, Result, Session
 
 __all__ = ["Client", "Context", "Transport"]
 
@@ -276,8 +276,9 @@ class Client:
         self.transport.close(disconnect)
 
     def send_ping(self) -> bool:
-        """Send a ping; return False if the previous one is still unanswered."""
-        if self.session.awaiting_pong:
+        """Send a ping; return False if the previous one is still unanswered, or if
+        the client is not connected (yet, or any more)."""
+        if self.session.awaiting_pong or self.session.state is not CONNECTED:
             return False
         self.session.send_ping()
         self.metrics.sent_ping.inc()
