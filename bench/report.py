@@ -243,6 +243,13 @@ def build_markdown(summary: dict[str, Any], charts: list[tuple[str, str]]) -> st
       f"{' --quick' if quick else ''}` in {meta.get('duration_s', 0) / 60:.1f} minutes. "
       "Raw per-run JSON: `bench/results/raw/` (not committed); everything below comes from "
       "`summary.json` beside this file.\n")  # fmt: skip
+    for rerun in meta.get("reruns", []):
+        servers = rerun.get("servers")
+        w(f"Re-run {rerun.get('date', '?')} from commit `{rerun.get('git_commit', '?')}`: "
+          f"{', '.join(rerun.get('scenarios', []))}"
+          + (f" for {', '.join(servers)}" if isinstance(servers, list) else "")
+          + f" ({rerun.get('duration_s', 0) / 60:.1f} minutes, load average at start "
+          f"{' '.join(rerun.get('loadavg_start') or [])}); those rows replace the full run's.\n")  # fmt: skip
 
     w("## Machine and setup\n")
     te, pe = m.get("tidings_env", {}), m.get("peers_env", {})
@@ -251,8 +258,8 @@ def build_markdown(summary: dict[str, Any], charts: list[tuple[str, str]]) -> st
     w(f"- **CPU**: {m.get('nproc')} cores, {m.get('cpu_model')}; **memory** {m.get('mem_gib')} GiB; "
       f"kernel {m.get('kernel')}; open-file limit {'/'.join(m.get('nofile_limit', []))} (soft/hard).")  # fmt: skip
     w(f"- **Load average** at start {' '.join(m.get('loadavg_start', []))}, at end "
-      f"{' '.join(meta.get('loadavg_end', []))}. The machine is shared with other work (test "
-      "suites of other engineers), which shows up as noise; the per-core busy time of every step is in the raw JSON.")  # fmt: skip
+      f"{' '.join(meta.get('loadavg_end', []))}. Other work on the machine, if any, "
+      "shows up as noise; the per-core busy time of every step is in the raw JSON.")  # fmt: skip
     w(f"- **tidings**: {te.get('tidings', '?')} on Python {te.get('python', '?')}, websockets "
       f"{te.get('websockets', '?')}, msgspec {te.get('msgspec', '?')}, uvloop {te.get('uvloop', '?')}, "
       f"redis-py {te.get('redis', '?')}.")  # fmt: skip
@@ -357,6 +364,9 @@ def build_markdown(summary: dict[str, Any], charts: list[tuple[str, str]]) -> st
             f"| Redis: cross-node p99 <= 2x single-node p99 at the same load | {'; '.join(pairs)} | {verdict} |"
         )
     w("")
+    if meta.get("reruns"):
+        w("Rows re-run after the full run (see above) are compared with the peers' rows of the full "
+          "run: same machine, same harness, same day, but not the same run.\n")  # fmt: skip
 
     cal = runs.get("calibration", {})
     if cal:

@@ -905,6 +905,7 @@ def main() -> int:
     servers = set(args.servers.split(",")) if args.servers else None
     suite = Suite(plan, servers, outdir)
     previous = outdir / "summary.json"
+    old: dict[str, Any] = {}
     if (args.only or args.servers or args.profile) and previous.exists():
         # a partial run updates the previous results instead of replacing them
         with contextlib.suppress(ValueError):
@@ -912,21 +913,35 @@ def main() -> int:
             suite.summary["runs"] = old.get("runs", {})
             suite.summary["errors"] = old.get("errors", [])
     started = time.monotonic()
-    suite.summary["meta"] = {
-        "machine": machine_info(),
-        "quick": plan.quick,
-        "scenarios": scenarios,
-        "plan": plan.__dict__,
-        "p99_limit_ms": P99_LIMIT_MS,
-        "nice": {"generator": args.gen_nice, "server": args.server_nice},
-        "cores": {
-            "default": f"server under test: taskset -c {SERVER_CORES}; generator (wsbench, and redis-server "
-            f"in the Redis runs): taskset -c {GEN_CORES}",
-            "crossnode": "node B (subscribers) on core 1; node A (publisher), redis-server and the "
-            "generator on core 0",
-            "workers": "tidings (master + workers), redis-server and the generator all share cores 0,1",
-        },
-    }
+    rerun: dict[str, Any] | None = None
+    if old.get("meta"):
+        # The report keeps the full run's machine and plan, and lists what was re-run.
+        machine = machine_info()
+        rerun = {
+            "date": machine.get("date"),
+            "git_commit": machine.get("git_commit"),
+            "scenarios": scenarios,
+            "servers": sorted(servers) if servers else "all",
+            "loadavg_start": machine.get("loadavg_start"),
+        }
+        suite.summary["meta"] = old["meta"]
+        suite.summary["meta"].setdefault("reruns", []).append(rerun)
+    else:
+        suite.summary["meta"] = {
+            "machine": machine_info(),
+            "quick": plan.quick,
+            "scenarios": scenarios,
+            "plan": plan.__dict__,
+            "p99_limit_ms": P99_LIMIT_MS,
+            "nice": {"generator": args.gen_nice, "server": args.server_nice},
+            "cores": {
+                "default": f"server under test: taskset -c {SERVER_CORES}; generator (wsbench, and redis-server "
+                f"in the Redis runs): taskset -c {GEN_CORES}",
+                "crossnode": "node B (subscribers) on core 1; node A (publisher), redis-server and the "
+                "generator on core 0",
+                "workers": "tidings (master + workers), redis-server and the generator all share cores 0,1",
+            },
+        }
     log(
         f"benchmark: {'quick' if plan.quick else 'full'}; scenarios {scenarios}; results in {outdir}"
     )
@@ -944,8 +959,11 @@ def main() -> int:
             log(f"== {name}")
             suite.guarded(name, steps[name])
     finally:
-        suite.summary["meta"]["duration_s"] = round(time.monotonic() - started, 1)
-        suite.summary["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        ended = {
+            "duration_s": round(time.monotonic() - started, 1),
+            "loadavg_end": Path("/proc/loadavg").read_text().split()[:3],
+        }
+        (rerun if rerun is not None else suite.summary["meta"]).update(ended)
         suite.save()
         write_report(suite.summary, outdir)
     log(f"done in {time.monotonic() - started:.0f}s: {outdir / 'REPORT.md'}")
