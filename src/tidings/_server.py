@@ -242,7 +242,7 @@ class Server:
         """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
         self._server: WebSocketServer | None = None
         self._port = 0
-        self._heartbeat: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
 
     @property
     def port(self) -> int:
@@ -265,6 +265,12 @@ class Server:
             backlog=4096,  # a reconnect storm overflows the default 100 (SYN retries, seconds)
         )
         self._port = self._server.sockets[0].getsockname()[1]
+        options = self.config.client
+        # Deadlines are checked this often: late by at most this much.
+        period = min(
+            1.0, options.ping_interval / 4, options.pong_timeout / 4, options.stale_close_delay / 4
+        )
+        self._heartbeat = asyncio.get_running_loop().call_later(period, self._beat, period)
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls_cert:
@@ -326,7 +332,6 @@ class Server:
         )
         client = Client(self.context, connection, headers=_take_headers(websocket))
         client.start_heartbeat(asyncio.get_running_loop().time())
-        self._start_heartbeat()
         self.clients.add(websocket, client)
         try:
             await patterns.consume(websocket, client.receive)
@@ -342,18 +347,6 @@ class Server:
                 await client.cleanup(code, reason)
             finally:
                 self.clients.remove(websocket)
-
-    def _start_heartbeat(self) -> None:
-        if self._heartbeat is None:
-            options = self.config.client
-            # Deadlines are checked this often: late by at most this much.
-            period = min(
-                1.0,
-                options.ping_interval / 4,
-                options.pong_timeout / 4,
-                options.stale_close_delay / 4,
-            )
-            self._heartbeat = asyncio.get_running_loop().call_soon(self._beat, period)
 
     def _beat(self, period: float) -> None:
         """Call the heartbeat of every client whose deadline passed."""
