@@ -3,51 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 
 import pytest
 from msgspec import Raw
 
-from tidings import ClientInfo, HistoryOptions, MemoryBroker, Publication, StreamPosition
+from tidings import ClientInfo, HistoryOptions, MemoryBroker, StreamPosition
 from tidings._broker import UnrecoverablePosition
 
-KEEP = HistoryOptions(size=100, ttl=60.0)
-
-
-class Recorder:
-    """A BrokerEventHandler that records what the broker hands to the node."""
-
-    def __init__(self) -> None:
-        self.publications: list[tuple[str, Publication]] = []
-        self.joins: list[tuple[str, ClientInfo]] = []
-        self.leaves: list[tuple[str, ClientInfo]] = []
-        self.excluded: list[str] = []
-
-    def handle_publication(
-        self, channel: str, publication: Publication, exclude_client: str = ""
-    ) -> None:
-        self.publications.append((channel, publication))
-        self.excluded.append(exclude_client)
-
-    def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self.joins.append((channel, info))
-
-    def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self.leaves.append((channel, info))
-
-
-def pub(n: int) -> Publication:
-    return Publication(data=Raw(b'{"n":%d}' % n))
-
-
-def offsets(items: Iterable[Publication] | Iterable[StreamPosition]) -> list[int]:
-    return [item.offset for item in items]
-
-
-async def fill(
-    broker: MemoryBroker, channel: str, count: int, history: HistoryOptions = KEEP
-) -> list[StreamPosition]:
-    return [await broker.publish(channel, pub(n), history) for n in range(1, count + 1)]
+from .brokers import KEEP, Recorder, fill, offsets, pub
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import pytest
@@ -23,68 +23,15 @@ from redis.exceptions import RedisError
 from tidings import ClientInfo, HistoryOptions, Publication, RedisBroker, StreamPosition
 from tidings._broker import UnrecoverablePosition
 
+from .brokers import KEEP, Recorder, fill, number, offsets, pub
 from .conftest import RedisServer
 
-KEEP = HistoryOptions(size=100, ttl=60.0)
 WAIT = 5.0
 """Bound of every wait for something to arrive through Redis."""
 
 
-class Recorder:
-    """A BrokerEventHandler that records what the broker hands to the node."""
-
-    def __init__(self) -> None:
-        self.publications: list[tuple[str, Publication]] = []
-        self.excluded: list[str] = []
-        self.joins: list[tuple[str, ClientInfo]] = []
-        self.leaves: list[tuple[str, ClientInfo]] = []
-        self.lost: list[list[str]] = []
-
-    def handle_publication(
-        self, channel: str, publication: Publication, exclude_client: str = ""
-    ) -> None:
-        self.publications.append((channel, publication))
-        self.excluded.append(exclude_client)
-
-    def handle_join(self, channel: str, info: ClientInfo) -> None:
-        self.joins.append((channel, info))
-
-    def handle_leave(self, channel: str, info: ClientInfo) -> None:
-        self.leaves.append((channel, info))
-
-    def handle_lost(self, channels: Sequence[str]) -> None:
-        self.lost.append(list(channels))
-
-    def received(self, channel: str) -> list[tuple[int, int]]:
-        """(offset, n) of the publications of ``channel``, in arrival order."""
-        return [(p.offset, number(p)) for c, p in self.publications if c == channel]
-
-    @property
-    def lost_channels(self) -> set[str]:
-        return {channel for report in self.lost for channel in report}
-
-
 Peer = tuple[RedisBroker, Recorder]
 PeerFactory = Callable[..., Awaitable[Peer]]
-
-
-def pub(n: int, **fields: Any) -> Publication:
-    return Publication(data=Raw(json.dumps({"n": n, **fields}).encode()))
-
-
-def number(publication: Publication) -> int:
-    value: int = json.loads(bytes(publication.data))["n"]
-    return value
-
-
-def offsets(items: Iterable[Publication] | Iterable[StreamPosition]) -> list[int]:
-    return [item.offset for item in items]
-
-
-async def fill(
-    broker: RedisBroker, channel: str, count: int, history: HistoryOptions = KEEP
-) -> list[StreamPosition]:
-    return [await broker.publish(channel, pub(n), history) for n in range(1, count + 1)]
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
