@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -47,13 +49,17 @@ async def make_hub() -> AsyncIterator[HubFactory]:
         await hub.stop()
 
 
-def _free_port() -> int:
-    import socket
-
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def clean_environment() -> dict[str, str]:
+    """The environment without TIDINGS_* variables (they would override the test's options)."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("TIDINGS_")}
 
 
 class RedisServer:
@@ -61,7 +67,7 @@ class RedisServer:
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: Any = None
 

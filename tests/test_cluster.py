@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tidings import Error, Hub, RedisBroker, load_config, make_token
 
-from .conftest import SECRET, HubFactory, RedisServer
+from .conftest import SECRET, HubFactory, RedisServer, clean_environment, free_port
 
 WAIT = 5.0
 """Bound of every single wait."""
@@ -198,18 +197,6 @@ async def eventually(
 
 
 # -- hub subprocesses ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_environment() -> dict[str, str]:
-    """The environment without TIDINGS_* variables (they would override the test's options)."""
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith("TIDINGS_")}
 
 
 class Server:

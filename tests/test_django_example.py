@@ -19,7 +19,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,8 @@ from centrifuge import (
     SubscribedContext,
     SubscriptionEventHandler,
 )
+
+from .conftest import free_port
 
 try:
     import django  # noqa: F401 - the example's own dependency, run in subprocesses
@@ -69,12 +70,6 @@ WAIT = 5.0  # any single wait inside a test
 # ---------------------------------------------------------------------------
 # The servers
 # ---------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _toml_value(value: Any) -> str:
@@ -223,7 +218,7 @@ def stack(
     plugin = _AttachOutputs(processes)
     request.config.pluginmanager.register(plugin)
     try:
-        ws_port, api_port, site_port = _free_port(), _free_port(), _free_port()
+        ws_port, api_port, site_port = free_port(), free_port(), free_port()
         config = tmp / "tidings.toml"
         config.write_text(_tidings_config())
         tidings = Process(

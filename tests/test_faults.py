@@ -47,7 +47,7 @@ from websockets.exceptions import ConnectionClosed
 from tidings import DisconnectEvent
 from tidings._redis import RedisBroker
 
-from .conftest import HubFactory
+from .conftest import HubFactory, clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WSLOAD = ROOT / "soak" / "wsload.py"
@@ -72,18 +72,6 @@ def config(channel_options: str = "", client: str = "", extra: str = "") -> str:
 
 
 # -- processes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_environment() -> dict[str, str]:
-    """The environment without TIDINGS_* variables (they would override the test's options)."""
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith("TIDINGS_")}
 
 
 def _raise_nofile() -> None:  # in the child, before exec

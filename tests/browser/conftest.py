@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from ..conftest import free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -76,19 +77,12 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class HubProcess:
     """``tidings serve --dev`` in a subprocess, restartable on the same ports."""
 
     def __init__(self, log: Path) -> None:
-        self.port = _free_port()
-        self.api_port = _free_port()
+        self.port = free_port()
+        self.api_port = free_port()
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 

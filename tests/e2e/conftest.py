@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,8 @@ from centrifuge import (
     SubscriptionEventHandler,
     UnsubscribedContext,
 )
+
+from ..conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -224,12 +225,6 @@ class SubEvents(SubscriptionEventHandler):
 # ---------------------------------------------------------------------------
 # The server subprocess
 # ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
