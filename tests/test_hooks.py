@@ -19,7 +19,6 @@ import centrifuge
 import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from tidings import (
     ConnectEvent,
@@ -41,29 +40,13 @@ from tidings import (
 )
 
 from .conftest import SECRET, HubFactory
+from .wsclient import closed_with, receive, receive_until
 
 TIMEOUT = 5.0
 NO_ANONYMOUS = {"client.allow_anonymous_connect_without_token": False}
 
 
 # --- raw client helpers ------------------------------------------------------------
-
-
-async def receive(ws: ClientConnection) -> list[dict[str, Any]]:
-    """One frame, split into its messages."""
-    frame = await asyncio.wait_for(ws.recv(), TIMEOUT)
-    assert isinstance(frame, str), "the JSON protocol uses text frames"
-    return [json.loads(line) for line in frame.split("\n")]
-
-
-async def receive_until(
-    ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """The first message matching ``predicate``; the ones before it are dropped."""
-    while True:
-        for message in await receive(ws):
-            if predicate(message):
-                return message
 
 
 async def reply_to(ws: ClientConnection, command_id: int) -> dict[str, Any]:
@@ -90,16 +73,6 @@ async def connected(ws: ClientConnection, **request: Any) -> dict[str, Any]:
     assert "connect" in reply, reply
     result: dict[str, Any] = reply["connect"]
     return result
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
-    """Wait until the server closes the connection; its close code and reason."""
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), TIMEOUT)
-    except ConnectionClosed:
-        pass
-    return ws.close_code, ws.close_reason
 
 
 async def subscribed(ws: ClientConnection, command_id: int, channel: str) -> dict[str, Any]:

@@ -27,18 +27,12 @@ from tidings import Config, Hub, load_config, make_token
 from tidings._limits import Turns
 
 from .conftest import SECRET, HubFactory
+from .wsclient import closed_with, receive
 
 TIMEOUT = 5
 
 
 # --- raw client helpers ---------------------------------------------------------------
-
-
-async def receive(ws: ClientConnection) -> list[dict[str, Any]]:
-    """One frame, split into its messages."""
-    frame = await asyncio.wait_for(ws.recv(), TIMEOUT)
-    assert isinstance(frame, str), "the JSON protocol uses text frames"
-    return [json.loads(line) for line in frame.split("\n")]
 
 
 async def replies(ws: ClientConnection, count: int) -> dict[int, dict[str, Any]]:
@@ -54,16 +48,6 @@ async def replies(ws: ClientConnection, count: int) -> dict[int, dict[str, Any]]
 async def reply(ws: ClientConnection, command: dict[str, Any]) -> dict[str, Any]:
     await ws.send(json.dumps(command))
     return (await replies(ws, 1))[command["id"]]
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
-    """Read until the server closes; return its close code and reason."""
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), TIMEOUT)
-    except ConnectionClosed:
-        pass
-    return ws.close_code, ws.close_reason
 
 
 async def connected(hub: Hub, user: str | None = None, **kwargs: Any) -> ClientConnection:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from .conftest import HubFactory
+from .wsclient import closed_with
 
 TIMEOUT = 5.0
 
@@ -85,15 +85,6 @@ async def command(ws: ClientConnection, command_id: int, **body: Any) -> dict[st
     return await receive_until(ws, lambda m: m.get("id") == command_id)
 
 
-async def closed_with(ws: ClientConnection) -> int | None:
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), TIMEOUT)
-    except ConnectionClosed:
-        pass
-    return ws.close_code
-
-
 async def test_the_connect_endpoint_authenticates_a_client_without_a_token(
     make_hub: HubFactory, backend: Backend
 ) -> None:
@@ -133,7 +124,7 @@ async def test_a_disconnect_from_the_connect_endpoint_closes_with_its_code(
     hub = await make_hub(**proxy_options(backend, "connect"))
     async with connect(hub.url) as ws:
         await ws.send(json.dumps({"id": 1, "connect": {}}))
-        assert await closed_with(ws) == 4500
+        assert (await closed_with(ws))[0] == 4500
         assert ws.close_reason == "go away"
 
 
