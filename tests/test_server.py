@@ -7,6 +7,7 @@ import json
 import random
 import urllib.error
 import urllib.request
+from collections import deque
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tidings import Hub, make_token
+from tidings._server import _FrameList
 
 from .conftest import SECRET, HubFactory
 from .wsclient import closed_with, receive, receive_until
@@ -91,6 +93,51 @@ async def test_pending_messages_go_out_coalesced_in_one_frame(make_hub: HubFacto
             frames += 1
         assert [m["push"]["pub"]["data"]["n"] for m in messages] == list(range(50))
         assert frames < 50
+
+
+async def test_an_idle_connection_holds_lists_not_deques_nor_its_handshake(
+    make_hub: HubFactory,
+) -> None:
+    # The memory an idle connection costs depends on websockets' internals
+    # (LeanServerConnection): this fails when an upgrade changes them.
+    hub = await make_hub(dev=True)
+    async with connect(hub.url, additional_headers={"X-Big": "x" * 2000}) as ws:
+        await ws.send('{"id":1,"connect":{}}')
+        await receive(ws)
+        (server_side,) = list(hub.server.clients)
+        assert type(server_side.drain_waiters) is list
+        assert type(server_side.recv_messages.frames.queue) is _FrameList
+        assert server_side.response is None
+        assert server_side.request is not None and not server_side.request.headers
+
+
+async def test_a_burst_of_frames_and_a_fragmented_message_are_read_in_order(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(dev=True)
+    async with connect(hub.url) as ws:
+        # 100 frames in one write: more than the 16 frames at which reading
+        # pauses, so the frame queue fills, pauses and resumes reading.
+        ws.protocol.send_text(b'{"id":1,"connect":{}}')
+        for n in range(2, 101):
+            ws.protocol.send_text(f'{{"id":{n},"subscribe":{{"channel":"c{n}"}}}}'.encode())
+        ws.transport.writelines(ws.protocol.data_to_send())
+        await ws.send(['{"id":101,', '"subscribe":{"channel":"fragmented"}}'])
+        replies: list[dict[str, Any]] = []
+        while len(replies) < 101:
+            replies += [r for r in await receive(ws) if "id" in r]
+        assert [r["id"] for r in replies] == list(range(1, 102))
+        assert all("error" not in r for r in replies)
+
+
+def test_the_frame_list_behaves_as_the_deque_it_replaces() -> None:
+    frames, reference = _FrameList(), deque[int]()
+    for queue in (frames, reference):
+        queue.extend([1, 2, 3])
+        assert queue.popleft() == 1
+        queue.extendleft(reversed([7, 8]))  # how websockets puts frames back
+        queue.append(4)
+    assert list(frames) == list(reference) == [7, 8, 2, 3, 4]
 
 
 async def test_an_oversized_message_closes_with_1009(make_hub: HubFactory) -> None:
