@@ -79,7 +79,7 @@ def test_commands_of_one_frame_are_handed_out_in_order_one_at_a_time() -> None:
     assert isinstance(third, CommandReceived) and third.id == 3
     session.reply(SubscribeResult())
     assert session.next_event() is None
-    assert session.channels == {"a", "b"}
+    assert session.channels == ("a", "b")
 
 
 def test_a_command_before_connect_closes_with_bad_request() -> None:
@@ -208,7 +208,7 @@ def test_a_failed_subscribe_leaves_the_channel_free() -> None:
     session.receive_text(frame({"id": 2, "subscribe": {"channel": "a"}}))
     assert isinstance(session.next_event(), CommandReceived)
     session.reply_error(Error(ErrorCode.PERMISSION_DENIED))
-    assert session.channels == set()
+    assert session.channels == ()
     assert session.state is CONNECTED
 
 
@@ -220,7 +220,7 @@ def test_unsubscribe_frees_the_channel() -> None:
     session.receive_text(frame({"id": 3, "unsubscribe": {"channel": "a"}}))
     session.next_event()
     session.reply(Empty())
-    assert session.channels == set()
+    assert session.channels == ()
     assert sent(session)[-1] == {"id": 3, "unsubscribe": {}}
 
 
@@ -270,7 +270,7 @@ def test_server_side_subscribe_and_unsubscribe_pushes() -> None:
             }
         },
     ]
-    assert session.channels == set()
+    assert session.channels == ()
 
 
 def test_connect_result_subs_count_as_subscribed_channels() -> None:
