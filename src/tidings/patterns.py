@@ -112,8 +112,8 @@ async def consume(connection: Connection, handler: Handler) -> None:
     """
     try:
         while True:
-            message = await connection.recv()
-            await handler(message)
+            # No local variable: an idle connection would keep its last message.
+            await handler(await connection.recv())
     except ConnectionClosed:
         if _is_closed(connection):
             return
