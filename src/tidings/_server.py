@@ -227,11 +227,9 @@ class Connection:
     def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
         """Write the pending messages; return how many frames and bytes were written."""
         self._dirty = False
-        pending, self._pending = self._pending, []
-        if not pending or self.closing is not None:
-            return 0, 0
-        websocket = self.websocket
-        if websocket.protocol.state is not OPEN:
+        pending = self._pending
+        if not pending or self.closing is not None or self.websocket.protocol.state is not OPEN:
+            pending.clear()
             return 0, 0
         if len(pending) == 1:
             payload = pending[0]
@@ -244,7 +242,10 @@ class Connection:
             frames = 1
         else:
             data, frames = _frames(pending)
-        transport = websocket.transport
+        # The same list again, emptied: a new one per flush would outlive
+        # young-generation collections and make the full ones frequent.
+        pending.clear()
+        transport = self.websocket.transport
         transport.write(data)
         if transport.get_write_buffer_size() > self.queue_max_size:
             self._slow()
