@@ -19,8 +19,10 @@ HubFactory = Callable[..., Awaitable[Hub]]
 @pytest.fixture(autouse=True)
 def collect_garbage() -> Iterator[None]:
     """Collect cycles after each test, so that a resource it leaked (an unclosed transport,
-    reported as an unraisable ResourceWarning) fails that test and not a later one."""
+    reported as an unraisable ResourceWarning) fails that test and not a later one. A hub
+    that stopped left nothing frozen out of the collector (``_gc.py``)."""
     yield
+    assert gc.get_freeze_count() == 0, "objects left frozen after the hubs stopped"
     gc.collect()
 
 

@@ -165,6 +165,9 @@ class Config(_Options, frozen=True):
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line)."""
     shutdown_timeout: float = 10.0
+    gc_freeze: bool = True
+    """Freeze long-lived objects out of the garbage collector's full collections
+    (short pauses with many connections, see ``_gc.py``); the policy is process-wide."""
     token_hmac_secret_key: str = ""
     token_rsa_public_key: str = ""
     token_ecdsa_public_key: str = ""

@@ -38,6 +38,7 @@ from websockets.protocol import OPEN
 from . import patterns
 from ._client import Client, Context
 from ._codes import DISCONNECT_SHUTDOWN, DISCONNECT_SLOW, Disconnect
+from ._gc import FreezingCollector
 from ._limits import OriginCheck, TokenBucket
 from ._metrics import Metrics
 from ._static import StaticFile, StaticFiles
@@ -291,6 +292,7 @@ class Server:
         self._server: WebSocketServer | None = None
         self._port = 0
         self._heartbeat: asyncio.TimerHandle | None = None
+        self.collector = FreezingCollector() if self.config.gc_freeze else None
 
     @property
     def port(self) -> int:
@@ -334,6 +336,8 @@ class Server:
             return
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self.collector is not None:
+            self.collector.stop()
         self._server.close(close_connections=False)
         for connection in list(self.clients):
             self.clients.get(connection).disconnect(DISCONNECT_SHUTDOWN)
@@ -396,14 +400,18 @@ class Server:
                 await client.cleanup(code, reason)
             finally:
                 self.clients.remove(websocket)
+                if self.collector is not None:
+                    self.collector.connection_closed()
 
     def _beat(self, period: float) -> None:
-        """Call the heartbeat of every client whose deadline passed."""
+        """Call the heartbeat of every client whose deadline passed; tick the collector policy."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         for _, client in list(self.clients.items()):
             if client.due <= now:
                 client.heartbeat(now)
+        if self.collector is not None:
+            self.collector.tick(now, len(self.clients))
         self._heartbeat = loop.call_later(period, self._beat, period)
 
 
