@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from tidings._gc import FreezingCollector
 
-from .conftest import HubFactory
+from .conftest import HubFactory, eventually
 from .wsclient import receive
 
 
@@ -102,12 +102,9 @@ async def test_a_hub_freezes_and_still_frees_the_connections_that_closed(
             del server_side
             await asyncio.sleep(1.5)  # a heartbeat tick freezes the connection's objects
             assert gc.get_freeze_count() > 0
-        async with asyncio.timeout(5):
-            while len(hub.server.clients):
-                await asyncio.sleep(0.05)
-    async with asyncio.timeout(5):  # the next tick collects: 5 closed
-        while any(ref() is not None for ref in gone):
-            await asyncio.sleep(0.1)
+        await eventually(lambda: not hub.server.clients, "the connection to be gone")
+    # the next tick collects: 5 closed
+    await eventually(lambda: all(ref() is None for ref in gone), "the closed connections freed")
 
 
 async def test_gc_freeze_false_leaves_the_collector_alone(make_hub: HubFactory) -> None:

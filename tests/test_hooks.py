@@ -39,7 +39,7 @@ from tidings import (
     make_token,
 )
 
-from .conftest import SECRET, HubFactory
+from .conftest import SECRET, HubFactory, eventually
 from .wsclient import closed_with, receive, receive_until
 
 TIMEOUT = 5.0
@@ -88,15 +88,6 @@ async def publication(ws: ClientConnection, channel: str) -> Any:
         ws, lambda m: m.get("push", {}).get("channel") == channel and "pub" in m["push"]
     )
     return message["push"]["pub"]["data"]
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 async def all_gone(hub: Hub) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from websockets.typing import Origin
 from tidings import Config, Hub, load_config, make_token
 from tidings._limits import Turns
 
-from .conftest import SECRET, HubFactory
+from .conftest import SECRET, HubFactory, eventually
 from .wsclient import closed_with, receive
 
 TIMEOUT = 5
@@ -67,13 +65,6 @@ async def handshake_status(url: str, **kwargs: Any) -> int:
         return exc.response.status_code
     await ws.close()
     return 101
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def open_hub(make_hub: HubFactory, **overrides: Any) -> Any:

@@ -24,7 +24,7 @@ from tidings import ClientInfo, HistoryOptions, Publication, RedisBroker, Stream
 from tidings._broker import UnrecoverablePosition
 
 from .brokers import KEEP, Recorder, fill, number, offsets, pub
-from .conftest import RedisServer
+from .conftest import RedisServer, eventually
 
 WAIT = 5.0
 """Bound of every wait for something to arrive through Redis."""
@@ -32,16 +32,6 @@ WAIT = 5.0
 
 Peer = tuple[RedisBroker, Recorder]
 PeerFactory = Callable[..., Awaitable[Peer]]
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not check():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
