@@ -208,8 +208,12 @@ class Connection:
             frames, size = self.flush({})
             self.metrics.frames_sent.inc(frames)
             self.metrics.bytes_sent.inc(size)
-            self.closing = disconnect
-            self._closer = asyncio.get_running_loop().create_task(self._close(disconnect))
+            self._start_close(disconnect)
+
+    def _start_close(self, disconnect: Disconnect) -> None:
+        """No more data from now on; the closing handshake runs in a task of its own."""
+        self.closing = disconnect
+        self._closer = asyncio.get_running_loop().create_task(self._close(disconnect))
 
     async def _close(self, disconnect: Disconnect) -> None:
         try:
@@ -254,8 +258,7 @@ class Connection:
 
     def _slow(self) -> None:
         self.metrics.queue_overflows.inc()
-        self.closing = DISCONNECT_SLOW
-        self._closer = asyncio.get_running_loop().create_task(self._close(DISCONNECT_SLOW))
+        self._start_close(DISCONNECT_SLOW)
         # The close frame waits behind what the client did not read: give it
         # a moment, then cut the connection.
         transport = self.websocket.transport
