@@ -2,9 +2,9 @@
 
 Each input is used twice:
 
-1. as one WebSocket text frame for :func:`tidings._protocol.decode_frame`, which may
+1. as one WebSocket text frame for :func:`tidings.protocol.wire.decode_frame`, which may
    only raise :class:`ValueError` (``msgspec.DecodeError``, ``UnicodeEncodeError``);
-2. split on NUL bytes into frames fed to a :class:`tidings._session.Session` (the
+2. split on NUL bytes into frames fed to a :class:`tidings.protocol.session.Session` (the
    first byte of each says: binary frame, server ping, text frame as ``str``, text
    frame as bytes), whose commands a model application answers with a result or an
    error (a deterministic function of the input). Nothing may raise, ``CLOSED`` is
@@ -31,8 +31,8 @@ import zlib
 import atheris
 
 with atheris.instrument_imports(include=["tidings"]):
-    from tidings._codes import Error
-    from tidings._protocol import (
+    from tidings.protocol.codes import Error
+    from tidings.protocol.wire import (
         ConnectResult,
         Empty,
         HistoryResult,
@@ -44,7 +44,7 @@ with atheris.instrument_imports(include=["tidings"]):
         SubscribeResult,
         decode_frame,
     )
-    from tidings._session import ACCEPTED_METHODS, CLOSED, CloseConnection, Session
+    from tidings.protocol.session import ACCEPTED_METHODS, CLOSED, CloseConnection, Session
 
 RESULTS = {
     "connect": lambda: ConnectResult(client="c", version="0", subs={"srv": SubscribeResult()}),

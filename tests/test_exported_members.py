@@ -5,7 +5,7 @@ import tidings
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in dir(tidings) if not name.startswith("_")}
-    modules = {"patterns"}
+    modules = {"patterns", "protocol", "options", "brokers", "node", "transports", "api", "app"}
     assert set(tidings.__all__) == public - modules | {"__version__"}
 
 

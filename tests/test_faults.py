@@ -45,7 +45,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tidings import DisconnectEvent
-from tidings._redis import RedisBroker
+from tidings.brokers.redis import RedisBroker
 
 from .conftest import HubFactory, clean_environment, free_port
 

@@ -1,6 +1,6 @@
 """Property tests of the sans-I/O core, without a network, and the atheris fuzz target.
 
-:class:`~tidings._session.Session` is driven by random sequences of frames (valid
+:class:`~tidings.protocol.session.Session` is driven by random sequences of frames (valid
 commands of every type with random fields, invalid JSON, binary, empty frames, pongs)
 and by random server actions (pings, server-side subscriptions, close). A simple
 model application answers each :class:`CommandReceived` with ``reply`` or
@@ -37,8 +37,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tidings import Error
-from tidings._codes import Disconnect, Unsubscribe
-from tidings._protocol import (
+from tidings.protocol.codes import Disconnect, Unsubscribe
+from tidings.protocol.session import (
+    ACCEPTED_METHODS,
+    CLOSED,
+    CONNECTED,
+    CONNECTING,
+    FAILED,
+    TRANSITIONS,
+    CloseConnection,
+    CommandReceived,
+    Session,
+    State,
+)
+from tidings.protocol.wire import (
     ConnectResult,
     Empty,
     HistoryResult,
@@ -50,18 +62,6 @@ from tidings._protocol import (
     SubscribePush,
     SubscribeResult,
     decode_frame,
-)
-from tidings._session import (
-    ACCEPTED_METHODS,
-    CLOSED,
-    CONNECTED,
-    CONNECTING,
-    FAILED,
-    TRANSITIONS,
-    CloseConnection,
-    CommandReceived,
-    Session,
-    State,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tidings import Hub, _api, load_config, make_token
+from tidings import Hub, load_config, make_token
+from tidings.api import http as _api
 
 from .conftest import API_KEY, SECRET, HubFactory
 from .wsclient import closed_with, receive

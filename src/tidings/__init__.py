@@ -1,23 +1,33 @@
 """tidings: a real-time messaging hub for Python.
 
-It speaks the Centrifugo client protocol over WebSocket (on the ``websockets``
-library), so the existing Centrifugo SDKs connect to it unmodified. The pieces,
-each in its own private module and re-exported here:
+It speaks the Centrifugo client protocol (so the existing Centrifugo SDKs
+connect to it unmodified) and its server API. The layers, each a subpackage,
+with what they export re-exported here:
 
-* ``_protocol`` and ``_session``: the wire format and the per-connection state
-  machine, without I/O;
-* ``_node`` and ``_broker``/``_memory``: channels, fan-out, presence and history
-  over a broker;
-* ``_client``: tokens, permissions, hooks and commands of one connected client;
-* ``_hooks``: the events and replies of application hooks;
-* ``_server`` and ``_hub``: the asyncio shell and the embeddable :class:`Hub`,
-  whose methods are the server API; ``_api`` serves them over HTTP (aiohttp);
-* ``patterns``: the websockets application patterns the server is built from.
+* ``protocol``: wire types, codes, codecs and the per-connection session state
+  machine; no asyncio, no I/O;
+* ``node``: channels, fan-out, permissions, tokens, hooks, limits and metrics of
+  one process, and the client that glues a session to the node; no sockets;
+* ``brokers``: the broker interfaces and their implementations (memory, Redis),
+  chosen by the scheme of ``broker.url``;
+* ``transports``: the client port (WebSocket, static files);
+* ``api``: the server API's methods, served over HTTP, and publishers for
+  processes that are not a hub;
+* ``app``: the application shell: the embeddable :class:`Hub` that builds and
+  owns the layers, the config loader, the CLI, logging and the gc policy;
+* ``options``: the configuration schema every layer reads;
+* ``patterns``: the websockets application patterns, for building on the
+  ``websockets`` asyncio API directly.
+
+``docs/design.md`` walks through them.
 """
 
 from .__about__ import __version__
-from ._auth import make_token
-from ._broker import (
+from .api.publisher import AsyncPublisher, Publisher
+from .api.server_api import NodeInfo
+from .app.config import load_config
+from .app.hub import Hub
+from .brokers.base import (
     Broker,
     BrokerEventHandler,
     HistoryOptions,
@@ -25,9 +35,10 @@ from ._broker import (
     PresenceManager,
     PresenceStats,
 )
-from ._codes import Disconnect, DisconnectRequest, Error, ErrorCode, Unsubscribe
-from ._config import ChannelOptions, ClientOptions, Config, ConfigError, load_config
-from ._hooks import (
+from .brokers.memory import MemoryBroker
+from .brokers.redis import RedisBroker
+from .node.auth import make_token
+from .node.hooks import (
     ConnectEvent,
     ConnectReply,
     DisconnectEvent,
@@ -40,11 +51,9 @@ from ._hooks import (
     SubscribeReply,
     UnsubscribeEvent,
 )
-from ._hub import Hub, NodeInfo
-from ._memory import MemoryBroker
-from ._protocol import ClientInfo, Publication, StreamPosition
-from ._publisher import AsyncPublisher, Publisher
-from ._redis import RedisBroker
+from .options import ChannelOptions, ClientOptions, Config, ConfigError
+from .protocol.codes import Disconnect, DisconnectRequest, Error, ErrorCode, Unsubscribe
+from .protocol.wire import ClientInfo, Publication, StreamPosition
 
 __all__ = [
     "AsyncPublisher",

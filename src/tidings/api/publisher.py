@@ -1,0 +1,135 @@
+"""Publish into a Redis-backed hub from any Python program: no hub, no HTTP call.
+
+For Django views, Celery tasks and scripts. A publication goes through the same
+Lua script the hub's Redis broker uses, so it gets its offset in the channel's
+history and reaches every node's subscribers.
+
+Give it the hub's configuration so that channels keep history exactly as the
+hub does (``history_size``/``history_ttl`` of their namespace)::
+
+    publisher = Publisher("redis://localhost:6379/0", config=load_config("tidings.toml"))
+    publisher.publish("chat:lobby", {"text": "hello"})
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import redis
+import redis.asyncio as aioredis
+
+from ..brokers.base import IDEMPOTENCY_TTL, HistoryOptions
+from ..brokers.redis import PUBLISH_SCRIPT, RedisKeys, parse_position, publish_args
+from ..node.channels import channel_options
+from ..options import Config
+from ..protocol.codes import Error, ErrorCode
+from ..protocol.wire import Publication, StreamPosition
+
+__all__ = ["AsyncPublisher", "Publisher"]
+
+
+class _Base:
+    def __init__(self, config: Config | None) -> None:
+        self.config = config if config is not None else Config()
+        self.keys = RedisKeys(self.config.broker.prefix)
+
+    def _script_call(
+        self, channel: str, data: Any, tags: dict[str, str] | None, idempotency_key: str
+    ) -> tuple[list[str], list[Any]]:
+        if not channel:
+            raise Error(ErrorCode.BAD_REQUEST, "channel required")
+        options = channel_options(self.config, channel)
+        history = (
+            HistoryOptions(options.history_size, options.history_ttl)
+            if options.history_enabled
+            else None
+        )
+        raw = data if isinstance(data, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(data))
+        keys = [
+            self.keys.stream(channel),
+            self.keys.meta(channel),
+            self.keys.idempotency(channel, idempotency_key) if idempotency_key else "",
+        ]
+        args = publish_args(
+            self.keys,
+            channel,
+            Publication(data=raw, tags=tags or None),
+            history,
+            self.config.broker.history_meta_ttl,
+            "",
+            IDEMPOTENCY_TTL if idempotency_key else 0,
+        )
+        return keys, args
+
+
+class Publisher(_Base):
+    """A synchronous publisher (redis-py). Thread-safe; keep one per process."""
+
+    def __init__(self, url: str, *, config: Config | None = None) -> None:
+        super().__init__(config)
+        self.redis: redis.Redis = redis.Redis.from_url(url)
+        self._script = self.redis.register_script(PUBLISH_SCRIPT)
+
+    def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str = "",
+    ) -> StreamPosition:
+        """Publish ``data`` (JSON-serialisable) to ``channel``; return its position."""
+        keys, args = self._script_call(channel, data, tags, idempotency_key)
+        reply: bytes = self._script(keys=keys, args=args)
+        return parse_position(reply)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncPublisher(_Base):
+    """The asyncio publisher (redis-py's asyncio client)."""
+
+    def __init__(self, url: str, *, config: Config | None = None) -> None:
+        super().__init__(config)
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(url)
+        self._script = self.redis.register_script(PUBLISH_SCRIPT)
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str = "",
+    ) -> StreamPosition:
+        keys, args = self._script_call(channel, data, tags, idempotency_key)
+        reply: bytes = await self._script(keys=keys, args=args)
+        return parse_position(reply)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncPublisher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,297 @@
+"""The server API: what a backend can ask of the hub, as Python methods.
+
+:class:`ServerAPI` is the API's one implementation. The HTTP API
+(:mod:`tidings.api.http`) decodes requests, calls these methods and encodes what
+they return; an embedding program calls them directly on its
+:class:`~tidings.Hub`, which is a :class:`ServerAPI`. They need the node, the
+configuration and the broker, never a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from ..__about__ import __version__
+from ..brokers.base import Broker, NodeRegistry, PresenceStats
+from ..node.channels import channel_options
+from ..node.client import Client
+from ..node.metrics import Metrics
+from ..node.node import Node
+from ..options import Config
+from ..protocol.codes import DISCONNECT_FORCE_NO_RECONNECT, Disconnect, Error, ErrorCode
+from ..protocol.wire import NO_DATA, ClientInfo, Publication, StreamPosition, strip_newlines
+
+__all__ = ["NodeInfo", "ServerAPI"]
+
+
+class NodeInfo(msgspec.Struct, frozen=True):
+    """One node of the hub, as the ``info`` API reports it."""
+
+    uid: str
+    name: str
+    version: str
+    num_clients: int
+    num_users: int
+    num_channels: int
+    num_subs: int
+    uptime: int
+
+
+class ServerAPI:
+    """The server API's methods over one node.
+
+    Args:
+        config: the hub's configuration (namespaces and their options).
+        node: this process's node.
+        broker: the node's broker; other nodes are listed when it is a
+            :class:`~tidings.NodeRegistry`.
+        metrics: the node's metrics.
+        name: this node's name in ``info``.
+    """
+
+    def __init__(
+        self, config: Config, node: Node[Client], broker: Broker, metrics: Metrics, name: str
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.broker = broker
+        self.metrics = metrics
+        self.uid = str(uuid.uuid4())
+        self.name = name
+        self._started_at = time.monotonic()
+
+    async def ready(self) -> bool:
+        """Whether the broker answers."""
+        try:
+            await asyncio.wait_for(self.node.history("__ready__", limit=0), 2.0)
+        except Exception:
+            return False
+        return True
+
+    # --- server API --------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        skip_history: bool = False,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str = "",
+        exclude_client: str = "",
+    ) -> StreamPosition:
+        """Publish ``data`` (any JSON-serialisable value, or :class:`msgspec.Raw`).
+
+        Returns the publication's position (offset 0 when the channel keeps no
+        history). The same ``idempotency_key`` within 5 minutes publishes once;
+        ``exclude_client`` is a client id that does not receive this publication.
+
+        Raises:
+            tidings.Error: 102 for an unknown namespace, 107 for an empty channel.
+        """
+        _check_channel(channel)
+        options = channel_options(self.config, channel)
+        return await self.node.publish(
+            channel,
+            _raw(data),
+            options,
+            tags=tags,
+            skip_history=skip_history,
+            idempotency_key=idempotency_key,
+            exclude_client=exclude_client,
+        )
+
+    async def broadcast(
+        self,
+        channels: Sequence[str],
+        data: Any,
+        *,
+        skip_history: bool = False,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str = "",
+        exclude_client: str = "",
+    ) -> list[StreamPosition | Error]:
+        """Publish the same data to several channels; each gets a position or its error."""
+        raw = _raw(data)
+
+        async def one(channel: str) -> StreamPosition | Error:
+            try:
+                return await self.publish(
+                    channel,
+                    raw,
+                    skip_history=skip_history,
+                    tags=tags,
+                    idempotency_key=idempotency_key,
+                    exclude_client=exclude_client,
+                )
+            except Error as error:
+                return error
+
+        return list(await asyncio.gather(*(one(channel) for channel in channels)))
+
+    async def subscribe(
+        self,
+        user: str,
+        channel: str,
+        *,
+        client: str = "",
+        info: Any = None,
+        data: Any = None,
+        recover_since: StreamPosition | None = None,
+    ) -> None:
+        """Subscribe the user's connections (or one, ``client``) to ``channel``."""
+        _check_channel(channel)
+        channel_options(self.config, channel)  # 102 before touching anyone
+        for target in self._targets(user, client):
+            await target.subscribe_by_server(
+                channel,
+                info=_raw_or_absent(info),
+                data=_raw_or_absent(data),
+                recover_since=recover_since,
+            )
+
+    async def unsubscribe(self, user: str, channel: str, *, client: str = "") -> None:
+        """Unsubscribe the user's connections (or one) from ``channel`` (push code 2000)."""
+        _check_channel(channel)
+        for target in self._targets(user, client):
+            await target.unsubscribe_by_server(channel)
+
+    async def disconnect(
+        self,
+        user: str,
+        *,
+        client: str = "",
+        whitelist: Iterable[str] = (),
+        disconnect: Disconnect = DISCONNECT_FORCE_NO_RECONNECT,
+    ) -> None:
+        """Close the user's connections (or one), except the ``whitelist`` client ids."""
+        keep = set(whitelist)
+        for target in self._targets(user, client):
+            if target.id not in keep:
+                target.disconnect(disconnect)
+
+    async def refresh(
+        self,
+        user: str,
+        *,
+        client: str = "",
+        expired: bool = False,
+        expire_at: int | None = None,
+        info: Any = None,
+    ) -> None:
+        """Extend the user's connections to ``expire_at``, or end them (3005) if ``expired``."""
+        for target in self._targets(user, client):
+            target.refresh_by_server(
+                expired=expired,
+                expire_at=expire_at,
+                info=_raw(info) if info is not None else None,
+            )
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        self._check_feature(channel, "presence")
+        return await self.node.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        self._check_feature(channel, "presence")
+        return await self.node.presence_stats(channel)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> tuple[Sequence[Publication], StreamPosition]:
+        """Read history: ``limit`` 0 gives only the stream position, -1 up to the maximum."""
+        self._check_feature(channel, "history")
+        if reverse and since is not None and since.offset == 0:
+            raise Error(ErrorCode.BAD_REQUEST, "reverse history needs since.offset")
+        return await self.node.history(channel, limit=limit, since=since, reverse=reverse)
+
+    async def history_remove(self, channel: str) -> None:
+        self._check_feature(channel, "history")
+        await self.node.remove_history(channel)
+
+    async def channels(self, pattern: str = "") -> dict[str, int]:
+        """Active channels and their subscriber counts, filtered by a glob ``pattern``."""
+        channels = self.node.channels()
+        if not pattern:
+            return channels
+        matcher = _glob(pattern)
+        return {name: count for name, count in channels.items() if matcher(name)}
+
+    async def info(self) -> list[NodeInfo]:
+        """Every live node: this one, and the others announced through the broker."""
+        local = self._node_info()
+        if not isinstance(self.broker, NodeRegistry):
+            return [local]
+        others = [
+            info
+            for info in (
+                msgspec.json.decode(raw, type=NodeInfo) for raw in await self.broker.nodes()
+            )
+            if info.uid != self.uid
+        ]
+        return [local, *sorted(others, key=lambda info: info.name)]
+
+    def _node_info(self) -> NodeInfo:
+        node = self.node
+        return NodeInfo(
+            uid=self.uid,
+            name=self.name,
+            version=__version__,
+            num_clients=node.num_clients,
+            num_users=node.num_users,
+            num_channels=node.num_channels,
+            num_subs=node.num_subscriptions,
+            uptime=int(time.monotonic() - self._started_at),
+        )
+
+    def _targets(self, user: str, client: str) -> list[Client]:
+        clients = self.node.user_clients(user)
+        return [c for c in clients if c.id == client] if client else clients
+
+    def _check_feature(self, channel: str, feature: str) -> None:
+        _check_channel(channel)
+        options = channel_options(self.config, channel)
+        enabled = options.presence if feature == "presence" else options.history_enabled
+        if not enabled:
+            raise Error(ErrorCode.NOT_AVAILABLE)
+
+
+def _check_channel(channel: str) -> None:
+    if not channel:
+        raise Error(ErrorCode.BAD_REQUEST, "channel required")
+
+
+def _raw(data: Any) -> msgspec.Raw:
+    if isinstance(data, msgspec.Raw):
+        return strip_newlines(data)
+    return msgspec.Raw(msgspec.json.encode(data))
+
+
+def _raw_or_absent(data: Any) -> msgspec.Raw:
+    return NO_DATA if data is None else _raw(data)
+
+
+def _glob(pattern: str) -> Callable[[str], bool]:
+    """A matcher for a gobwas-style glob: ``*``, ``?``, ``[...]`` and ``{a,b}``."""
+    alternatives = re.split(r"(\{[^{}]*\})", pattern)
+    regex = "".join(
+        "(?:" + "|".join(fnmatch.translate(a)[4:-3] for a in part[1:-1].split(",")) + ")"
+        if part.startswith("{") and part.endswith("}")
+        else fnmatch.translate(part)[4:-3]
+        for part in alternatives
+        if part
+    )
+    compiled = re.compile(f"(?s:{regex})\\Z")
+    return lambda name: compiled.match(name) is not None

@@ -1,0 +1,159 @@
+"""The interface between the node and whatever carries publications between nodes.
+
+A :class:`Broker` moves publications (and join/leave events) to every node that
+has subscribers in a channel, and keeps each channel's history: an ``epoch`` (an
+id of this incarnation of the stream) and a growing ``offset``. A
+:class:`PresenceManager` keeps who is in a channel. The in-memory broker
+(``tidings._memory``) implements both for a single process; a Redis or NATS
+broker implements the same methods, and the node does not change.
+
+Contract the node relies on:
+
+* ``publish`` appends to history (when ``history`` is given) and delivers to
+  every node subscribed to the channel, this one included, through
+  :meth:`BrokerEventHandler.handle_publication`, in offset order per channel.
+* ``subscribe(channel)`` returns once publications of the channel are routed to
+  this node, so a history read that follows sees everything the live stream
+  does not: the node reads history only after subscribing.
+* ``history`` raises :class:`UnrecoverablePosition` when ``since.epoch`` is
+  not the current epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..protocol.wire import ClientInfo, Publication, StreamPosition
+
+__all__ = [
+    "IDEMPOTENCY_TTL",
+    "Broker",
+    "BrokerEventHandler",
+    "HistoryOptions",
+    "NodeRegistry",
+    "PresenceManager",
+    "PresenceStats",
+    "UnrecoverablePosition",
+]
+
+
+IDEMPOTENCY_TTL = 300.0
+"""Seconds an idempotency key of a publish is remembered (as in Centrifugo)."""
+
+
+class UnrecoverablePosition(Exception):
+    """The requested stream position belongs to another epoch."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryOptions:
+    """How much history a publication is kept in: ``size`` items for ``ttl`` seconds."""
+
+    size: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    num_clients: int
+    num_users: int
+
+    @classmethod
+    def of(cls, clients: Mapping[str, ClientInfo]) -> PresenceStats:
+        """The stats of a presence map (client id -> info)."""
+        return cls(len(clients), len({info.user for info in clients.values()}))
+
+
+class BrokerEventHandler(Protocol):
+    """What a broker calls when something arrives for a channel this node subscribed to."""
+
+    def handle_publication(
+        self, channel: str, publication: Publication, exclude_client: str = ""
+    ) -> None:
+        """Deliver to local subscribers, except the client ``exclude_client``."""
+        ...
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_lost(self, channels: Sequence[str]) -> None:
+        """Publications of these channels may have been lost (the broker reconnected)."""
+        ...
+
+
+class Broker(Protocol):
+    """Publish/subscribe between nodes, and channel history."""
+
+    async def start(self, handler: BrokerEventHandler) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, channel: str) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def publish(
+        self,
+        channel: str,
+        publication: Publication,
+        history: HistoryOptions | None,
+        *,
+        idempotency_key: str = "",
+        exclude_client: str = "",
+    ) -> StreamPosition:
+        """Deliver ``publication`` everywhere; return its position (offset 0 without history).
+
+        A publication with an ``idempotency_key`` seen on this channel in the last
+        :data:`IDEMPOTENCY_TTL` seconds is not published again: the first one's
+        position is returned. ``exclude_client`` travels with the publication to
+        every node's :meth:`BrokerEventHandler.handle_publication`.
+        """
+        ...
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None,
+        limit: int,
+        reverse: bool = False,
+    ) -> tuple[Sequence[Publication], StreamPosition]:
+        """Return up to ``limit`` publications after ``since`` (all when -1) and the stream top."""
+        ...
+
+    async def remove_history(self, channel: str) -> None: ...
+
+
+@runtime_checkable
+class NodeRegistry(Protocol):
+    """Where the nodes of a cluster announce themselves (optional for a broker)."""
+
+    async def heartbeat(self, uid: str, info: bytes, ttl: float) -> None:
+        """Announce this node (``info`` is its JSON) for ``ttl`` seconds."""
+        ...
+
+    async def forget_node(self, uid: str) -> None: ...
+
+    async def nodes(self) -> list[bytes]:
+        """The JSON infos of the live nodes."""
+        ...
+
+
+@runtime_checkable
+class PresenceManager(Protocol):
+    """Who is subscribed to a channel, across nodes."""
+
+    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None: ...
+
+    async def remove_presence(self, channel: str, client_id: str) -> None: ...
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def presence_stats(self, channel: str) -> PresenceStats: ...

@@ -1,0 +1,162 @@
+"""The in-memory broker: publish/subscribe, history and presence inside one process.
+
+The default. Nothing leaves the process, so it serves one node only; use a
+shared broker (Redis) to run several.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ..protocol.wire import ClientInfo, Publication, StreamPosition
+from .base import (
+    IDEMPOTENCY_TTL,
+    BrokerEventHandler,
+    HistoryOptions,
+    PresenceStats,
+    UnrecoverablePosition,
+)
+
+__all__ = ["MemoryBroker"]
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str = field(default_factory=lambda: secrets.token_urlsafe(6))
+    top: int = 0
+    items: deque[Publication] = field(default_factory=deque)
+    expires_at: float = 0.0
+
+    def expire(self, now: float) -> None:
+        # The whole stream expires ``ttl`` after its last publication (as in
+        # Centrifugo); epoch and top stay, so positions remain comparable.
+        if self.items and now >= self.expires_at:
+            self.items.clear()
+
+
+class MemoryBroker:
+    """Broker and presence manager for a single process."""
+
+    def __init__(self) -> None:
+        self._handler: BrokerEventHandler | None = None
+        self._channels: set[str] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._presence: dict[str, dict[str, ClientInfo]] = {}
+        self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+
+    async def close(self) -> None:
+        self._handler = None
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+
+    async def publish(
+        self,
+        channel: str,
+        publication: Publication,
+        history: HistoryOptions | None,
+        *,
+        idempotency_key: str = "",
+        exclude_client: str = "",
+    ) -> StreamPosition:
+        now = time.monotonic()
+        if idempotency_key:
+            self._forget_idempotency_keys(now)
+            seen = self._idempotent.get((channel, idempotency_key))
+            if seen is not None:
+                return seen[1]
+        position = StreamPosition()
+        if history is not None:
+            stream = self._stream(channel)
+            stream.top += 1
+            publication = msgspec.structs.replace(publication, offset=stream.top)
+            stream.items.append(publication)
+            while len(stream.items) > history.size:
+                stream.items.popleft()
+            stream.expires_at = now + history.ttl
+            position = StreamPosition(offset=stream.top, epoch=stream.epoch)
+        if idempotency_key:
+            self._idempotent[(channel, idempotency_key)] = (now + IDEMPOTENCY_TTL, position)
+        if self._handler is not None and channel in self._channels:
+            self._handler.handle_publication(channel, publication, exclude_client)
+        return position
+
+    def _forget_idempotency_keys(self, now: float) -> None:
+        # Keys are inserted in time order, so expired ones are at the front.
+        while self._idempotent:
+            key, (expires_at, _) = next(iter(self._idempotent.items()))
+            if expires_at > now:
+                break
+            del self._idempotent[key]
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None and channel in self._channels:
+            self._handler.handle_join(channel, info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None and channel in self._channels:
+            self._handler.handle_leave(channel, info)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None,
+        limit: int,
+        reverse: bool = False,
+    ) -> tuple[Sequence[Publication], StreamPosition]:
+        stream = self._stream(channel)
+        stream.expire(time.monotonic())
+        top = StreamPosition(offset=stream.top, epoch=stream.epoch)
+        if since is not None and since.epoch and since.epoch != stream.epoch:
+            raise UnrecoverablePosition(channel)
+        if limit == 0:
+            return [], top
+        items: list[Publication]
+        if reverse:
+            bound = since.offset if since is not None else stream.top + 1
+            items = [p for p in reversed(stream.items) if p.offset < bound]
+        else:
+            after = since.offset if since is not None else 0
+            items = [p for p in stream.items if p.offset > after]
+        return (items if limit < 0 else items[:limit]), top
+
+    async def remove_history(self, channel: str) -> None:
+        stream = self._streams.get(channel)
+        if stream is not None:
+            stream.items.clear()
+
+    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
+        self._presence.setdefault(channel, {})[client_id] = info
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        clients = self._presence.get(channel)
+        if clients is not None:
+            clients.pop(client_id, None)
+            if not clients:
+                del self._presence[channel]
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return dict(self._presence.get(channel, {}))
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        clients = self._presence.get(channel, {})
+        return PresenceStats.of(clients)
+
+    def _stream(self, channel: str) -> _Stream:
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream()
+        return stream

@@ -1,0 +1,817 @@
+"""One connected client: its session, its identity, and the commands it sends.
+
+:class:`Client` glues a sans-I/O :class:`~tidings._session.Session` to the
+:class:`~tidings._node.Node`: it checks tokens, permissions and hooks, runs each
+command against the node and writes the answers through a :class:`Transport`.
+It knows no socket either; the server shell provides the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from msgspec import Raw
+
+from .. import __about__
+from ..options import ChannelOptions, Config
+from ..protocol.codes import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_CONNECTION_LIMIT,
+    DISCONNECT_EXPIRED,
+    DISCONNECT_INVALID_TOKEN,
+    DISCONNECT_NO_PONG,
+    DISCONNECT_STALE,
+    DISCONNECT_TOO_MANY_REQUESTS,
+    UNSUBSCRIBE_INSUFFICIENT_STATE,
+    UNSUBSCRIBE_SERVER,
+    Disconnect,
+    DisconnectRequest,
+    Error,
+    ErrorCode,
+    Unsubscribe,
+)
+from ..protocol.session import (
+    CONNECTED,
+    CONNECTING,
+    CloseConnection,
+    CommandReceived,
+    Result,
+    Session,
+)
+from ..protocol.wire import (
+    NO_DATA,
+    ClientInfo,
+    ConnectRequest,
+    ConnectResult,
+    Empty,
+    HistoryRequest,
+    HistoryResult,
+    PresenceRequest,
+    PresenceResult,
+    PresenceStatsRequest,
+    PresenceStatsResult,
+    PublishRequest,
+    Push,
+    RefreshRequest,
+    RefreshResult,
+    RPCRequest,
+    RPCResult,
+    SendRequest,
+    StreamPosition,
+    SubRefreshRequest,
+    SubRefreshResult,
+    SubscribePush,
+    SubscribeRequest,
+    SubscribeResult,
+    UnsubscribeRequest,
+    encode_push,
+)
+from .auth import ConnectToken, InvalidToken, SubscribeToken, TokenExpired, TokenVerifier
+from .channels import channel_options, is_private, is_user_limited, user_allowed
+from .hooks import (
+    ConnectEvent,
+    DisconnectEvent,
+    Hooks,
+    PublishEvent,
+    RefreshEvent,
+    RPCEvent,
+    SubscribeEvent,
+    UnsubscribeEvent,
+)
+from .limits import TokenBucket, Turns
+from .metrics import Metrics
+from .node import Node, Recovery
+
+__all__ = ["Client", "Context", "Transport"]
+
+logger = logging.getLogger("tidings.client")
+_T = TypeVar("_T", bound="ConnectToken | SubscribeToken")
+
+UNSUBSCRIBE_CLIENT = Unsubscribe(0, "unsubscribe called")
+"""Internal code for hooks: the client unsubscribed itself (never sent)."""
+UNSUBSCRIBE_DISCONNECT = Unsubscribe(1, "disconnect")
+"""Internal code for hooks: the subscription ended with the connection (never sent)."""
+
+
+class Transport(Protocol):
+    """Where a client's messages go: the server shell's side of a connection."""
+
+    def write(self, data: bytes) -> None:
+        """Queue one message (one JSON object, no newline). Must not block."""
+        ...
+
+    def close(self, disconnect: Disconnect) -> None:
+        """Close the connection with this code once queued messages are written."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every client of a hub shares."""
+
+    node: Node[Client]
+    config: Config
+    verifier: TokenVerifier
+    hooks: Hooks = field(default_factory=Hooks)
+    metrics: Metrics = field(default_factory=Metrics)
+    turns: Turns = field(default_factory=lambda: Turns(TURNS_PER_ITERATION))
+    """Shared by handshakes and received messages: see :class:`~tidings._limits.Turns`."""
+
+
+@dataclass(slots=True)
+class _ChannelGrant:
+    """What a client holds in a channel it subscribed to."""
+
+    options: ChannelOptions
+    chan_info: Raw
+    expire_at: int = 0
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+TURNS_PER_ITERATION = 64
+"""Clients whose message is handled in one event-loop iteration, at most (~20 ms
+of work at a storm's connect + subscribe with recovery)."""
+
+
+class Client:
+    """A connected client, driven by the frames its connection receives."""
+
+    def __init__(
+        self,
+        context: Context,
+        transport: Transport,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.context = context
+        self.node = context.node
+        self.config = context.config
+        self.hooks = context.hooks
+        self.metrics = context.metrics
+        self.transport = transport
+        self.headers: Mapping[str, str] = headers or _NO_HEADERS
+        self.session = Session(
+            channel_limit=self.config.client.channel_limit,
+            channel_max_length=self.config.client.channel_max_length,
+        )
+        self.id = str(uuid.uuid4())
+        self.user = ""
+        self.conn_info = NO_DATA
+        self.expire_at = 0
+        self.closed = False
+        self._grants: dict[str, _ChannelGrant] = {}
+        self._held: list[bytes] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] | None = None  # made on first use
+        # Heartbeat deadlines (loop time; see heartbeat()).
+        self.due = math.inf
+        self._ping_at = self._pong_at = self._stale_at = math.inf
+        rate = self.config.client.command_rate_limit
+        self._commands = TokenBucket(rate, 2 * rate) if rate > 0 else None
+        self._rejected = 0
+
+    def __repr__(self) -> str:
+        return f"<Client {self.id} user={self.user!r}>"
+
+    # --- input from the connection -----------------------------------------------
+
+    async def receive(self, message: str | bytes) -> None:
+        """Take one message as ``websockets`` gives it: text as str, binary as bytes."""
+        await self.context.turns.take()
+        if isinstance(message, str):
+            await self.receive_text(message)
+        else:
+            await self.receive_binary(message)
+
+    async def receive_text(self, frame: str | bytes) -> None:
+        self.session.receive_text(frame)
+        await self._process()
+
+    async def receive_binary(self, frame: bytes) -> None:
+        self.session.receive_binary(frame)
+        await self._process()
+
+    async def _process(self) -> None:
+        while not self.closed:
+            event = self.session.next_event()
+            # What the session answered by itself (105, 106, 107) goes out too.
+            self._flush()
+            if event is None:
+                break
+            if isinstance(event, CloseConnection):
+                self._log_bad_input(event.disconnect, event.detail)
+                self.disconnect(event.disconnect)
+                break
+            self.metrics.received[event.method].inc()
+            if self._commands is not None and not self._commands.take():
+                self._too_many(event)
+                continue
+            self._rejected = 0
+            await self._handle(event)
+            if event.id and event.method != "send":
+                self.metrics.sent_reply.inc()
+            self._flush()
+
+    def _too_many(self, event: CommandReceived) -> None:
+        """Over the command rate: error 111, and 3013 for a client that keeps going."""
+        self._rejected += 1
+        if self._rejected > max(10.0, self.config.client.command_rate_limit):
+            self._log_bad_input(DISCONNECT_TOO_MANY_REQUESTS, "over the command rate limit")
+            self.disconnect(DISCONNECT_TOO_MANY_REQUESTS)
+            return
+        self.metrics.command_errors.labels(str(ErrorCode.TOO_MANY_REQUESTS)).inc()
+        if event.id:
+            self.session.reply_error(Error(ErrorCode.TOO_MANY_REQUESTS))
+            self._flush()
+
+    async def _handle(self, event: CommandReceived) -> None:
+        handler: Callable[[Any], Awaitable[Result | None]] = getattr(self, f"_on_{event.method}")
+        try:
+            result = await handler(event.request)
+        except Error as error:
+            self.metrics.command_errors.labels(str(error.code)).inc()
+            if event.id:
+                self.session.reply_error(error)
+            return
+        except DisconnectRequest as exc:
+            self._log_bad_input(exc.disconnect, f"{event.method}: {exc.detail}")
+            self.disconnect(exc.disconnect)
+            return
+        except Exception:
+            logger.exception("client %s: %s failed", self.id, event.method)
+            self.metrics.command_errors.labels(str(ErrorCode.INTERNAL)).inc()
+            if event.id:
+                self.session.reply_error(Error(ErrorCode.INTERNAL))
+            return
+        if event.id and result is not None:
+            self.session.reply(result)
+
+    # --- output ------------------------------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        """Queue a push from the node (encoded once for all its subscribers)."""
+        if self._held is not None:
+            self._held.append(data)
+        elif not self.closed:
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        for data in self.session.data_to_send():
+            self.transport.write(data)
+
+    def disconnect(self, disconnect: Disconnect) -> None:
+        """Close the connection (idempotent)."""
+        if self.closed:
+            return
+        self._flush()
+        self.closed = True
+        self.session.close(disconnect)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.transport.close(disconnect)
+
+    def send_ping(self) -> bool:
+        """Send a ping; return False if the previous one is still unanswered, or if
+        the client is not connected (yet, or any more)."""
+        if self.session.awaiting_pong or self.session.state is not CONNECTED:
+            return False
+        self.session.send_ping()
+        self.metrics.sent_ping.inc()
+        self._flush()
+        return True
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background task until it is done (cancelled on cleanup)."""
+        if self._background is None:
+            self._background = set()
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- heartbeat: pings, the pong deadline, the stale check ----------------------
+    # Deadlines, not loop timers: the server calls heartbeat() on one periodic tick
+    # for every client whose ``due`` time passed (two timers per client cost ~1 KiB
+    # of every idle connection).
+
+    def start_heartbeat(self, now: float) -> None:
+        """Set the first deadlines; ``now`` is the loop's time."""
+        options = self.config.client
+        # The first ping is randomized to spread the pings of clients that
+        # connected together (say, after a restart).
+        self._ping_at = now + random.uniform(options.ping_interval / 2, options.ping_interval)
+        self._stale_at = now + options.stale_close_delay
+        self.due = min(self._ping_at, self._stale_at)
+
+    def heartbeat(self, now: float) -> None:
+        """Act on the deadlines passed by ``now``: stale (3502), no pong (3012), ping."""
+        if self.closed:
+            self.due = math.inf
+            return
+        if now >= self._stale_at:
+            self._stale_at = math.inf
+            if self.session.state is CONNECTING:
+                self.disconnect(DISCONNECT_STALE)
+                return
+        if now >= self._pong_at:
+            self._pong_at = math.inf
+            if self.session.awaiting_pong:
+                self.disconnect(DISCONNECT_NO_PONG)
+                return
+        if now >= self._ping_at:
+            options = self.config.client
+            self._ping_at = now + options.ping_interval
+            if self.send_ping():
+                self._pong_at = now + options.pong_timeout
+        self.due = min(self._ping_at, self._pong_at, self._stale_at)
+
+    async def cleanup(self, code: int, reason: str) -> None:
+        """Leave every channel and tell the hooks; call once the connection is gone.
+
+        ``code``/``reason`` say how the connection ended when the server did not
+        close it itself (the peer's close code, or 1006).
+        """
+        if self.session.disconnect is not None:
+            code, reason = self.session.disconnect
+        self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for task in self._background or ():
+            task.cancel()
+        self.metrics.disconnects.labels(str(code)).inc()
+        channels = list(self.session.channels)
+        await self.node.remove_client(self)
+        if not self.session.client_id:
+            return  # never connected: nothing to tell the hooks
+        for channel in channels:
+            await self._unsubscribed(channel, UNSUBSCRIBE_DISCONNECT)
+        if self.hooks.disconnect is not None:
+            await self._observe(
+                self.hooks.disconnect(DisconnectEvent(self.id, self.user, code, reason))
+            )
+
+    def _log_bad_input(self, disconnect: Disconnect, detail: str) -> None:
+        logger.warning(
+            "client %s (user %r) disconnected: %d %s: %s",
+            self.id,
+            self.user,
+            disconnect.code,
+            disconnect.reason,
+            detail,
+            extra={"client": self.id, "user": self.user},
+        )
+
+    # --- commands ----------------------------------------------------------------
+
+    async def _on_connect(self, request: ConnectRequest) -> None:
+        channels: list[str] = []
+        authenticated = False
+        if request.token:
+            token = self._verify(self.context.verifier.verify_connect, request.token)
+            self.user, self.conn_info = token.user, token.info
+            self.expire_at, channels = token.expire_at, list(token.channels)
+            authenticated = True
+        connect_data = NO_DATA
+        if self.hooks.connect is not None:
+            reply = await self.hooks.connect(
+                ConnectEvent(
+                    client=self.id,
+                    user=self.user,
+                    token=request.token,
+                    data=_decode(request.data),
+                    name=request.name,
+                    version=request.version,
+                    headers=self.headers,
+                    channels=tuple(channels),
+                )
+            )
+            if reply is not None:
+                if reply.user is not None:
+                    self.user, authenticated = reply.user, True
+                if reply.info is not None:
+                    self.conn_info = _encode(reply.info)
+                if reply.data is not None:
+                    connect_data = _encode(reply.data)
+                if reply.expire_at is not None:
+                    self.expire_at = reply.expire_at
+                channels += [c for c in reply.channels if c not in channels]
+        self.headers = _NO_HEADERS  # only the connect hook sees them: free them
+        if not authenticated and not self.config.client.allow_anonymous_connect_without_token:
+            raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "client credentials not found")
+        limit = self.config.client.user_connection_limit
+        if limit and self.user and len(self.node.user_clients(self.user)) >= limit:
+            raise DisconnectRequest(DISCONNECT_CONNECTION_LIMIT, f"user {self.user!r} at limit")
+        server_side = {channel: channel_options(self.config, channel) for channel in channels}
+
+        self.node.add_client(self)
+        self._held = []  # pushes wait until the connect reply is written
+        try:
+            subs = await self._subscribe_server_side(server_side, request)
+        except BaseException:
+            self._held = None
+            raise
+        # With a refresh hook the server extends the connection itself, so the
+        # client is not asked to refresh (no expires/ttl), as in Centrifugo.
+        client_refreshes = bool(self.expire_at) and self.hooks.refresh is None
+        self._schedule_expiry()
+        self.session.reply(
+            ConnectResult(
+                client=self.id,
+                version=__about__.__version__,
+                expires=client_refreshes,
+                ttl=self._ttl(self.expire_at) if client_refreshes else 0,
+                data=connect_data,
+                subs=subs or None,
+                ping=max(1, round(self.config.client.ping_interval)),
+                pong=True,
+            )
+        )
+        held, self._held = self._held, None
+        self._flush()
+        for data in held:
+            self.deliver(data)
+
+    async def _subscribe_server_side(
+        self, channels: dict[str, ChannelOptions], request: ConnectRequest
+    ) -> dict[str, SubscribeResult]:
+        """Subscribe to the token's channels, recovering where ``connect.subs`` says."""
+        results: dict[str, SubscribeResult] = {}
+        for channel, options in channels.items():
+            recover = request.subs.get(channel)
+            recovery = Recovery(
+                recover=recover is not None and recover.recover,
+                position=StreamPosition(recover.offset, recover.epoch)
+                if recover
+                else StreamPosition(),
+            )
+            self._grants[channel] = _ChannelGrant(options, NO_DATA)
+            await self.node.subscribe(
+                self,
+                channel,
+                options,
+                info=self._info(channel),
+                recovery=recovery,
+                push_join_leave=options.force_push_join_leave,
+                reply=functools.partial(results.__setitem__, channel),
+            )
+        return results
+
+    async def _on_refresh(self, request: RefreshRequest) -> RefreshResult:
+        if not request.token:
+            raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "refresh without a token")
+        try:
+            token = self.context.verifier.verify_connect(request.token)
+        except TokenExpired:
+            raise DisconnectRequest(DISCONNECT_EXPIRED, "refresh with an expired token") from None
+        except InvalidToken as exc:
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, str(exc)) from None
+        if token.user != self.user:
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "refresh token of another user")
+        self.expire_at = token.expire_at
+        self._schedule_expiry()
+        return RefreshResult(
+            client=self.id,
+            version=__about__.__version__,
+            expires=bool(self.expire_at),
+            ttl=self._ttl(self.expire_at),
+        )
+
+    async def _on_subscribe(self, request: SubscribeRequest) -> None:
+        channel = request.channel
+        options = channel_options(self.config, channel)
+        chan_info, expire_at, data = NO_DATA, 0, NO_DATA
+        if request.token:
+            token = self._verify_subscribe(request.token, channel)
+            chan_info, expire_at = token.info, token.expire_at
+        elif is_private(channel):
+            raise Error(ErrorCode.PERMISSION_DENIED)
+        elif is_user_limited(channel, options):
+            if not user_allowed(channel, self.user):
+                raise Error(ErrorCode.PERMISSION_DENIED)
+        elif self.hooks.subscribe is not None:
+            event = SubscribeEvent(self.id, self.user, channel, _decode(request.data))
+            decision = await self.hooks.subscribe(event)
+            if decision is not None:
+                chan_info, data = _encode(decision.info), _encode(decision.data)
+        elif not self._allowed(
+            options.allow_subscribe_for_client, options.allow_subscribe_for_anonymous
+        ):
+            raise Error(ErrorCode.PERMISSION_DENIED)
+        self._grants[channel] = _ChannelGrant(options, chan_info, expire_at)
+        push_join_leave = options.force_push_join_leave or (
+            request.join_leave and options.join_leave and self._may(channel, options, "presence")
+        )
+
+        def reply(result: SubscribeResult) -> None:
+            if expire_at:
+                result.expires, result.ttl = True, self._ttl(expire_at)
+            result.data = data
+            self.session.reply(result)
+            self._flush()
+
+        try:
+            await self.node.subscribe(
+                self,
+                channel,
+                options,
+                info=self._info(channel),
+                recovery=Recovery(
+                    recover=request.recover,
+                    position=StreamPosition(request.offset, request.epoch),
+                    recoverable=request.recoverable,
+                    positioned=request.positioned,
+                ),
+                push_join_leave=push_join_leave,
+                reply=reply,
+            )
+        except BaseException:
+            self._grants.pop(channel, None)
+            raise
+
+    async def _on_sub_refresh(self, request: SubRefreshRequest) -> SubRefreshResult:
+        grant = self._grants.get(request.channel)
+        if grant is None or request.channel not in self.session.channels:
+            raise Error(ErrorCode.PERMISSION_DENIED)
+        if not request.token:
+            raise Error(ErrorCode.BAD_REQUEST)
+        token = self._verify_subscribe(request.token, request.channel)
+        grant.expire_at = token.expire_at
+        return SubRefreshResult(expires=bool(token.expire_at), ttl=self._ttl(token.expire_at))
+
+    async def _on_unsubscribe(self, request: UnsubscribeRequest) -> Empty:
+        if request.channel in self.session.channels:
+            await self.node.unsubscribe(self, request.channel)
+            await self._unsubscribed(request.channel, UNSUBSCRIBE_CLIENT)
+        return Empty()
+
+    async def _on_publish(self, request: PublishRequest) -> Empty:
+        channel = request.channel
+        options = channel_options(self.config, channel)
+        data, skip_history = request.data, False
+        if not bytes(data):
+            raise Error(ErrorCode.BAD_REQUEST, "publish needs data")
+        if self.hooks.publish is not None:
+            reply = await self.hooks.publish(
+                PublishEvent(self.id, self.user, channel, _decode(data))
+            )
+            if reply is not None:
+                if reply.data is not None:
+                    data = _encode(reply.data)
+                skip_history = reply.skip_history
+        elif not (
+            self._allowed(options.allow_publish_for_client, options.allow_publish_for_anonymous)
+            or (
+                channel in self.session.channels
+                and self._allowed(
+                    options.allow_publish_for_subscriber, options.allow_publish_for_anonymous
+                )
+            )
+        ):
+            raise Error(ErrorCode.PERMISSION_DENIED)
+        await self.node.publish(
+            channel, data, options, info=self._info(channel), skip_history=skip_history
+        )
+        return Empty()
+
+    async def _on_presence(self, request: PresenceRequest) -> PresenceResult:
+        self._check_presence(request.channel)
+        return PresenceResult(presence=await self.node.presence(request.channel))
+
+    async def _on_presence_stats(self, request: PresenceStatsRequest) -> PresenceStatsResult:
+        self._check_presence(request.channel)
+        stats = await self.node.presence_stats(request.channel)
+        return PresenceStatsResult(num_clients=stats.num_clients, num_users=stats.num_users)
+
+    async def _on_history(self, request: HistoryRequest) -> HistoryResult:
+        channel = request.channel
+        options = channel_options(self.config, channel)
+        if not options.history_enabled:
+            raise Error(ErrorCode.NOT_AVAILABLE)
+        if not self._may(channel, options, "history"):
+            raise Error(ErrorCode.PERMISSION_DENIED)
+        if request.reverse and request.since is not None and request.since.offset == 0:
+            raise Error(ErrorCode.BAD_REQUEST, "reverse history needs since.offset")
+        publications, top = await self.node.history(
+            channel, limit=request.limit, since=request.since, reverse=request.reverse
+        )
+        return HistoryResult(publications=list(publications), epoch=top.epoch, offset=top.offset)
+
+    async def _on_rpc(self, request: RPCRequest) -> RPCResult:
+        if self.hooks.rpc is None:
+            raise Error(ErrorCode.METHOD_NOT_FOUND)
+        result = await self.hooks.rpc(
+            RPCEvent(self.id, self.user, request.method, _decode(request.data))
+        )
+        return RPCResult(data=_encode(result))
+
+    async def _on_send(self, request: SendRequest) -> None:
+        return None  # asynchronous messages have no handler: dropped, as Centrifugo does
+
+    # --- server-side operations (server API) -------------------------------------
+
+    async def subscribe_by_server(
+        self,
+        channel: str,
+        *,
+        info: Raw = NO_DATA,
+        data: Raw = NO_DATA,
+        recover_since: StreamPosition | None = None,
+    ) -> None:
+        """Subscribe this client to ``channel`` and tell it with a subscribe push.
+
+        Publications recovered from ``recover_since`` follow the push.
+        """
+        if channel in self.session.channels or self.closed:
+            return
+        options = channel_options(self.config, channel)
+        self._grants[channel] = _ChannelGrant(options, info)
+
+        def reply(result: SubscribeResult) -> None:
+            push = SubscribePush(
+                recoverable=result.recoverable,
+                epoch=result.epoch,
+                offset=result.offset,
+                positioned=result.positioned,
+                data=data,
+            )
+            self.session.subscribe_server_side(channel, push)
+            self._flush()
+            for publication in result.publications:
+                self.deliver(encode_push(Push(channel=channel, pub=publication)))
+
+        await self.node.subscribe(
+            self,
+            channel,
+            options,
+            info=self._info(channel),
+            recovery=Recovery(
+                recover=recover_since is not None, position=recover_since or StreamPosition()
+            ),
+            push_join_leave=options.force_push_join_leave,
+            reply=reply,
+        )
+
+    async def unsubscribe_by_server(
+        self, channel: str, unsubscribe: Unsubscribe = UNSUBSCRIBE_SERVER
+    ) -> None:
+        """Drop this client's subscription to ``channel`` and tell it."""
+        if channel not in self.session.channels or self.closed:
+            return
+        await self.node.unsubscribe(self, channel)
+        self.session.unsubscribe_server_side(channel, unsubscribe)
+        self._flush()
+        await self._unsubscribed(channel, unsubscribe)
+
+    def resubscribe(self, channel: str) -> None:
+        """The node dropped the subscription (publications may be lost): tell the client.
+
+        The unsubscribe push with code 2500 goes out before anything else the
+        node sends: SDKs subscribe again, recovering from their last position
+        where the channel keeps history.
+        """
+        if channel not in self.session.channels or self.closed:
+            return
+        self.session.unsubscribe_server_side(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
+        self._flush()
+        task = asyncio.ensure_future(self._unsubscribed(channel, UNSUBSCRIBE_INSUFFICIENT_STATE))
+        self._keep(task)
+
+    def refresh_by_server(
+        self, *, expired: bool = False, expire_at: int | None = None, info: Raw | None = None
+    ) -> None:
+        """Extend (or end, with ``expired``) the connection; replace its info."""
+        if expired:
+            self.disconnect(DISCONNECT_EXPIRED)
+            return
+        if info is not None:
+            self.conn_info = info
+        if expire_at is not None:
+            self.expire_at = expire_at
+            self._schedule_expiry()
+
+    # --- checks ------------------------------------------------------------------
+
+    def _verify_subscribe(self, token: str, channel: str) -> SubscribeToken:
+        claims = self._verify(self.context.verifier.verify_subscribe, token)
+        if claims.channel != channel:
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "token for another channel")
+        if claims.user != self.user:
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "token for another user")
+        if claims.client and claims.client != self.id:
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, "token for another client")
+        return claims
+
+    def _verify(self, verify: Callable[[str], _T], token: str) -> _T:
+        """Check a token: expired gives error 109, invalid closes with 3500."""
+        try:
+            claims = verify(token)
+        except TokenExpired:
+            raise Error(ErrorCode.TOKEN_EXPIRED) from None
+        except InvalidToken as exc:
+            raise DisconnectRequest(DISCONNECT_INVALID_TOKEN, str(exc)) from None
+        if claims.expire_at and claims.expire_at <= time.time():
+            raise Error(ErrorCode.TOKEN_EXPIRED)
+        return claims
+
+    def _allowed(self, for_client: bool, for_anonymous: bool) -> bool:
+        """Centrifugo's rule: anonymous clients need the ``_for_anonymous`` option too."""
+        return for_client and (bool(self.user) or for_anonymous)
+
+    def _may(self, channel: str, options: ChannelOptions, what: str) -> bool:
+        for_client = getattr(options, f"allow_{what}_for_client")
+        for_subscriber = getattr(options, f"allow_{what}_for_subscriber")
+        for_anonymous = getattr(options, f"allow_{what}_for_anonymous")
+        if not self.user and not for_anonymous:
+            return False
+        return bool(for_client or (for_subscriber and channel in self._grants))
+
+    def _check_presence(self, channel: str) -> None:
+        options = channel_options(self.config, channel)
+        if not options.presence:
+            raise Error(ErrorCode.NOT_AVAILABLE)
+        if not self._may(channel, options, "presence"):
+            raise Error(ErrorCode.PERMISSION_DENIED)
+
+    def _info(self, channel: str) -> ClientInfo:
+        grant = self._grants.get(channel)
+        return ClientInfo(
+            user=self.user,
+            client=self.id,
+            conn_info=self.conn_info,
+            chan_info=grant.chan_info if grant is not None else NO_DATA,
+        )
+
+    async def _unsubscribed(self, channel: str, unsubscribe: Unsubscribe) -> None:
+        self._grants.pop(channel, None)
+        if self.hooks.unsubscribe is not None:
+            event = UnsubscribeEvent(self.id, self.user, channel, *unsubscribe)
+            await self._observe(self.hooks.unsubscribe(event))
+
+    async def _observe(self, call: Awaitable[None]) -> None:
+        """Run an observing hook: what it raises is logged, never sent to the client."""
+        try:
+            await call
+        except Exception:
+            logger.exception("hook failed for client %s", self.id)
+
+    # --- expiry ------------------------------------------------------------------
+
+    @staticmethod
+    def _ttl(expire_at: int) -> int:
+        return max(0, int(expire_at - time.time())) if expire_at else 0
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if not self.expire_at or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.hooks.refresh is not None:
+            delay = self.expire_at - time.time()
+            self._expiry = loop.call_later(max(0.0, delay), self._refresh_by_hook)
+        else:
+            # The SDK refreshes before the token expires; after a grace period
+            # without a refresh the connection is closed (3005).
+            delay = self.expire_at - time.time() + self.config.client.expired_close_delay
+            self._expiry = loop.call_later(max(0.0, delay), self.disconnect, DISCONNECT_EXPIRED)
+
+    def _refresh_by_hook(self) -> None:
+        task = asyncio.ensure_future(self._run_refresh_hook())
+        self._keep(task)
+
+    async def _run_refresh_hook(self) -> None:
+        assert self.hooks.refresh is not None
+        try:
+            reply = await self.hooks.refresh(RefreshEvent(self.id, self.user))
+        except Exception:
+            logger.exception("refresh hook failed for client %s", self.id)
+            reply = None
+        # None, expired, or an expiry that is not in the future ends the connection.
+        if reply is None or reply.expired or 0 < reply.expire_at <= time.time():
+            self.disconnect(DISCONNECT_EXPIRED)
+            return
+        self.expire_at = reply.expire_at
+        self._schedule_expiry()
+
+
+def _decode(data: Raw) -> Any:
+    """Application JSON as Python values, for hooks (``None`` when absent)."""
+    return msgspec.json.decode(bytes(data)) if bytes(data) else None
+
+
+def _encode(value: Any) -> Raw:
+    """A hook's value as application JSON (absent for ``None``)."""
+    if value is None:
+        return NO_DATA
+    return value if isinstance(value, Raw) else Raw(msgspec.json.encode(value))

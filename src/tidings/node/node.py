@@ -1,0 +1,557 @@
+"""The node: channels, subscriptions, fan-out, presence and history of one process.
+
+The node knows clients only as :class:`Subscriber` objects (something that can
+take encoded bytes and be disconnected) and other nodes only through its
+:class:`~tidings._broker.Broker`. It never sees a socket.
+
+Subscribing without losing or duplicating a publication
+---------------------------------------------------------
+A subscription starts *buffering*: live publications for it are kept aside
+while the node makes sure the broker routes the channel here and reads the
+history position (or the publications to recover). The subscribe reply is then
+written, followed by the buffered publications that come after what the reply
+covered (those at or below its offset are duplicates and are dropped), and the
+subscription goes live. Recovery is never partial: either every missed
+publication is returned (``recovered: true``) or none (``recovered: false``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from msgspec import Raw
+
+from .._tasks import stop_task
+from ..brokers.base import (
+    Broker,
+    HistoryOptions,
+    PresenceManager,
+    PresenceStats,
+    UnrecoverablePosition,
+)
+from ..options import ChannelOptions
+from ..protocol.codes import DISCONNECT_INSUFFICIENT_STATE, Disconnect, Error, ErrorCode
+from ..protocol.wire import (
+    ClientInfo,
+    Join,
+    Leave,
+    Publication,
+    Push,
+    StreamPosition,
+    SubscribeResult,
+    encode_push,
+)
+from .metrics import Metrics
+
+__all__ = ["Node", "Subscriber"]
+
+logger = logging.getLogger("tidings.node")
+
+
+class Subscriber(Protocol):
+    """A connected client, as the node sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
+
+    def deliver(self, data: bytes) -> None:
+        """Queue one encoded message (a push) for the client. Must not block."""
+        ...
+
+    def disconnect(self, disconnect: Disconnect) -> None:
+        """Close the client's connection."""
+        ...
+
+    def resubscribe(self, channel: str) -> None:
+        """The node dropped this subscription (publications may be missing): tell the
+        client now, so that it subscribes again and recovers. Must not block."""
+        ...
+
+
+@dataclass(slots=True)
+class _Subscription:
+    subscriber: Subscriber
+    info: ClientInfo
+    options: ChannelOptions
+    push_join_leave: bool
+    buffer: list[tuple[int, bytes]] | None = field(default_factory=list)
+    """(offset or -1, encoded push) received while subscribing; None once live."""
+    lost: bool = False
+    """The broker may have lost publications while this subscribe was in progress."""
+    floor: int = 0
+    """Offsets up to this one reached the client in its subscribe reply or buffer: a
+    late live copy of one of them (a broker delivering after the history read) is
+    dropped."""
+
+
+@dataclass(slots=True)
+class _Channel:
+    subscriptions: dict[str, _Subscription] = field(default_factory=dict)
+    routed: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    """Done once the broker routes this channel's publications here."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What the client asked for about stream positions when subscribing."""
+
+    recover: bool = False
+    """Recover from ``position`` (the client was subscribed before)."""
+    position: StreamPosition = field(default_factory=StreamPosition)
+    recoverable: bool = False
+    positioned: bool = False
+
+
+C = TypeVar("C", bound=Subscriber)
+
+
+class Node(Generic[C]):
+    """Channels and subscribers of this process, on top of a broker.
+
+    Generic in the type of its clients, so callers get their own type back from
+    :meth:`clients` and :meth:`user_clients`.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        presence: PresenceManager,
+        *,
+        history_max_publication_limit: int = 300,
+        metrics: Metrics | None = None,
+        presence_update_interval: float = 25.0,
+    ) -> None:
+        self.broker = broker
+        self.presence_update_interval = presence_update_interval
+        self._presence_task: asyncio.Task[None] | None = None
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.presence_manager = presence
+        self.history_max_publication_limit = history_max_publication_limit
+        self._channels: dict[str, _Channel] = {}
+        self._clients: dict[str, C] = {}
+        self._users: dict[str, set[str]] = {}
+        # Tuples, not sets: most clients have a channel or a few, and a set costs
+        # 216 bytes of every idle connection (membership tests stay short).
+        self._client_channels: dict[str, tuple[str, ...]] = {}
+        self._routing: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+        self._presence_task = asyncio.ensure_future(self._refresh_presence())
+
+    async def close(self) -> None:
+        await stop_task(self._presence_task)
+        for task in list(self._background):
+            await stop_task(task)
+        await self.broker.close()
+
+    async def _refresh_presence(self) -> None:
+        """Re-add the presence of local subscribers, so a shared store keeps them alive.
+
+        Entries of a node that stops refreshing (it crashed) expire in the store.
+        """
+        while True:
+            await asyncio.sleep(self.presence_update_interval)
+            for channel, entry in list(self._channels.items()):
+                for client_id, subscription in list(entry.subscriptions.items()):
+                    if subscription.options.presence and subscription.buffer is None:
+                        await self._broker_call(
+                            self.presence_manager.add_presence(
+                                channel, client_id, subscription.info
+                            )
+                        )
+
+    # --- clients -----------------------------------------------------------------
+
+    def add_client(self, client: C) -> None:
+        self._clients[client.id] = client
+        self._users.setdefault(client.user, set()).add(client.id)
+
+    async def remove_client(self, client: C) -> None:
+        """Forget a disconnected client: leave all its channels."""
+        for channel in list(self._client_channels.get(client.id, ())):
+            await self.unsubscribe(client, channel)
+        self._client_channels.pop(client.id, None)
+        if self._clients.pop(client.id, None) is not None:
+            ids = self._users.get(client.user)
+            if ids is not None:
+                ids.discard(client.id)
+                if not ids:
+                    del self._users[client.user]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self._clients)
+
+    @property
+    def num_users(self) -> int:
+        return len(self._users)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self._channels)
+
+    @property
+    def num_subscriptions(self) -> int:
+        return sum(len(c.subscriptions) for c in self._channels.values())
+
+    def clients(self) -> list[C]:
+        return list(self._clients.values())
+
+    def user_clients(self, user: str) -> list[C]:
+        return [self._clients[i] for i in self._users.get(user, ())]
+
+    def client(self, client_id: str) -> C | None:
+        return self._clients.get(client_id)
+
+    def channels(self) -> dict[str, int]:
+        """Channels with local subscribers, and how many."""
+        return {name: len(c.subscriptions) for name, c in self._channels.items()}
+
+    # --- subscriptions -----------------------------------------------------------
+
+    async def subscribe(
+        self,
+        subscriber: Subscriber,
+        channel: str,
+        options: ChannelOptions,
+        *,
+        info: ClientInfo,
+        recovery: Recovery | None = None,
+        push_join_leave: bool = False,
+        reply: Callable[[SubscribeResult], None],
+    ) -> None:
+        """Subscribe ``subscriber`` to ``channel``.
+
+        ``reply`` is called with the result and must write it to the client right
+        away: publications that arrived meanwhile are written right after it.
+
+        Raises:
+            Error: 100 when the broker fails (nothing is left subscribed).
+        """
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+            self._reroute(channel, self._route(channel, entry))
+        subscription = _Subscription(subscriber, info, options, push_join_leave)
+        entry.subscriptions[subscriber.id] = subscription
+        channels = self._client_channels.get(subscriber.id, ())
+        if channel not in channels:
+            self._client_channels[subscriber.id] = (*channels, channel)
+        try:
+            await asyncio.shield(entry.routed)
+            result = await self._position(channel, options, recovery or Recovery())
+            if options.presence:
+                await self.presence_manager.add_presence(channel, subscriber.id, info)
+        except BaseException as exc:
+            self._drop(channel, subscriber.id)
+            if isinstance(exc, Exception):
+                logger.exception("subscribe to %r failed", channel)
+                raise Error(ErrorCode.INTERNAL) from exc
+            raise
+        if subscription.lost:
+            # Its position may predate a gap: fail (temporary), the client retries.
+            await self.unsubscribe(subscriber, channel)
+            raise Error(ErrorCode.INTERNAL, "publications may be lost, subscribe again")
+        reply(result)
+        self._go_live(subscription, result)
+        if options.join_leave:
+            await self._broker_call(self.broker.publish_join(channel, info))
+
+    def _reroute(self, channel: str, operation: Coroutine[Any, Any, None]) -> None:
+        """Run a broker (un)subscribe for ``channel`` after the previous one finished.
+
+        Order matters: an unsubscribe that completes after a later subscribe
+        would leave a channel with subscribers that the broker no longer routes.
+        """
+        previous = self._routing.get(channel)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await operation
+
+        task = asyncio.ensure_future(run())
+        self._routing[channel] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._routing.get(channel) is done:
+                del self._routing[channel]
+
+        task.add_done_callback(forget)
+
+    async def _route(self, channel: str, entry: _Channel) -> None:
+        try:
+            await self.broker.subscribe(channel)
+        except Exception as exc:
+            entry.routed.set_exception(exc)
+            if self._channels.get(channel) is entry:
+                del self._channels[channel]
+        else:
+            entry.routed.set_result(None)
+
+    async def _position(
+        self, channel: str, options: ChannelOptions, recovery: Recovery
+    ) -> SubscribeResult:
+        if not options.history_enabled:
+            return SubscribeResult()
+        recoverable = options.force_recovery or recovery.recoverable
+        positioned = recoverable or options.force_positioning or recovery.positioned
+        if not positioned:
+            return SubscribeResult()
+        if recoverable and recovery.recover:
+            since = recovery.position
+            try:
+                publications, top = await self.broker.history(
+                    channel, since=since, limit=options.history_size
+                )
+            except UnrecoverablePosition:
+                publications, top = [], StreamPosition()
+            recovered = bool(top.epoch) and _recovered(publications, since, top)
+            if not recovered:
+                publications = []
+                _, top = await self.broker.history(channel, since=None, limit=0)
+            return SubscribeResult(
+                recoverable=True,
+                positioned=True,
+                # Recovered: the client's own position, which it advances through
+                # the publications. Not recovered: the top, to start from anew.
+                epoch=top.epoch,
+                offset=since.offset if recovered else top.offset,
+                publications=list(publications),
+                recovered=recovered,
+                was_recovering=True,
+            )
+        _, top = await self.broker.history(channel, since=None, limit=0)
+        return SubscribeResult(
+            recoverable=recoverable, positioned=True, epoch=top.epoch, offset=top.offset
+        )
+
+    def _go_live(self, subscription: _Subscription, result: SubscribeResult) -> None:
+        buffered, subscription.buffer = subscription.buffer or [], None
+        last = result.publications[-1].offset if result.publications else result.offset
+        for offset, data in buffered:
+            if offset > 0 and result.positioned:
+                if offset <= last:
+                    continue  # already in the reply
+                if offset > last + 1:
+                    # A publication went missing between history and live stream.
+                    subscription.subscriber.disconnect(DISCONNECT_INSUFFICIENT_STATE)
+                    return
+                last = offset
+            if data:
+                subscription.subscriber.deliver(data)
+        if result.positioned:
+            subscription.floor = last
+
+    async def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
+        """Remove the subscription (leave, presence) if there is one."""
+        subscription = self._drop(channel, subscriber.id)
+        if subscription is not None:
+            await self._forget(channel, subscription)
+
+    async def _forget(self, channel: str, subscription: _Subscription) -> None:
+        """What a dropped subscription leaves behind: its presence, its leave event."""
+        options = subscription.options
+        if options.presence:
+            client_id = subscription.subscriber.id
+            await self._broker_call(self.presence_manager.remove_presence(channel, client_id))
+        if options.join_leave and subscription.buffer is None:
+            await self._broker_call(self.broker.publish_leave(channel, subscription.info))
+
+    def _drop(self, channel: str, client_id: str) -> _Subscription | None:
+        channels = self._client_channels.get(client_id)
+        if channels is not None and channel in channels:
+            self._client_channels[client_id] = tuple(c for c in channels if c != channel)
+        entry = self._channels.get(channel)
+        if entry is None:
+            return None
+        subscription = entry.subscriptions.pop(client_id, None)
+        if not entry.subscriptions:
+            del self._channels[channel]
+            self._reroute(channel, self._unroute(channel))
+        return subscription
+
+    async def _unroute(self, channel: str) -> None:
+        if channel not in self._channels:  # nobody subscribed again meanwhile
+            await self._broker_call(self.broker.unsubscribe(channel))
+
+    async def _broker_call(self, call: Awaitable[None]) -> None:
+        """Await a broker call whose failure must not fail the client's command."""
+        try:
+            await call
+        except Exception:
+            self.metrics.broker_errors.inc()
+            logger.exception("broker call failed")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def is_subscribed(self, client_id: str, channel: str) -> bool:
+        return channel in self._client_channels.get(client_id, ())
+
+    # --- publishing --------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: Raw,
+        options: ChannelOptions,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        skip_history: bool = False,
+        idempotency_key: str = "",
+        exclude_client: str = "",
+    ) -> StreamPosition:
+        """Publish to every subscriber of ``channel`` on every node; return its position.
+
+        Raises:
+            Error: 100 when the broker fails.
+        """
+        history = (
+            HistoryOptions(options.history_size, options.history_ttl)
+            if options.history_enabled and not skip_history
+            else None
+        )
+        publication = Publication(data=data, info=info, tags=tags or None)
+        started = time.perf_counter()
+        try:
+            position = await self.broker.publish(
+                channel,
+                publication,
+                history,
+                idempotency_key=idempotency_key,
+                exclude_client=exclude_client,
+            )
+        except Exception as exc:
+            self.metrics.broker_errors.inc()
+            logger.exception("publish to %r failed", channel)
+            raise Error(ErrorCode.INTERNAL) from exc
+        self.metrics.publish_duration.observe(time.perf_counter() - started)
+        return position
+
+    # BrokerEventHandler: called by the broker, synchronously, for routed channels.
+
+    def handle_publication(
+        self, channel: str, publication: Publication, exclude_client: str = ""
+    ) -> None:
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        # Encoded once for every subscriber: the bytes are the same for all.
+        data = encode_push(Push(channel=channel, pub=publication))
+        offset = publication.offset
+        for client_id, subscription in entry.subscriptions.items():
+            if subscription.buffer is None:
+                if client_id != exclude_client and (offset > subscription.floor or not offset):
+                    subscription.subscriber.deliver(data)
+            else:
+                # Buffered even when excluded: the offset still counts for gaps.
+                subscription.buffer.append((offset, b"" if client_id == exclude_client else data))
+        recipients = len(entry.subscriptions)
+        if exclude_client and exclude_client in entry.subscriptions:
+            recipients -= 1
+        self.metrics.sent_publication.inc(recipients)
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        sent = self._push_join_leave(channel, Push(channel=channel, join=Join(info=info)))
+        self.metrics.sent_join.inc(sent)
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        sent = self._push_join_leave(channel, Push(channel=channel, leave=Leave(info=info)))
+        self.metrics.sent_leave.inc(sent)
+
+    def handle_lost(self, channels: Sequence[str]) -> None:
+        """Make the subscribers of these channels resubscribe, before anything else arrives.
+
+        Live subscriptions are dropped now (synchronously, so not one more
+        publication reaches them past the gap) and their clients told (2500);
+        subscribes in progress fail and are retried by their clients.
+        """
+        for channel in channels:
+            entry = self._channels.get(channel)
+            if entry is None:
+                continue
+            logger.warning(
+                "publications of %r may be lost: %d subscribers resubscribe",
+                channel,
+                len(entry.subscriptions),
+            )
+            for client_id, subscription in list(entry.subscriptions.items()):
+                if subscription.buffer is not None:
+                    subscription.lost = True
+                    continue
+                self._drop(channel, client_id)
+                subscription.subscriber.resubscribe(channel)
+                self._spawn(self._forget(channel, subscription))
+
+    def _push_join_leave(self, channel: str, push: Push) -> int:
+        entry = self._channels.get(channel)
+        if entry is None:
+            return 0
+        data = encode_push(push)
+        sent = 0
+        for subscription in entry.subscriptions.values():
+            if not subscription.push_join_leave:
+                continue
+            sent += 1
+            if subscription.buffer is None:
+                subscription.subscriber.deliver(data)
+            else:
+                subscription.buffer.append((-1, data))
+        return sent
+
+    # --- presence and history ----------------------------------------------------
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return await self.presence_manager.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        return await self.presence_manager.presence_stats(channel)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> tuple[Sequence[Publication], StreamPosition]:
+        """Read history: ``limit`` 0 gives only the position, -1 up to the maximum.
+
+        Raises:
+            Error: 112 when ``since`` is from another epoch.
+        """
+        cap = self.history_max_publication_limit
+        limit = cap if limit < 0 or limit > cap else limit
+        try:
+            return await self.broker.history(channel, since=since, limit=limit, reverse=reverse)
+        except UnrecoverablePosition:
+            raise Error(ErrorCode.UNRECOVERABLE_POSITION) from None
+
+    async def remove_history(self, channel: str) -> None:
+        await self.broker.remove_history(channel)
+
+
+def _recovered(
+    publications: Sequence[Publication], since: StreamPosition, top: StreamPosition
+) -> bool:
+    if since.epoch and since.epoch != top.epoch:
+        return False
+    if publications:
+        return publications[0].offset == since.offset + 1 and publications[-1].offset == top.offset
+    return top.offset == since.offset

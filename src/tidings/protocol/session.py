@@ -1,0 +1,372 @@
+"""The per-connection session of the client protocol, without I/O.
+
+Theory of operation
+-------------------
+
+A :class:`Session` is fed what the WebSocket delivered (:meth:`Session.receive_text`,
+:meth:`Session.receive_binary`) and hands out, one at a time, the commands the
+application must act on (:meth:`Session.next_event`). The application answers each
+command with :meth:`Session.reply` or :meth:`Session.reply_error`, and writes what
+:meth:`Session.data_to_send` returns. It never touches a socket, a clock or a task:
+the I/O shell (``tidings._server``) owns those, and the node owns channels.
+
+Rule 1: commands are handled one at a time, in the order they arrived. Until the
+pending command is answered, :meth:`next_event` refuses to hand out another. This
+is what makes ``connect`` take effect before the ``subscribe`` commands that the
+SDKs send in the same frame.
+
+Rule 2: the session enforces what the protocol says about *order and shape*, and
+nothing about permissions. It answers on its own:
+
+* a command before ``connect``, a second ``connect``, anything after a failed
+  ``connect``, an unknown command, a missing id, an undecodable frame or an empty
+  channel name: the connection is closed with 3501 (bad request);
+* a binary frame: closed with 3506 (inappropriate protocol);
+* a second subscribe to a channel: error 105; more than ``channel_limit``
+  channels: error 106; a channel name over ``channel_max_length``, or with
+  characters other than printable ASCII: error 107;
+* the empty command ``{}``: a pong, closing with 3501 when no ping was sent.
+
+Rule 3: the state only changes through the tables below, when a command is
+answered or when the connection is closed. ``CLOSED`` is final.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from .codes import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_INAPPROPRIATE_PROTOCOL,
+    Disconnect,
+    Error,
+    ErrorCode,
+    Unsubscribe,
+)
+from .wire import (
+    METHODS,
+    PING,
+    Command,
+    ConnectRequest,
+    ConnectResult,
+    Empty,
+    ErrorBody,
+    HistoryRequest,
+    HistoryResult,
+    PresenceRequest,
+    PresenceResult,
+    PresenceStatsRequest,
+    PresenceStatsResult,
+    PublishRequest,
+    Push,
+    RefreshRequest,
+    RefreshResult,
+    Reply,
+    RPCRequest,
+    RPCResult,
+    SendRequest,
+    SubRefreshRequest,
+    SubRefreshResult,
+    SubscribePush,
+    SubscribeRequest,
+    SubscribeResult,
+    UnsubscribePush,
+    UnsubscribeRequest,
+    decode_frame,
+    encode,
+)
+
+__all__ = ["CloseConnection", "CommandReceived", "Request", "Result", "Session", "State"]
+
+Request = (
+    ConnectRequest
+    | SubscribeRequest
+    | UnsubscribeRequest
+    | PublishRequest
+    | PresenceRequest
+    | PresenceStatsRequest
+    | HistoryRequest
+    | RPCRequest
+    | SendRequest
+    | RefreshRequest
+    | SubRefreshRequest
+)
+Result = (
+    ConnectResult
+    | SubscribeResult
+    | Empty
+    | PresenceResult
+    | PresenceStatsResult
+    | HistoryResult
+    | RPCResult
+    | RefreshResult
+    | SubRefreshResult
+)
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"  # waiting for the connect command
+    CONNECTED = "connected"
+    FAILED = "failed"  # connect was refused: the next command closes the connection
+    CLOSED = "closed"
+
+
+CONNECTING, CONNECTED, FAILED, CLOSED = State
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """A command the application must act on, then answer (unless ``id`` is 0).
+
+    ``method`` is the command's key on the wire (``"subscribe"``, ...).
+    """
+
+    id: int
+    method: str
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """The session is over: close the WebSocket with this code and reason."""
+
+    disconnect: Disconnect
+    detail: str = ""
+    """What was wrong, for the log (never sent to the client)."""
+
+
+Event = CommandReceived | CloseConnection
+
+# Which methods each state accepts; any other method closes with 3501.
+_CLIENT_METHODS = frozenset(METHODS) - {"connect"}
+ACCEPTED_METHODS: dict[State, frozenset[str]] = {
+    CONNECTING: frozenset({"connect"}),
+    CONNECTED: _CLIENT_METHODS,
+    FAILED: frozenset(),
+    CLOSED: frozenset(),
+}
+
+# (state, method) -> (state after a result, state after an error). Methods not
+# listed leave the state as it is.
+TRANSITIONS: dict[tuple[State, str], tuple[State, State]] = {
+    (CONNECTING, "connect"): (CONNECTED, FAILED),
+}
+
+_CHANNEL_CHARACTERS = re.compile(r"[\x21-\x7e]+")
+"""Channel names are printable ASCII without spaces (as Centrifugo's default)."""
+_METHODS_WITH_CHANNEL = frozenset(
+    {"subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history", "sub_refresh"}
+)
+
+
+class Session:
+    """The client-protocol state of one connection.
+
+    Args:
+        channel_limit: most channels one connection may be subscribed to (106 above).
+        channel_max_length: longest channel name accepted (107 above).
+    """
+
+    def __init__(self, *, channel_limit: int = 128, channel_max_length: int = 255) -> None:
+        self.channel_limit = channel_limit
+        self.channel_max_length = channel_max_length
+        self.state = CONNECTING
+        self.client_id = ""
+        """Set from the connect result."""
+        self.channels: tuple[str, ...] = ()
+        """Channels this connection is subscribed to (client- and server-side), in order.
+
+        A tuple: 48 bytes for one channel where a set takes 216, and an idle
+        connection is mostly this kind of thing (``bench/memprofile.py``).
+        """
+        self.awaiting_pong = False
+        """A ping was sent and no pong came back yet."""
+        self.disconnect: Disconnect | None = None
+        """Why the session closed, once it has."""
+        # A list, not a deque: an empty deque costs 600 bytes more, on every idle connection.
+        self._commands: list[Command | CloseConnection] = []
+        self._pending: CommandReceived | None = None
+        self._output: list[bytes] = []
+
+    # --- input -------------------------------------------------------------------
+
+    def receive_text(self, frame: str | bytes) -> None:
+        """Take one text frame. Then call :meth:`next_event` until it returns None."""
+        if self.state is CLOSED:
+            return
+        try:
+            commands = decode_frame(frame)
+        except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8, deep nesting
+            self._commands.clear()
+            self._commands.append(_bad(f"undecodable frame: {exc}"))
+            return
+        if not commands:
+            self._commands.append(_bad("empty frame"))
+            return
+        self._commands.extend(commands)
+
+    def receive_binary(self, frame: bytes) -> None:
+        """Take one binary frame: the JSON protocol has none, so the session ends."""
+        if self.state is not CLOSED:
+            self._commands.clear()
+            self._commands.append(
+                _close(DISCONNECT_INAPPROPRIATE_PROTOCOL, "binary frame on the JSON protocol")
+            )
+
+    def next_event(self) -> Event | None:
+        """Return the next command to act on, or None when all received ones are done.
+
+        A :class:`CommandReceived` with ``id > 0`` must be answered with
+        :meth:`reply` or :meth:`reply_error` before the next call. After a
+        :class:`CloseConnection`, close the socket: nothing more comes.
+        """
+        if self._pending is not None:
+            raise RuntimeError(f"command {self._pending.id} must be answered first")
+        while self._commands and self.state is not CLOSED:
+            command = self._commands.pop(0)
+            if isinstance(command, CloseConnection):
+                return self._closed(command)
+            event = self._check(command)
+            if event is None:  # answered by the session itself
+                continue
+            if isinstance(event, CloseConnection):
+                return self._closed(event)
+            if event.id and event.method != "send":  # a send is never answered
+                self._pending = event
+            return event
+        return None
+
+    # --- answers -----------------------------------------------------------------
+
+    def reply(self, result: Result) -> None:
+        """Answer the pending command with a result."""
+        event = self._take_pending()
+        after = TRANSITIONS.get((self.state, event.method))
+        if after is not None:
+            self.state = after[0]
+        if isinstance(result, ConnectResult):
+            self.client_id = result.client
+            for channel in result.subs or ():
+                self._add(channel)
+        elif event.method == "subscribe":
+            assert isinstance(event.request, SubscribeRequest)
+            self._add(event.request.channel)
+        elif event.method == "unsubscribe":
+            assert isinstance(event.request, UnsubscribeRequest)
+            self._discard(event.request.channel)
+        reply = Reply(id=event.id)
+        setattr(reply, event.method, result)
+        self._output.append(encode(reply))
+
+    def reply_error(self, error: Error) -> None:
+        """Answer the pending command with an error (the connection stays)."""
+        event = self._take_pending()
+        after = TRANSITIONS.get((self.state, event.method))
+        if after is not None:
+            self.state = after[1]
+        self._send_error(event.id, error)
+
+    # --- server-initiated --------------------------------------------------------
+
+    def subscribe_server_side(self, channel: str, result: SubscribePush) -> None:
+        """Tell the client it was subscribed to ``channel`` by the server."""
+        self._add(channel)
+        self._output.append(encode(Reply(push=Push(channel=channel, subscribe=result))))
+
+    def unsubscribe_server_side(self, channel: str, unsubscribe: Unsubscribe) -> None:
+        """Tell the client it is no longer subscribed to ``channel``."""
+        self._discard(channel)
+        push = Push(channel=channel, unsubscribe=UnsubscribePush(*unsubscribe))
+        self._output.append(encode(Reply(push=push)))
+
+    def send_ping(self) -> None:
+        """Queue a ping; the client must answer it (see :attr:`awaiting_pong`)."""
+        if self.state is CONNECTED:
+            self.awaiting_pong = True
+            self._output.append(PING)
+
+    def close(self, disconnect: Disconnect) -> None:
+        """End the session (the I/O layer closes the socket with ``disconnect``)."""
+        self.state = CLOSED
+        self.disconnect = disconnect
+        self._commands.clear()
+        self._pending = None
+
+    def data_to_send(self) -> list[bytes]:
+        """Return (and forget) the messages to write, in order, one JSON object each."""
+        output, self._output = self._output, []
+        return output
+
+    # --- internals ---------------------------------------------------------------
+
+    def _add(self, channel: str) -> None:
+        if channel not in self.channels:
+            self.channels = (*self.channels, channel)
+
+    def _discard(self, channel: str) -> None:
+        self.channels = tuple(c for c in self.channels if c != channel)
+
+    def _check(self, command: Command) -> Event | None:
+        """Validate one command against the protocol rules (module docstring)."""
+        method = next((name for name in METHODS if getattr(command, name) is not None), None)
+        if method is None or (command.id == 0 and method != "send"):
+            if method is None and command.id == 0:
+                return self._pong()
+            return _close(DISCONNECT_BAD_REQUEST, f"command {command.id}: no known method")
+        if method == "send":
+            if self.state is not CONNECTED:
+                return _close(DISCONNECT_BAD_REQUEST, f"send in state {self.state.value}")
+        elif method not in ACCEPTED_METHODS[self.state]:
+            return _close(
+                DISCONNECT_BAD_REQUEST, f"{method} (id {command.id}) in state {self.state.value}"
+            )
+        request: Request = getattr(command, method)
+        if method in _METHODS_WITH_CHANNEL:
+            channel: str = getattr(request, "channel", "")
+            if not channel:
+                return _close(DISCONNECT_BAD_REQUEST, f"{method} (id {command.id}): empty channel")
+            if len(channel) > self.channel_max_length:
+                self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, "channel too long"))
+                return None
+            if not _CHANNEL_CHARACTERS.fullmatch(channel):
+                self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, "invalid channel name"))
+                return None
+            if method == "subscribe":
+                if channel in self.channels:
+                    self._send_error(command.id, Error(ErrorCode.ALREADY_SUBSCRIBED))
+                    return None
+                if len(self.channels) >= self.channel_limit:
+                    self._send_error(command.id, Error(ErrorCode.LIMIT_EXCEEDED))
+                    return None
+        return CommandReceived(command.id, method, request)
+
+    def _pong(self) -> Event | None:
+        if not self.awaiting_pong:
+            return _close(DISCONNECT_BAD_REQUEST, "pong without a ping")
+        self.awaiting_pong = False
+        return None
+
+    def _closed(self, event: CloseConnection) -> CloseConnection:
+        self.close(event.disconnect)
+        return event
+
+    def _take_pending(self) -> CommandReceived:
+        event = self._pending
+        if event is None:
+            raise RuntimeError("no command is waiting for an answer")
+        self._pending = None
+        return event
+
+    def _send_error(self, command_id: int, error: Error) -> None:
+        body = ErrorBody(code=error.code, message=error.message, temporary=error.temporary)
+        self._output.append(encode(Reply(id=command_id, error=body)))
+
+
+def _close(disconnect: Disconnect, detail: str) -> CloseConnection:
+    return CloseConnection(disconnect, detail)
+
+
+def _bad(detail: str) -> CloseConnection:
+    return _close(DISCONNECT_BAD_REQUEST, detail)
