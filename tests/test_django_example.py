@@ -248,10 +248,10 @@ def stack(
                 "DJANGO_DEBUG": "true",  # runserver serves static files only in DEBUG
                 "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
                 "DJANGO_DB_PATH": str(tmp / "db.sqlite3"),
-                "TIDINGS_TOKEN_SECRET": SECRET,
-                "TIDINGS_API_URL": api_url,
-                "TIDINGS_API_KEY": API_KEY,
-                "TIDINGS_WS_URL": ws_url,
+                "CHAT_HUB_TOKEN_SECRET": SECRET,
+                "CHAT_HUB_API_URL": api_url,
+                "CHAT_HUB_API_KEY": API_KEY,
+                "CHAT_HUB_WS_URL": ws_url,
             }
         )
         # Migrate while tidings starts.

@@ -11,9 +11,13 @@ Defaults deny; ``dev=True`` (applied by the loader) opens everything.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
+from typing import Annotated, Any
 
 import msgspec
+import msgspec.inspect
 
 __all__ = [
     "AdminOptions",
@@ -31,6 +35,23 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the option."""
 
 
+# Bounds live on the option types: msgspec checks them while loading (its message
+# names the option, see ``tidings.app.config``), and ``Config.__post_init__`` checks
+# the same bounds, read from these types, on a config built directly.
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+"""A duration that must be positive (an interval of 0 would spin, a timeout of 0 fail)."""
+Delay = Annotated[float, msgspec.Meta(ge=0)]
+"""A duration where 0 means at once (or, for a TTL, off)."""
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+"""A size or count that must be at least 1."""
+Limit = Annotated[int, msgspec.Meta(ge=0)]
+"""A size or count where 0 means none (or no limit, as the option says)."""
+Rate = Annotated[float, msgspec.Meta(ge=0)]
+"""Per second; 0 means no limit."""
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""A TCP port; 0 picks a free one."""
+
+
 class _Options(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     pass
 
@@ -41,8 +62,10 @@ class ChannelOptions(_Options, frozen=True):
     presence: bool = False
     join_leave: bool = False
     force_push_join_leave: bool = False
-    history_size: int = msgspec.field(default=0)
-    history_ttl: float = 0.0
+    history_size: Limit = 0
+    """Publications kept per channel (0: no history)."""
+    history_ttl: Delay = 0.0
+    """Seconds history is kept (0: no history)."""
     force_recovery: bool = False
     force_positioning: bool = False
     allow_subscribe_for_client: bool = False
@@ -66,25 +89,26 @@ class ChannelOptions(_Options, frozen=True):
 class ClientOptions(_Options, frozen=True):
     """Per-connection settings (``[client]``)."""
 
-    ping_interval: float = 25.0
-    pong_timeout: float = 8.0
-    stale_close_delay: float = 10.0
-    expired_close_delay: float = 25.0
-    channel_limit: int = 128
-    channel_max_length: int = 255
-    queue_max_size: int = 1024 * 1024
-    write_delay: float = 0.005
+    ping_interval: Seconds = 25.0
+    pong_timeout: Seconds = 8.0
+    stale_close_delay: Seconds = 10.0
+    expired_close_delay: Delay = 25.0
+    channel_limit: Positive = 128
+    channel_max_length: Positive = 255
+    queue_max_size: Positive = 1024 * 1024
+    write_delay: Delay = 0.005
     """Writes to clients happen at most this often (seconds): under load, messages
-    gather into one frame and one system call per client; when idle, nothing waits."""
-    max_message_size: int = 65536
+    gather into one frame and one system call per client; when idle, nothing waits
+    (0: each message is written at once)."""
+    max_message_size: Positive = 65536
     allow_anonymous_connect_without_token: bool = False
-    connection_limit: int = 100_000
+    connection_limit: Limit = 100_000
     """Connections per node; more are refused at the handshake with HTTP 503 (0: no limit)."""
-    user_connection_limit: int = 0
+    user_connection_limit: Limit = 0
     """Connections per user on a node; more are closed with 3504 (0: no limit)."""
-    connection_rate_limit: float = 0.0
+    connection_rate_limit: Rate = 0.0
     """New connections per second per node; more get HTTP 503 (0: no limit)."""
-    command_rate_limit: float = 1000.0
+    command_rate_limit: Rate = 1000.0
     """Commands per second per connection (bursts of twice that); over it: error 111,
     and 3013 when a client keeps going (0: no limit)."""
 
@@ -94,12 +118,13 @@ class HTTPAPIOptions(_Options, frozen=True):
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 9000
+    port: Port = 9000
     key: str = ""
-    """The API key; without one (and without ``insecure``) every API call gets 401."""
+    """The API key; without one (and without ``insecure``) every API call gets 401.
+    A configured key is always checked, ``insecure`` or not."""
     insecure: bool = False
-    """Accept API calls without a key (``--dev`` sets it)."""
-    max_body_size: int = 1024 * 1024
+    """Accept API calls without a key when no ``key`` is configured (``--dev`` sets it)."""
+    max_body_size: Positive = 1024 * 1024
 
 
 class BrokerOptions(_Options, frozen=True):
@@ -109,12 +134,12 @@ class BrokerOptions(_Options, frozen=True):
     """``memory`` (one process) or ``redis://host:6379/0``."""
     prefix: str = "tidings"
     """Prefix of every Redis key and channel, to share one Redis between hubs."""
-    pubsub_shards: int = 4
-    presence_ttl: float = 60.0
+    pubsub_shards: Positive = 4
+    presence_ttl: Seconds = 60.0
     """A node's clients vanish from presence this long after the node dies."""
-    presence_update_interval: float = 25.0
-    history_meta_ttl: float = 30 * 24 * 3600.0
-    node_info_interval: float = 3.0
+    presence_update_interval: Seconds = 25.0
+    history_meta_ttl: Seconds = 30 * 24 * 3600.0
+    node_info_interval: Seconds = 3.0
 
 
 class ProxyOptions(_Options, frozen=True):
@@ -127,7 +152,7 @@ class ProxyOptions(_Options, frozen=True):
     rpc_endpoint: str = ""
     unsubscribe_endpoint: str = ""
     disconnect_endpoint: str = ""
-    timeout: float = 1.0
+    timeout: Seconds = 1.0
     http_headers: list[str] = []
     """Headers of the client's WebSocket handshake forwarded to the connect endpoint."""
 
@@ -137,8 +162,9 @@ class AdminOptions(_Options, frozen=True):
 
     password: str = ""
     secret: str = ""
-    """Signs session cookies; random per process when empty (logins end on restart)."""
-    session_ttl: float = 8 * 3600.0
+    """Signs session cookies; random when empty (logins end on restart). With
+    ``workers > 1``, ``tidings serve`` draws one for all its workers."""
+    session_ttl: Seconds = 8 * 3600.0
 
 
 class Config(_Options, frozen=True):
@@ -149,7 +175,7 @@ class Config(_Options, frozen=True):
     """
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Port = 8000
     dev: bool = False
     allowed_origins: list[str] = []
     """Origins allowed to open WebSockets (``*`` wildcards). Empty: requests without an
@@ -159,21 +185,25 @@ class Config(_Options, frozen=True):
     """PEM files: serve ``wss://`` directly, without a proxy in front."""
     demo: bool = False
     """Serve the demo app on the WebSocket port (``--dev`` turns it on)."""
-    workers: int = 1
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     """Processes sharing the ports (needs a shared broker such as Redis)."""
     log_level: str = "info"
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line)."""
-    shutdown_timeout: float = 10.0
-    gc_freeze: bool = True
+    shutdown_timeout: Delay = 10.0
+    """Seconds a stop waits for clients to take their last messages (0: none)."""
+    gc_freeze: bool = False
     """Freeze long-lived objects out of the garbage collector's full collections
-    (short pauses with many connections, see ``_gc.py``); the policy is process-wide."""
+    (short pauses with many connections, see ``app/gc_policy.py``). The policy is
+    process-wide, so it is off for an embedded ``Hub``; ``tidings serve`` turns it on
+    unless the configuration sets it."""
     token_hmac_secret_key: str = ""
     token_rsa_public_key: str = ""
     token_ecdsa_public_key: str = ""
     token_audience: str = ""
     token_issuer: str = ""
-    history_max_publication_limit: int = 300
+    history_max_publication_limit: Limit = 300
+    """Most publications one history call returns (0: positions only)."""
     client: ClientOptions = ClientOptions()
     http_api: HTTPAPIOptions = HTTPAPIOptions()
     proxy: ProxyOptions = ProxyOptions()
@@ -184,6 +214,7 @@ class Config(_Options, frozen=True):
     namespaces: dict[str, ChannelOptions] = {}
 
     def __post_init__(self) -> None:
+        _check_bounds(self, _type_info(), "")
         if self.client.ping_interval <= self.client.pong_timeout:
             raise ConfigError("client.ping_interval must be greater than client.pong_timeout")
         for name in self.namespaces:
@@ -194,8 +225,6 @@ class Config(_Options, frozen=True):
             raise ConfigError(f"broker.url must be 'memory' or redis://..., got {broker.url!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key go together")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.workers > 1 and broker.url == "memory":
             raise ConfigError(
                 "workers > 1 needs a shared broker: the memory broker cannot connect "
@@ -207,22 +236,57 @@ class Config(_Options, frozen=True):
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
-        for key, value in _positive_numbers(self):
-            if value <= 0:
-                raise ConfigError(f"{key} must be greater than 0, got {value}")
 
 
-def _positive_numbers(config: Config) -> list[tuple[str, float]]:
-    client = config.client
-    return [
-        ("client.ping_interval", client.ping_interval),
-        ("client.pong_timeout", client.pong_timeout),
-        ("client.channel_limit", client.channel_limit),
-        ("client.channel_max_length", client.channel_max_length),
-        ("client.queue_max_size", client.queue_max_size),
-        ("client.max_message_size", client.max_message_size),
-        ("port", config.port or 1),  # 0 picks a free port
-    ]
+_BOUNDS = (
+    ("gt", operator.gt, "greater than"),
+    ("ge", operator.ge, "at least"),
+    ("lt", operator.lt, "less than"),
+    ("le", operator.le, "at most"),
+)
+
+
+def _bound_error(key: str, value: object, kind: Any) -> str | None:
+    """What is wrong with ``value`` for an option of the bounded type ``kind``, if anything.
+
+    ``kind`` is a :mod:`msgspec.inspect` ``IntType``/``FloatType``; the message is
+    the one :mod:`tidings.app.config` makes of msgspec's own.
+    """
+    if not isinstance(value, int | float):
+        return None  # a value of the wrong type: the type checker's business
+    for name, holds, words in _BOUNDS:
+        bound = getattr(kind, name)
+        if bound is not None and not holds(value, bound):
+            return f"{key} must be {words} {bound:g}, got {value!r}"
+    return None
+
+
+@functools.cache
+def _type_info() -> msgspec.inspect.StructType:
+    info = msgspec.inspect.type_info(Config)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return info
+
+
+def _check_bounds(options: msgspec.Struct, info: msgspec.inspect.StructType, prefix: str) -> None:
+    """Check the bounds of the option types (msgspec checks them only when decoding)."""
+    for field in info.fields:
+        value = getattr(options, field.name)
+        kind = field.type
+        if isinstance(kind, msgspec.inspect.Metadata):
+            kind = kind.type
+        if isinstance(kind, msgspec.inspect.StructType):
+            # channel options without a namespace sit at the top level of the file
+            _check_bounds(value, kind, "" if field.name == "channel" else f"{prefix}{field.name}.")
+        elif isinstance(kind, msgspec.inspect.DictType) and isinstance(
+            kind.value_type, msgspec.inspect.StructType
+        ):
+            for name, item in value.items():
+                _check_bounds(item, kind.value_type, f"{prefix}{field.name}.{name}.")
+        elif isinstance(kind, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+            error = _bound_error(prefix + field.name, value, kind)
+            if error is not None:
+                raise ConfigError(error)
 
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")

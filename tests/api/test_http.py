@@ -939,6 +939,37 @@ async def test_an_insecure_api_accepts_calls_without_a_key(make_hub: HubFactory)
     assert info.nodes[0].uid == hub.uid
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"dev": True}, {"http_api.insecure": True}, {"dev": True, "http_api.insecure": True}],
+    ids=["dev", "insecure", "dev-and-insecure"],
+)
+async def test_a_configured_key_is_checked_even_in_dev_mode_or_insecure(
+    make_hub: HubFactory, options: dict[str, Any]
+) -> None:
+    """--dev (or insecure) opens an API without a key, never one whose key was configured."""
+    hub = await api_hub(make_hub, **options)  # make_hub configures API_KEY
+    assert hub.config.http_api.key == API_KEY
+    for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "a-wrong-key"}):
+        status, _, body = await http(hub, "POST", "/api/info", b"{}", headers)
+        assert (status, body) == (401, b""), headers
+    for path in ("/api/info?api_key=wrong", "/api/batch"):
+        status, _, _ = await http(hub, "POST", path, b'{"commands":[]}', {"X-API-Key": "x"})
+        assert status == 401, path
+    async with AsyncClient(hub.api_url, "a-wrong-key") as api:
+        with pytest.raises(CentUnauthorizedError):
+            await api.info(InfoRequest())
+    async with AsyncClient(hub.api_url, API_KEY) as api:
+        assert (await api.info(InfoRequest())).nodes[0].uid == hub.uid
+
+
+async def test_dev_mode_without_a_key_accepts_calls_without_one(make_hub: HubFactory) -> None:
+    hub = await api_hub(make_hub, **{"dev": True, "http_api.key": ""})
+    assert hub.config.http_api.insecure is True
+    async with AsyncClient(hub.api_url, "") as api:
+        assert (await api.info(InfoRequest())).nodes[0].uid == hub.uid
+
+
 async def test_an_api_without_a_configured_key_refuses_every_call(make_hub: HubFactory) -> None:
     hub = await api_hub(make_hub, **{"http_api.key": ""})
     for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "anything"}):
@@ -1404,3 +1435,52 @@ async def test_ready_answers_503_while_the_hub_is_not_started() -> None:
                 assert response.status == 200
     finally:
         await api.stop()
+
+
+# ======================================================================================
+# Admin login: the session cookie's secret
+# ======================================================================================
+
+
+async def admin_cookie(hub: Hub, password: str) -> str:
+    """Log in to the admin UI; the session cookie, as a Cookie header value."""
+    status, _, _ = await http(hub, "POST", "/admin/login", b"{}", {})
+    assert status == 401, "no password: no session"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base_url(hub) + "/admin/login", json={"password": password}) as response,
+    ):
+        assert response.status == 200
+        morsel = response.cookies["tidings_admin"]
+        return f"tidings_admin={morsel.value}"
+
+
+async def signed_in(hub: Hub, cookie: str) -> bool:
+    status, _, _ = await http(hub, "GET", "/admin/session", None, {"Cookie": cookie})
+    assert status in (200, 401)
+    return status == 200
+
+
+async def test_hubs_sharing_an_admin_secret_accept_each_others_session_cookies(
+    make_hub: HubFactory,
+) -> None:
+    """What ``tidings serve --workers N`` relies on (its workers get one secret)."""
+    options = {"admin.password": "pw", "admin.secret": "one-secret-for-every-worker"}
+    first, second = await make_hub(**options), await make_hub(**options)
+    cookie = await admin_cookie(first, "pw")
+    assert await signed_in(first, cookie)
+    assert await signed_in(second, cookie)
+    other = await make_hub(**{"admin.password": "pw", "admin.secret": "another-secret"})
+    assert not await signed_in(other, cookie)
+
+
+async def test_without_an_admin_secret_each_hub_signs_with_its_own(make_hub: HubFactory) -> None:
+    """Random per hub: a cookie is good only where it was issued (so workers need a shared
+    one, drawn by ``tidings serve``)."""
+    first, second = (
+        await make_hub(**{"admin.password": "pw"}),
+        await make_hub(**{"admin.password": "pw"}),
+    )
+    cookie = await admin_cookie(first, "pw")
+    assert await signed_in(first, cookie)
+    assert not await signed_in(second, cookie)

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import queue
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import jwt
+import msgspec
 import pytest
+from websockets.sync.client import connect
 
-from tidings import __version__, load_config
-from tidings.app.cli import main
+from tidings import Config, __version__, load_config
+from tidings.app.cli import _shared_admin_secret, main
 from tidings.node.auth import InvalidToken, TokenVerifier
+from tidings.options import AdminOptions, BrokerOptions
+
+from ..conftest import free_port
 
 SECRET = "cli-test-secret-that-is-long-enough-for-hs256"
 ENV_SECRET = "secret-from-the-environment-long-enough-for-hs256"
+TIDINGS = str(Path(sys.executable).with_name("tidings"))
+"""The installed console script."""
 
 
 @pytest.fixture(autouse=True)
@@ -210,6 +225,8 @@ def test_token_refuses_a_ttl_that_is_not_a_number(
         ('[client]\npong_timeout = "soon"\n', "client.pong_timeout: expected a duration"),
         ("[client]\nping_interval = 5\npong_timeout = 5\n", "client.ping_interval"),
         ("[client]\nchannel_limit = 0\n", "client.channel_limit"),
+        ("[client]\nstale_close_delay = 0\n", "client.stale_close_delay must be greater than 0"),
+        ("port = 99999\n", "port must be at most 65535, got 99999"),
         ("[channel]\npresence = true\n", "top level"),
         ("port = \n", "invalid TOML"),
     ],
@@ -259,10 +276,19 @@ def test_serve_with_a_port_that_is_not_a_number_is_a_usage_error(
 def test_serve_flags_are_validated_like_the_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """--port is an override: a negative port is refused before anything starts."""
+    """--workers is an override: 0 workers is refused before anything starts."""
     path = write_config(tmp_path, "port = 8001\n")
-    assert main(["serve", "--port", "-5", "--config", str(path)]) == 2
-    assert "port must be greater than 0" in capsys.readouterr().err
+    assert main(["serve", "--workers", "0", "--config", str(path)]) == 2
+    assert "workers must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_port_flag_out_of_range_in_process(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--port", "-5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "tidings: --port must be between 1 and 65535, got -5\n"
+    assert captured.out == ""
 
 
 def test_serve_with_dev_still_reports_config_errors_of_the_file(
@@ -271,3 +297,319 @@ def test_serve_with_dev_still_reports_config_errors_of_the_file(
     path = write_config(tmp_path, "[namespaces.chat]\nbogus = true\n")
     assert main(["serve", "--dev", "--config", str(path)]) == 2
     assert "unknown option namespaces.chat.bogus" in capsys.readouterr().err
+
+
+# -- the installed `tidings` command: refusals at start -------------------------------------------
+
+
+def cli_environment(**extra: str) -> dict[str, str]:
+    """The environment without the host's TIDINGS_* variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TIDINGS_")}
+    env.update(extra)
+    return env
+
+
+def run_tidings(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``tidings ARGS`` to its end (a server that starts instead fails on the timeout)."""
+    return subprocess.run(
+        [TIDINGS, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=cli_environment() if env is None else env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--port", "99999"),  # would serve on 99999 % 65536 = 34463
+        ("--port", "65536"),
+        ("--port", "0"),
+        ("--port", "-5"),
+        ("--api-port", "70000"),
+        ("--api-port", "0"),
+    ],
+)
+def test_serve_refuses_a_port_flag_outside_1_to_65535_in_one_line(flag: str, value: str) -> None:
+    result = run_tidings("serve", flag, value)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"tidings: {flag} must be between 1 and 65535, got {value}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[client]\nstale_close_delay = 0\n", "client.stale_close_delay must be greater than 0"),
+        ("[broker]\nnode_info_interval = 0\n", "broker.node_info_interval must be greater than 0"),
+        ("history_max_publication_limit = -1\n", "history_max_publication_limit must be at"),
+        ("history_size = -1\n", "history_size must be at least 0, got -1"),
+        ("[client]\nwrite_delay = -0.5\n", "client.write_delay must be at least 0, got -0.5"),
+        ("shutdown_timeout = -1\n", "shutdown_timeout must be at least 0, got -1"),
+        ("port = 99999\n", "port must be at most 65535, got 99999"),
+        ("[http_api]\nport = -1\n", "http_api.port must be at least 0, got -1"),
+    ],
+)
+def test_serve_refuses_a_value_that_would_spin_or_misbehave_naming_the_option(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write_config(tmp_path, text)
+    result = run_tidings("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"tidings: configuration error: {path}: {message}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_serve_refuses_an_unknown_tidings_environment_variable_suggesting_the_option() -> None:
+    result = run_tidings("serve", env=cli_environment(TIDINGS_CLIENT_PING_INTERVL="5"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "tidings: configuration error: unknown environment variable TIDINGS_CLIENT_PING_INTERVL:"
+        " no option has this name (did you mean TIDINGS_CLIENT_PING_INTERVAL?)\n"
+    )
+
+
+def test_token_refuses_an_unknown_tidings_environment_variable_too(config_file: Path) -> None:
+    result = run_tidings(
+        "token", "--user", "1", "--config", str(config_file), env=cli_environment(TIDINGS_X="1")
+    )
+    assert result.returncode == 2
+    assert "unknown environment variable TIDINGS_X" in result.stderr
+
+
+# -- the installed `tidings serve`, serving -------------------------------------------------------
+
+
+class Serving:
+    """A ``tidings serve`` subprocess, its stderr read line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [TIDINGS, "serve", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._queue.put(line)
+        self._queue.put("")  # the end
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 20.0) -> list[str]:
+        """The stderr lines containing ``text``, once there are ``count`` of them."""
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.lines) < count:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {count} x {text!r} within {timeout}s:\n{self.output()}")
+            if not line:
+                code = self.process.wait()
+                pytest.fail(f"tidings serve exited {code}:\n{self.output()}")
+            self.lines.append(line)
+        return [line for line in self.lines if text in line]
+
+    def stop(self) -> int:
+        """SIGTERM (the parent forwards it to its workers); SIGKILL the group if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+        self._reader.join(timeout=5)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        return code
+
+
+class ServeFactory(Protocol):
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Serving: ...
+
+
+@pytest.fixture
+def serve() -> Iterator[ServeFactory]:
+    """Start ``tidings serve ARGS``; every one is stopped after the test."""
+    started: list[Serving] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Serving:
+        serving = Serving(list(args), cli_environment() if env is None else env)
+        started.append(serving)
+        return serving
+
+    yield start
+    for serving in started:
+        serving.stop()
+
+
+def api_port(serving: Serving) -> int:
+    (line,) = serving.wait_for("server API: ")
+    match = re.search(r"server API: http://127\.0\.0\.1:(\d+)/api", line)
+    assert match, line
+    return int(match.group(1))
+
+
+FREE_PORTS = "port = 0\n[http_api]\nport = 0\n"
+
+
+def test_serve_turns_gc_freeze_on(serve: ServeFactory, tmp_path: Path) -> None:
+    serving = serve("--config", str(write_config(tmp_path, FREE_PORTS)))
+    serving.wait_for(" serving ws://")
+    assert serving.wait_for("starting on the")[0].rstrip().endswith("(gc_freeze on)")
+    assert serving.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [("gc_freeze = false\n", {}), ("", {"TIDINGS_GC_FREEZE": "false"})],
+    ids=["file", "environment"],
+)
+def test_serve_respects_an_explicit_gc_freeze_false(
+    serve: ServeFactory, tmp_path: Path, text: str, env: dict[str, str]
+) -> None:
+    path = write_config(tmp_path, text + FREE_PORTS)
+    serving = serve("--config", str(path), env=cli_environment(**env))
+    serving.wait_for(" serving ws://")
+    assert serving.wait_for("starting on the")[0].rstrip().endswith("(gc_freeze off)")
+
+
+def api_status(port: int, key: str | None) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["X-API-Key"] = key
+        connection.request("POST", "/api/info", body=b"{}", headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_serve_dev_still_checks_a_configured_api_key(serve: ServeFactory, tmp_path: Path) -> None:
+    path = write_config(tmp_path, FREE_PORTS)
+    env = cli_environment(TIDINGS_HTTP_API_KEY="the-configured-key")
+    serving = serve("--dev", "--config", str(path), env=env)
+    port = api_port(serving)
+    assert api_status(port, None) == 401
+    assert api_status(port, "a-wrong-key") == 401
+    assert api_status(port, "the-configured-key") == 200
+
+
+def test_serve_dev_without_a_key_needs_none(serve: ServeFactory, tmp_path: Path) -> None:
+    serving = serve("--dev", "--config", str(write_config(tmp_path, FREE_PORTS)))
+    assert api_status(api_port(serving), None) == 200
+
+
+# -- workers share the admin cookie secret --------------------------------------------------------
+
+
+def redis_config(password: str = "", secret: str = "") -> Config:
+    return Config(
+        workers=2,
+        broker=BrokerOptions(url="redis://127.0.0.1:6379/0"),
+        admin=AdminOptions(password=password, secret=secret),
+    )
+
+
+def test_workers_get_one_admin_secret_drawn_by_the_parent() -> None:
+    config = redis_config(password="pw")
+    shared = _shared_admin_secret(config)
+    assert re.fullmatch(r"[0-9a-f]{64}", shared.admin.secret)
+    assert shared.admin == AdminOptions(password="pw", secret=shared.admin.secret)
+    assert msgspec.structs.replace(shared, admin=config.admin) == config, "nothing else changes"
+    assert _shared_admin_secret(config).admin.secret != shared.admin.secret, "random"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        redis_config(password="pw", secret="configured-secret"),  # the user's secret is kept
+        redis_config(),  # no admin UI
+        Config(admin=AdminOptions(password="pw")),  # one process: its own random secret
+    ],
+)
+def test_the_admin_secret_is_left_alone_where_workers_need_none_shared(config: Config) -> None:
+    assert _shared_admin_secret(config) is config
+
+
+def metrics_connections(connection: http.client.HTTPConnection) -> float:
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    body = response.read().decode()
+    assert response.status == 200
+    match = re.search(r"^tidings_connections (\S+)$", body, re.MULTILINE)
+    assert match, body
+    return float(match.group(1))
+
+
+def admin_session(connection: http.client.HTTPConnection, cookie: str) -> int:
+    connection.request("GET", "/admin/session", headers={"Cookie": cookie})
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def test_an_admin_login_works_on_every_worker(
+    serve: ServeFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """The kernel spreads connections over the workers: a session cookie signed by one
+    worker is accepted by the other. Which worker answers is told by /metrics: only one
+    holds the WebSocket connection opened here."""
+    port, api = free_port(), free_port()
+    path = write_config(
+        tmp_path,
+        '[admin]\npassword = "worker-test-password"\n'
+        "[client]\nallow_anonymous_connect_without_token = true\n",
+    )
+    serving = serve(
+        "--config", str(path), "--workers", "2", "--broker", redis_url,
+        "--port", str(port), "--api-port", str(api),
+    )  # fmt: skip
+    serving.wait_for(" serving ws://", count=2)
+    with connect(f"ws://127.0.0.1:{port}/connection/websocket") as ws:
+        ws.send('{"id":1,"connect":{}}')
+        assert "connect" in json.loads(ws.recv(timeout=10))
+        login = http.client.HTTPConnection("127.0.0.1", api, timeout=10)
+        login.request(
+            "POST",
+            "/admin/login",
+            body=json.dumps({"password": "worker-test-password"}),
+            headers={"Content-Type": "application/json"},
+        )
+        response = login.getresponse()
+        response.read()
+        assert response.status == 200
+        cookie = response.getheader("Set-Cookie", "").partition(";")[0]
+        login.close()
+        assert cookie.startswith("tidings_admin=")
+        answers: dict[float, list[int]] = {0.0: [], 1.0: []}
+        deadline = time.monotonic() + 20
+        while min(len(statuses) for statuses in answers.values()) < 3:
+            assert time.monotonic() < deadline, f"one worker never answered: {answers}"
+            connection = http.client.HTTPConnection("127.0.0.1", api, timeout=10)
+            try:  # one TCP connection: both requests reach the same worker
+                worker = metrics_connections(connection)
+                answers[worker].append(admin_session(connection, cookie))
+            finally:
+                connection.close()
+    assert answers == {0.0: [200] * len(answers[0.0]), 1.0: [200] * len(answers[1.0])}

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import msgspec.inspect
 import pytest
 
 from tidings import ChannelOptions, ClientOptions, Config, ConfigError, load_config
+from tidings.options import AdminOptions, BrokerOptions, HTTPAPIOptions, ProxyOptions
 
 ALLOW_OPTIONS = sorted(
     name for name in ChannelOptions.__struct_fields__ if name.startswith("allow_")
@@ -333,20 +336,157 @@ def test_ping_interval_just_above_pong_timeout_is_accepted(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("text", "key"),
+    ("text", "expected"),
     [
-        ("port = -1\n", "port"),
-        ("[client]\nchannel_limit = 0\n", "client.channel_limit"),
-        ("[client]\nchannel_max_length = -5\n", "client.channel_max_length"),
-        ("[client]\nqueue_max_size = 0\n", "client.queue_max_size"),
-        ("[client]\nmax_message_size = 0\n", "client.max_message_size"),
+        ("port = -1\n", "port must be at least 0, got -1"),
+        ("port = 99999\n", "port must be at most 65535, got 99999"),
+        ("port = 65536\n", "port must be at most 65535, got 65536"),
+        ("[http_api]\nport = 70000\n", "http_api.port must be at most 65535, got 70000"),
+        ("[client]\nchannel_limit = 0\n", "client.channel_limit must be at least 1, got 0"),
+        ("[client]\nchannel_max_length = -5\n", "client.channel_max_length must be at least 1"),
+        ("[client]\nqueue_max_size = 0\n", "client.queue_max_size must be at least 1, got 0"),
+        ("[client]\nmax_message_size = 0\n", "client.max_message_size must be at least 1"),
+        # a 0 s heartbeat tick: one core at 100 %
+        (
+            "[client]\nstale_close_delay = 0\n",
+            "client.stale_close_delay must be greater than 0, got 0",
+        ),
+        (
+            '[client]\nstale_close_delay = "0ms"\n',
+            "client.stale_close_delay must be greater than 0, got 0.0",
+        ),
+        ("[client]\nping_interval = 0\n", "client.ping_interval must be greater than 0"),
+        ("[client]\npong_timeout = 0\n", "client.pong_timeout must be greater than 0"),
+        ("[client]\nwrite_delay = -0.5\n", "client.write_delay must be at least 0, got -0.5"),
+        ("[client]\nexpired_close_delay = -1\n", "client.expired_close_delay must be at least 0"),
+        ("[client]\nconnection_limit = -1\n", "client.connection_limit must be at least 0"),
+        ("[client]\ncommand_rate_limit = -1\n", "client.command_rate_limit must be at least 0"),
+        ("[broker]\nnode_info_interval = 0\n", "broker.node_info_interval must be greater than 0"),
+        (
+            "[broker]\npresence_update_interval = 0\n",
+            "broker.presence_update_interval must be greater than 0",
+        ),
+        ("[broker]\npubsub_shards = 0\n", "broker.pubsub_shards must be at least 1, got 0"),
+        ("[proxy]\ntimeout = 0\n", "proxy.timeout must be greater than 0, got 0"),
+        ("[admin]\nsession_ttl = 0\n", "admin.session_ttl must be greater than 0, got 0"),
+        ("[http_api]\nmax_body_size = 0\n", "http_api.max_body_size must be at least 1, got 0"),
+        ("shutdown_timeout = -1\n", "shutdown_timeout must be at least 0, got -1"),
+        ("shutdown_timeout = nan\n", "shutdown_timeout must be at least 0, got nan"),
+        (
+            "history_max_publication_limit = -1\n",
+            "history_max_publication_limit must be at least 0, got -1",
+        ),
+        ("history_size = -1\n", "history_size must be at least 0, got -1"),
+        ("history_ttl = -1\n", "history_ttl must be at least 0, got -1"),
+        (
+            "[namespaces.chat]\nhistory_size = -3\n",
+            "namespaces.chat.history_size must be at least 0, got -3",
+        ),
+        ("workers = 0\n", "workers must be at least 1, got 0"),
     ],
 )
-def test_a_number_that_must_be_positive_is_named_in_the_error(
-    tmp_path: Path, text: str, key: str
+def test_a_number_out_of_the_bounds_of_its_option_is_named_in_the_error(
+    tmp_path: Path, text: str, expected: str
 ) -> None:
     message = config_error(tmp_path, text)
-    assert f"{key} must be greater than 0" in message
+    assert expected in message
+    assert message.count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "port = 0\n[http_api]\nport = 0\n",  # 0 picks a free port
+        "port = 65535\n[http_api]\nport = 1\n",
+        "[client]\nwrite_delay = 0\n",
+        "[client]\nexpired_close_delay = 0\n",
+        "[client]\nconnection_limit = 0\nuser_connection_limit = 0\n",
+        "[client]\nconnection_rate_limit = 0\ncommand_rate_limit = 0\n",
+        "[client]\nchannel_limit = 1\nqueue_max_size = 1\nmax_message_size = 1\n",
+        "shutdown_timeout = 0\nhistory_max_publication_limit = 0\n",
+        "history_size = 0\nhistory_ttl = 0\n",
+        '[client]\nstale_close_delay = "1ms"\n[broker]\nnode_info_interval = 0.01\n',
+    ],
+)
+def test_the_bounds_themselves_and_zero_where_it_means_off_are_accepted(
+    tmp_path: Path, text: str
+) -> None:
+    load_text(tmp_path, text)
+
+
+def numeric_options() -> Iterator[tuple[str, Any]]:
+    """Every numeric option (dotted, as a user writes it) and its msgspec type."""
+    tables = {
+        "": Config,
+        "client.": ClientOptions,
+        "http_api.": HTTPAPIOptions,
+        "broker.": BrokerOptions,
+        "proxy.": ProxyOptions,
+        "admin.": AdminOptions,
+        "namespaces.chat.": ChannelOptions,
+    }
+    for prefix, struct in tables.items():
+        info = msgspec.inspect.type_info(struct)
+        assert isinstance(info, msgspec.inspect.StructType)
+        for field in info.fields:
+            if isinstance(field.type, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+                yield prefix + field.name, field.type
+
+
+NUMERIC_OPTIONS = dict(numeric_options())
+
+
+def test_the_numeric_options_are_all_found() -> None:
+    assert {"port", "workers", "client.stale_close_delay", "broker.node_info_interval"} <= set(
+        NUMERIC_OPTIONS
+    )
+    assert "namespaces.chat.history_size" in NUMERIC_OPTIONS
+    assert len(NUMERIC_OPTIONS) >= 28
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC_OPTIONS))
+def test_every_numeric_option_has_a_lower_bound_and_a_value_under_it_is_named(key: str) -> None:
+    """No option is left unbounded: a value just under its bound stops the load."""
+    kind = NUMERIC_OPTIONS[key]
+    assert kind.ge is not None or kind.gt is not None, f"{key} has no lower bound"
+    bound = kind.gt if kind.gt is not None else kind.ge - 1
+    below = bound if isinstance(kind, msgspec.inspect.IntType) else bound - 0.5
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={}, overrides={key: below})
+    assert f"{key} must be " in str(caught.value)
+    assert f"got {below!r}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            lambda: Config(client=ClientOptions(stale_close_delay=0)),
+            "client.stale_close_delay must be greater than 0, got 0",
+        ),
+        (
+            lambda: Config(broker=BrokerOptions(node_info_interval=0)),
+            "broker.node_info_interval must be greater than 0, got 0",
+        ),
+        (lambda: Config(port=99999), "port must be at most 65535, got 99999"),
+        (lambda: Config(shutdown_timeout=-1), "shutdown_timeout must be at least 0, got -1"),
+        (
+            lambda: Config(channel=ChannelOptions(history_size=-1)),
+            "history_size must be at least 0, got -1",
+        ),
+        (
+            lambda: Config(namespaces={"chat": ChannelOptions(history_ttl=-1)}),
+            "namespaces.chat.history_ttl must be at least 0, got -1",
+        ),
+        (lambda: Config(workers=0), "workers must be at least 1, got 0"),
+    ],
+)
+def test_a_config_built_directly_checks_the_same_bounds(
+    config: Callable[[], Config], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config()
+    assert str(caught.value) == expected
 
 
 def test_a_missing_file_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
@@ -546,19 +686,57 @@ def test_an_environment_variable_merges_into_a_file_table_instead_of_replacing_i
     assert config.client.pong_timeout == 20.0
 
 
-def test_unknown_and_unrelated_environment_variables_are_ignored() -> None:
-    config = load_config(
-        env={
-            "TIDINGS_NOT_AN_OPTION": "1",
-            "TIDINGS_CHANNEL": "x",
-            "TIDINGS_NAMESPACES": "x",
-            "TIDINGS_CLIENT": "x",
-            "tidings_port": "1234",
-            "PORT": "1234",
-            "PATH": "/usr/bin",
-        }
-    )
+def test_unrelated_environment_variables_are_ignored() -> None:
+    config = load_config(env={"PORT": "1234", "PATH": "/usr/bin", "XTIDINGS_PORT": "1"})
     assert config == Config()
+
+
+@pytest.mark.parametrize(
+    "name", ["TIDINGS_NOT_AN_OPTION", "TIDINGS_CHANNEL", "TIDINGS_NAMESPACES", "TIDINGS_CLIENT"]
+)
+def test_an_unknown_tidings_environment_variable_is_an_error_naming_it(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={name: "1"})
+    assert str(caught.value).startswith(f"unknown environment variable {name}: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("TIDINGS_CLIENT_PING_INTERVL", "TIDINGS_CLIENT_PING_INTERVAL"),
+        ("TIDINGS_GC_FREZE", "TIDINGS_GC_FREEZE"),
+        ("TIDINGS_API_KEY", "TIDINGS_HTTP_API_KEY"),
+        ("TIDINGS_HTTP_API_PORTS", "TIDINGS_HTTP_API_PORT"),
+        ("tidings_port", "TIDINGS_PORT"),
+    ],
+)
+def test_an_unknown_environment_variable_suggests_the_closest_option(
+    name: str, suggested: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={name: "5"})
+    assert f"unknown environment variable {name}" in str(caught.value)
+    assert f"(did you mean {suggested}?)" in str(caught.value)
+
+
+def test_an_unknown_environment_variable_far_from_every_option_gets_no_suggestion() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"TIDINGS_DOCS_SCREENSHOTS": "1"})
+    assert "did you mean" not in str(caught.value)
+
+
+def test_every_unknown_environment_variable_is_named_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"TIDINGS_ONE": "1", "TIDINGS_TWO": "2", "TIDINGS_PORT": "8001"})
+    assert "TIDINGS_ONE" in str(caught.value)
+    assert "TIDINGS_TWO" in str(caught.value)
+
+
+def test_an_environment_value_out_of_bounds_names_the_option() -> None:
+    with pytest.raises(ConfigError, match="client.stale_close_delay must be greater than 0"):
+        load_config(env={"TIDINGS_CLIENT_STALE_CLOSE_DELAY": "0"})
+    with pytest.raises(ConfigError, match="port must be at most 65535, got 99999"):
+        load_config(env={"TIDINGS_PORT": "99999"})
 
 
 def test_a_bad_environment_value_names_the_option() -> None:
@@ -658,6 +836,56 @@ def test_overrides_merge_into_a_namespace_of_the_file(tmp_path: Path) -> None:
 def test_an_unknown_override_is_named_in_the_error() -> None:
     with pytest.raises(ConfigError, match="unknown option client.bogus"):
         load_config(env={}, overrides={"client.bogus": 1})
+
+
+# -- defaults given by the caller (tidings serve's gc_freeze) -------------------------------------
+
+
+def test_gc_freeze_is_off_by_default() -> None:
+    """The policy is process-wide: an embedded hub leaves the program's gc alone."""
+    assert Config().gc_freeze is False
+    assert load_config(env={}).gc_freeze is False
+
+
+def test_caller_defaults_replace_the_built_in_defaults() -> None:
+    config = load_config(env={}, defaults={"gc_freeze": True, "client.channel_limit": 9})
+    assert config.gc_freeze is True
+    assert config.client.channel_limit == 9
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "overrides"),
+    [
+        ("gc_freeze = false\n", {}, {}),
+        ("", {"TIDINGS_GC_FREEZE": "false"}, {}),
+        ("gc_freeze = true\n", {"TIDINGS_GC_FREEZE": "false"}, {}),
+        ("", {}, {"gc_freeze": False}),
+    ],
+)
+def test_the_file_the_environment_and_overrides_win_over_caller_defaults(
+    tmp_path: Path, text: str, env: dict[str, str], overrides: dict[str, Any]
+) -> None:
+    config = load_text(tmp_path, text, env=env, overrides=overrides or None)
+    assert config.gc_freeze is False
+    path = write(tmp_path, text)
+    config = load_config(path, env=env, overrides=overrides, defaults={"gc_freeze": True})
+    assert config.gc_freeze is False
+
+
+def test_caller_defaults_merge_into_a_table_of_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[client]\nchannel_limit = 3\n")
+    config = load_config(
+        path, env={}, defaults={"client.channel_limit": 9, "client.channel_max_length": 7}
+    )
+    assert config.client.channel_limit == 3
+    assert config.client.channel_max_length == 7
+
+
+def test_a_wrong_table_in_the_file_is_reported_despite_caller_defaults(tmp_path: Path) -> None:
+    message = config_error(tmp_path, 'client = "fast"\n')
+    assert "client" in message
+    with pytest.raises(ConfigError, match="client"):
+        load_config(write(tmp_path, 'client = "fast"\n'), env={}, defaults={"client.x": 1})
 
 
 # -- dev mode -------------------------------------------------------------------------------------
@@ -763,6 +991,30 @@ def test_dev_mode_keeps_the_other_client_options_of_the_file(tmp_path: Path) -> 
 def test_dev_mode_does_not_relax_validation(tmp_path: Path) -> None:
     message = config_error(tmp_path, "[namespaces.chat]\nbogus = 1\n", overrides={"dev": True})
     assert "unknown option namespaces.chat.bogus" in message
+
+
+def test_dev_mode_makes_an_api_without_a_key_insecure() -> None:
+    assert load_config(env={}, overrides={"dev": True}).http_api.insecure is True
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        ('[http_api]\nkey = "api-key"\n', {}),
+        ("", {"TIDINGS_HTTP_API_KEY": "api-key"}),
+    ],
+)
+def test_dev_mode_does_not_make_an_api_with_a_configured_key_insecure(
+    tmp_path: Path, text: str, env: dict[str, str]
+) -> None:
+    config = load_text(tmp_path, text, env=env, overrides={"dev": True})
+    assert config.http_api.key == "api-key"
+    assert config.http_api.insecure is False
+
+
+def test_dev_mode_with_a_key_by_override_is_not_insecure() -> None:
+    config = load_config(env={}, overrides={"dev": True, "http_api.key": "api-key"})
+    assert config.http_api.insecure is False
 
 
 def test_dev_mode_does_not_change_non_channel_options() -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
+from tidings import Config, Hub, load_config
+from tidings.app import cli
 from tidings.app.gc_policy import FreezingCollector
 
 from ..conftest import HubFactory, eventually
@@ -80,9 +84,9 @@ def test_frozen_cycles_are_collected_after_max_interval(collector: FreezingColle
 async def test_a_hub_freezes_and_still_frees_the_connections_that_closed(
     make_hub: HubFactory,
 ) -> None:
-    hub = await make_hub(dev=True)
+    hub = await make_hub(dev=True, gc_freeze=True)
     collector = hub.collector
-    assert collector is not None, "on by default"
+    assert collector is not None, "on when asked for"
     collector.min_closed = 5
     gone: list[weakref.ref[object]] = []
     for _ in range(5):
@@ -105,3 +109,53 @@ async def test_gc_freeze_false_leaves_the_collector_alone(make_hub: HubFactory) 
     assert hub.collector is None
     await asyncio.sleep(1.5)
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_hub_leaves_the_collector_alone_by_default(make_hub: HubFactory) -> None:
+    """gc_freeze is process-wide: an embedded hub must not change its program's gc."""
+    assert Config().gc_freeze is False
+    assert load_config(env={}).gc_freeze is False
+    hub = await make_hub(dev=True)
+    assert hub.collector is None
+    assert Hub().collector is None
+    await asyncio.sleep(1.5)
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Config]:
+    """Run ``tidings serve`` up to the point it would start: the configs it would serve."""
+    for name in list(os.environ):
+        if name.upper().startswith("TIDINGS_"):
+            monkeypatch.delenv(name)
+    configs: list[Config] = []
+
+    def serve(config: Config) -> int:
+        configs.append(config)
+        return 0
+
+    monkeypatch.setattr(cli, "_serve", serve)
+    return configs
+
+
+def test_tidings_serve_turns_gc_freeze_on(served: list[Config]) -> None:
+    assert cli.main(["serve"]) == 0
+    assert cli.main(["serve", "--dev", "--port", "8123"]) == 0
+    assert [config.gc_freeze for config in served] == [True, True]
+
+
+def test_tidings_serve_respects_gc_freeze_false_in_the_file(
+    served: list[Config], tmp_path: Path
+) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text("gc_freeze = false\n", encoding="utf-8")
+    assert cli.main(["serve", "--config", str(path)]) == 0
+    assert served[0].gc_freeze is False
+
+
+def test_tidings_serve_respects_gc_freeze_false_in_the_environment(
+    served: list[Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIDINGS_GC_FREEZE", "false")
+    assert cli.main(["serve"]) == 0
+    assert served[0].gc_freeze is False

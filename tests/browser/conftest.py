@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..conftest import free_port
+from ..conftest import clean_environment, free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -99,7 +99,7 @@ class HubProcess:
         command = [sys.executable, "-m", "tidings", "serve", "--dev"]
         command += ["--port", str(self.port), "--api-port", str(self.api_port)]
         # --dev, plus a key for connection tokens: pages are anonymous unless given a token.
-        env = {**os.environ, "TIDINGS_TOKEN_HMAC_SECRET_KEY": TOKEN_SECRET}
+        env = {**clean_environment(), "TIDINGS_TOKEN_HMAC_SECRET_KEY": TOKEN_SECRET}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command,

@@ -21,13 +21,13 @@ from django.core.exceptions import ImproperlyConfigured
 
 
 def connection_token(username: str) -> str:
-    """A tidings connection JWT for ``username``, valid ``TIDINGS_TOKEN_TTL`` seconds."""
-    secret = settings.TIDINGS_TOKEN_SECRET
+    """A tidings connection JWT for ``username``, valid ``CHAT_HUB_TOKEN_TTL`` seconds."""
+    secret = settings.CHAT_HUB_TOKEN_SECRET
     if not secret:
-        raise ImproperlyConfigured("set TIDINGS_TOKEN_SECRET (tidings' token_hmac_secret_key)")
+        raise ImproperlyConfigured("set CHAT_HUB_TOKEN_SECRET (tidings' token_hmac_secret_key)")
     claims: dict[str, Any] = {
         "sub": username,
-        "exp": int(time.time()) + settings.TIDINGS_TOKEN_TTL,
+        "exp": int(time.time()) + settings.CHAT_HUB_TOKEN_TTL,
         "info": {"name": username},
     }
     return jwt.encode(claims, secret, algorithm="HS256")
@@ -44,10 +44,10 @@ def publish_message(username: str, text: str) -> int:
         cent.CentError: tidings is unreachable or refused the publication.
     """
     request = PublishRequest(
-        channel=settings.TIDINGS_CHANNEL,
+        channel=settings.CHAT_HUB_CHANNEL,
         data={"user": username, "text": text},
         tags={"user": username},
     )
-    with Client(settings.TIDINGS_API_URL, settings.TIDINGS_API_KEY, timeout=5.0) as client:
+    with Client(settings.CHAT_HUB_API_URL, settings.CHAT_HUB_API_KEY, timeout=5.0) as client:
         result = client.publish(request)
     return result.offset

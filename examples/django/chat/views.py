@@ -47,8 +47,8 @@ def login_required_json(view: View) -> View:
 def index(request: HttpRequest) -> HttpResponse:
     context = {
         "chat_config": {
-            "wsUrl": settings.TIDINGS_WS_URL,
-            "channel": settings.TIDINGS_CHANNEL,
+            "wsUrl": settings.CHAT_HUB_WS_URL,
+            "channel": settings.CHAT_HUB_CHANNEL,
             "tokenUrl": reverse("chat:token"),
             "sendUrl": reverse("chat:send"),
             "loginUrl": reverse("login"),

@@ -5,11 +5,11 @@ Everything that differs between machines comes from the environment:
 - ``DJANGO_DEBUG`` (default ``true``): set ``false`` in production.
 - ``DJANGO_SECRET_KEY``: required when ``DJANGO_DEBUG`` is false.
 - ``DJANGO_DB_PATH``: the SQLite file (default ``db.sqlite3`` next to ``manage.py``).
-- ``TIDINGS_TOKEN_SECRET``: the HS256 secret shared with tidings
+- ``CHAT_HUB_TOKEN_SECRET``: the HS256 secret shared with tidings
   (its ``token_hmac_secret_key``); Django signs connection tokens with it.
-- ``TIDINGS_API_URL`` / ``TIDINGS_API_KEY``: tidings' server HTTP API, where
+- ``CHAT_HUB_API_URL`` / ``CHAT_HUB_API_KEY``: tidings' server HTTP API, where
   Django publishes (its ``[http_api]`` port and ``key``).
-- ``TIDINGS_WS_URL``: the WebSocket endpoint the browser connects to.
+- ``CHAT_HUB_WS_URL``: the WebSocket endpoint the browser connects to.
 """
 
 import os
@@ -109,9 +109,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- tidings, the real-time layer next to Django ---------------------------------------
 
-TIDINGS_TOKEN_SECRET = os.environ.get("TIDINGS_TOKEN_SECRET", "")
-TIDINGS_TOKEN_TTL = int(os.environ.get("TIDINGS_TOKEN_TTL", "3600"))
-TIDINGS_API_URL = os.environ.get("TIDINGS_API_URL", "http://127.0.0.1:9000/api")
-TIDINGS_API_KEY = os.environ.get("TIDINGS_API_KEY", "")
-TIDINGS_WS_URL = os.environ.get("TIDINGS_WS_URL", "ws://127.0.0.1:8001/connection/websocket")
-TIDINGS_CHANNEL = "chat:lobby"
+CHAT_HUB_TOKEN_SECRET = os.environ.get("CHAT_HUB_TOKEN_SECRET", "")
+CHAT_HUB_TOKEN_TTL = int(os.environ.get("CHAT_HUB_TOKEN_TTL", "3600"))
+CHAT_HUB_API_URL = os.environ.get("CHAT_HUB_API_URL", "http://127.0.0.1:9000/api")
+CHAT_HUB_API_KEY = os.environ.get("CHAT_HUB_API_KEY", "")
+CHAT_HUB_WS_URL = os.environ.get("CHAT_HUB_WS_URL", "ws://127.0.0.1:8001/connection/websocket")
+CHAT_HUB_CHANNEL = "chat:lobby"

@@ -404,11 +404,9 @@ def create_app(hub: ServerAPI) -> web.Application:
 
 def _authorized(request: web.Request) -> bool:
     app = request.app
-    if app[_INSECURE]:
-        return True
     expected = app[_KEY]
     if not expected:
-        return False
+        return app[_INSECURE]  # insecure opens only an API without a key: a key is checked
     given = request.headers.get("X-API-Key", "")
     if not given:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")

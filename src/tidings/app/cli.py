@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+import msgspec
 
 from ..__about__ import __version__
 from ..node.auth import make_token
@@ -25,8 +28,8 @@ logger = logging.getLogger("tidings")
 
 DEV_WARNING = (
     "WARNING: --dev mode: anonymous clients may connect, subscribe, publish and read "
-    "presence and history on every channel, the server API needs no key, and the "
-    "admin password is 'admin'. "
+    "presence and history on every channel, the server API needs no key (unless "
+    "http_api.key is set), and the admin password is 'admin'. "
     "Never use it in production."
 )
 
@@ -44,6 +47,13 @@ _FLAG_OPTIONS = {
 }
 """serve flags -> the options they override."""
 
+_SERVE_DEFAULTS: dict[str, Any] = {"gc_freeze": True}
+"""Defaults of ``tidings serve`` that differ from an embedded ``Hub``'s: the file, the
+environment and flags still win. ``gc_freeze`` changes the whole process's garbage
+collector, which a server process owns but a program embedding a hub does not."""
+
+_PORT_FLAGS = ("port", "api_port")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -54,14 +64,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"tidings {__version__}")
         return 0
+    for flag in _PORT_FLAGS:
+        port = getattr(args, flag, None)
+        if port is not None and not 1 <= port <= 65535:
+            option = "--" + flag.replace("_", "-")
+            print(f"tidings: {option} must be between 1 and 65535, got {port}", file=sys.stderr)
+            return 2
     overrides: dict[str, Any] = {}
     for flag, key in _FLAG_OPTIONS.items():
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
     if getattr(args, "dev", False):
         overrides["dev"] = True
+    defaults = _SERVE_DEFAULTS if args.command == "serve" else None
     try:
-        config = load_config(args.config, overrides=overrides)
+        config = load_config(args.config, overrides=overrides, defaults=defaults)
     except ConfigError as exc:
         print(f"tidings: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -127,7 +144,12 @@ def _serve_one(config: Config) -> int:
     else:
         runner = uvloop.run
         loop_name = "uvloop"
-    logger.info("tidings %s starting on the %s event loop", __version__, loop_name)
+    logger.info(
+        "tidings %s starting on the %s event loop (gc_freeze %s)",
+        __version__,
+        loop_name,
+        "on" if config.gc_freeze else "off",
+    )
     try:
         runner(_run(config))
     except OSError as exc:
@@ -138,6 +160,7 @@ def _serve_one(config: Config) -> int:
 
 def _serve_workers(config: Config) -> int:
     """Fork ``config.workers`` processes that share the ports; stop them on a signal."""
+    config = _shared_admin_secret(config)
     children: list[int] = []
     for _ in range(config.workers):
         pid = os.fork()
@@ -163,6 +186,25 @@ def _serve_workers(config: Config) -> int:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
     return status
+
+
+def _shared_admin_secret(config: Config) -> Config:
+    """The config with one admin cookie secret for all the workers, if none is set.
+
+    The kernel spreads connections over the workers, so a session cookie signed by
+    one must be accepted by every other: without ``admin.secret``, each would draw
+    its own at random. The parent draws one here, before forking, and the workers
+    inherit it with the config. Random rather than derived from ``admin.password``
+    (with an HMAC of something the workers share): a key derived from the password
+    would let anyone who knows or guesses the password forge cookies offline, and
+    would keep sessions valid across restarts, which ``admin.secret`` left empty
+    promises not to.
+    """
+    admin = config.admin
+    if config.workers < 2 or not admin.password or admin.secret:
+        return config
+    admin = msgspec.structs.replace(admin, secret=secrets.token_hex(32))
+    return msgspec.structs.replace(config, admin=admin)
 
 
 async def _run(config: Config) -> None:

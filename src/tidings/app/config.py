@@ -12,6 +12,7 @@ recovery, presence and join/leave on every channel. A config file still wins.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -40,6 +41,7 @@ DEV_CHANNEL_OPTIONS: dict[str, Any] = {
 }
 DEV_CLIENT_OPTIONS: dict[str, Any] = {"allow_anonymous_connect_without_token": True}
 DEV_HTTP_API_OPTIONS: dict[str, Any] = {"insecure": True}
+"""Applied only without an ``http_api.key``: a key the user configured is always checked."""
 DEV_ADMIN_OPTIONS: dict[str, Any] = {"password": "admin"}
 _DURATIONS = frozenset(
     {
@@ -65,16 +67,22 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build the configuration: defaults < file < environment < ``overrides``.
 
     ``overrides`` uses dotted keys (``{"port": 8001, "client.ping_interval": 5}``),
     as do environment variables: ``TIDINGS_CLIENT_PING_INTERVAL=5`` sets
     ``client.ping_interval``. Values from the environment are read as TOML values
-    (``5``, ``true``, ``"text"``), falling back to the raw string.
+    (``5``, ``true``, ``"text"``), falling back to the raw string. A ``TIDINGS_*``
+    variable that names no option is an error (a typo would otherwise go unnoticed).
+
+    ``defaults`` (dotted keys too) replace the built-in defaults: the file, the
+    environment and ``overrides`` still win over them (``tidings serve`` turns
+    ``gc_freeze`` on this way).
 
     Raises:
-        ConfigError: naming the file and the option that is wrong.
+        ConfigError: naming the file (or the variable) and the option that is wrong.
     """
     data: dict[str, Any] = {}
     source = "configuration"
@@ -89,6 +97,8 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for key, value in (defaults or {}).items():
+        _set_default(data, key, value)
     for key, value in _from_env(os.environ if env is None else env).items():
         _set_dotted(data, key, value)
     for key, value in (overrides or {}).items():
@@ -121,6 +131,8 @@ def _convert_config(data: dict[str, Any]) -> Config:
             ("admin", DEV_ADMIN_OPTIONS),
         ):
             given = data.get(table, {})
+            if table == "http_api" and isinstance(given, dict) and given.get("key"):
+                continue  # --dev must not open an API whose key the user configured
             if isinstance(given, dict):
                 data[table] = {**dev_options, **given}
     _parse_durations(data, "")
@@ -147,18 +159,41 @@ def _convert(data: dict[str, Any], kind: type[T], where: str) -> T:
     try:
         return msgspec.convert(data, kind, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_readable(str(exc), where)) from None
+        raise ConfigError(_readable(str(exc), where, data)) from None
 
 
-def _readable(message: str, where: str) -> str:
-    """Turn msgspec's ``<text> - at `$.client.x``` into ``client.x: <text>``."""
+_BOUND_WORDS = {">": "greater than", ">=": "at least", "<": "less than", "<=": "at most"}
+
+
+def _readable(message: str, where: str, data: Mapping[str, Any] | None = None) -> str:
+    """Turn msgspec's ``<text> - at `$.client.x``` into ``client.x: <text>``.
+
+    A value out of the bounds of its option type (``Expected `float` > 0.0``) reads
+    ``client.x must be greater than 0, got 0``, the value found in ``data``.
+    """
     text, _, path = message.partition(" - at `$")
-    key = where + path.rstrip("`").lstrip(".")
+    path = path.rstrip("`").lstrip(".")
+    key = where + path
     unknown = re.fullmatch(r"Object contains unknown field `(.+)`", text)
     if unknown:
         parent = key.rstrip(".")
         return f"unknown option {parent + '.' if parent else ''}{unknown.group(1)}"
+    bound = re.fullmatch(r"Expected `(?:int|float)` (>=|>|<=|<) (\S+)", text)
+    if bound and key:
+        words = f"{key} must be {_BOUND_WORDS[bound.group(1)]} {float(bound.group(2)):g}"
+        found = _lookup(data, path)
+        return words if found is None else f"{words}, got {found[0]!r}"
     return f"{key.rstrip('.')}: {text}" if key else text
+
+
+def _lookup(data: Mapping[str, Any] | None, path: str) -> tuple[Any] | None:
+    """The value at msgspec's ``client.x`` path in ``data``, if it is there."""
+    value: Any = data
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return (value,)
 
 
 def _parse_durations(data: dict[str, Any], prefix: str) -> None:
@@ -201,12 +236,25 @@ _ENV_KEYS = _known_keys()
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    unknown: list[str] = []
     for name, value in env.items():
         known = _ENV_KEYS.get(name)
         if known is not None:
             key, is_string = known
             values[key] = value if is_string else _env_value(value)
+        elif name.upper().startswith("TIDINGS_"):
+            unknown.append(name)
+    if unknown:
+        raise ConfigError("; ".join(_unknown_variable(name) for name in sorted(unknown)))
     return values
+
+
+def _unknown_variable(name: str) -> str:
+    message = f"unknown environment variable {name}: no option has this name"
+    # compare what follows TIDINGS_, which every name shares
+    options = {known[len("TIDINGS_") :]: known for known in _ENV_KEYS}
+    close = difflib.get_close_matches(name[len("TIDINGS_") :].upper(), options, n=1, cutoff=0.7)
+    return f"{message} (did you mean {options[close[0]]}?)" if close else message
 
 
 def _env_value(text: str) -> Any:
@@ -215,6 +263,16 @@ def _env_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def _set_default(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` unless the file set it (or a table on its way is not a table)."""
+    *parents, last = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            return  # the file's value of the wrong type is reported when converting
+    data.setdefault(last, value)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
