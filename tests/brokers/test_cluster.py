@@ -259,8 +259,8 @@ class Servers:
         log = tmp_path / f"serve-{index}.log"
         with open(log, "wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--api-port", "0"]
-                + ["--config", str(config_file), *args],
+                [sys.executable, "-m", "tidings", "serve", "--port", str(port)]
+                + ["--api-port", str(free_port()), "--config", str(config_file), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -759,7 +759,7 @@ async def test_two_workers_share_a_port_and_their_clients_get_each_others_public
 
 def test_two_workers_with_the_memory_broker_exit_2_naming_the_broker() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tidings", "serve", "--workers", "2", "--port", "0"],
+        [sys.executable, "-m", "tidings", "serve", "--workers", "2", "--port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=30,
