@@ -1,6 +1,6 @@
-"""Coverage-guided fuzzing of the frame decoder and the session state machine (atheris).
+"""Coverage-guided fuzzing of the frame decoders and the session state machine (atheris).
 
-Each input is used twice:
+Each input is used three times:
 
 1. as one WebSocket text frame for :func:`tidings.protocol.wire.decode_frame`, which may
    only raise :class:`ValueError` (``msgspec.DecodeError``, ``UnicodeEncodeError``);
@@ -8,7 +8,10 @@ Each input is used twice:
    first byte of each says: binary frame, server ping, text frame as ``str``, text
    frame as bytes), whose commands a model application answers with a result or an
    error (a deterministic function of the input). Nothing may raise, ``CLOSED`` is
-   final and every message written is one JSON object.
+   final and every message written is one JSON object;
+3. whole, as one binary frame for :func:`tidings.protocol.protobuf.decode_commands`
+   (varint-delimited Protobuf commands), which may only raise :class:`ValueError`
+   and otherwise returns a list of :class:`~tidings.protocol.wire.Command`.
 
 Any other exception is a crash: libFuzzer writes the input as ``crash-<sha1>``.
 ``TIDINGS_FUZZ_IGNORE=UnicodeDecodeError,RecursionError`` (class names) lets the
@@ -17,7 +20,8 @@ fuzzer go past known, reported bugs.
     python fuzz/fuzz_decode.py -max_total_time=600 fuzz/corpus   # make fuzz
     python fuzz/fuzz_decode.py crash-<sha1>                      # replay one input
 
-When the corpus directory is empty, a few seed frames are written to it first.
+When the corpus directory is empty, a few seed frames are written to it first: JSON
+sessions (``SEEDS``) and Protobuf frames (``PROTOBUF_SEEDS``, written as they are).
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ import atheris
 
 with atheris.instrument_imports(include=["tidings"]):
     from tidings.protocol.codes import Error
+    from tidings.protocol.protobuf import decode_commands
+    from tidings.protocol.session import ACCEPTED_METHODS, CLOSED, CloseConnection, Session
     from tidings.protocol.wire import (
+        Command,
         ConnectResult,
         Empty,
         HistoryResult,
@@ -44,7 +51,6 @@ with atheris.instrument_imports(include=["tidings"]):
         SubscribeResult,
         decode_frame,
     )
-    from tidings.protocol.session import ACCEPTED_METHODS, CLOSED, CloseConnection, Session
 
 RESULTS = {
     "connect": lambda: ConnectResult(client="c", version="0", subs={"srv": SubscribeResult()}),
@@ -80,6 +86,25 @@ SEEDS = [
     [b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"a"}}', b"", b"{}", b"{}"],
 ]
 """Each seed: frames, written as text frames (first byte 3) separated by NUL."""
+
+PROTOBUF_SEEDS = [
+    # connect + subscribe (the reference's worked bytes)
+    bytes.fromhex("0b080122070a0154220270790a08022a060a046e657773"),
+    # pong, then connect with data, subs and headers
+    bytes.fromhex("00230801221f12077b2261223a317d1a0c0a017312071801320165380332060a0168120176"),
+    # subscribe with delta, flag and a tags filter
+    bytes.fromhex(
+        "3708032a330a0163180138076206666f7373696c6a200a03616e64320a1201741a02657122017632"
+        "0d12016e1a02696e2a01312a01327003"
+    ),
+    # every other method
+    bytes.fromhex(
+        "0b08043a070a0163120200ff1b080552170a016338ffffffffffffffffff01420508011201654801"
+        "0a08066a060a013112016d0562030a01780b08077a070a02247012017407080842030a0163070809"
+        "4a030a016307080a32030a016307080b72030a0174"
+    ),
+]
+"""Each seed: one binary frame of varint-delimited Protobuf commands, written as is."""
 
 
 def feed_session(data: bytes) -> None:
@@ -126,6 +151,13 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
         except ValueError:
             pass
         feed_session(data)
+        try:
+            commands = decode_commands(data)
+        except ValueError:
+            pass
+        else:
+            if not all(isinstance(command, Command) for command in commands):
+                raise AssertionError(f"not a list of commands: {commands!r}")
     except Exception as exc:
         if type(exc).__name__ not in IGNORED:
             raise
@@ -138,6 +170,9 @@ def seed(argv: list[str]) -> None:
             for number, frames in enumerate(SEEDS):
                 with open(os.path.join(arg, f"seed-{number}"), "wb") as file:
                     file.write(FRAME_SEPARATOR.join(b"\x03" + frame for frame in frames))
+            for number, frame in enumerate(PROTOBUF_SEEDS):
+                with open(os.path.join(arg, f"seed-protobuf-{number}"), "wb") as file:
+                    file.write(frame)
 
 
 def main() -> None:

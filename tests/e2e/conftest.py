@@ -13,6 +13,7 @@ them at teardown, before the server is stopped.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -47,7 +48,7 @@ from centrifuge import (
     UnsubscribedContext,
 )
 
-from ..conftest import free_port
+from ..conftest import clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -262,6 +263,7 @@ class Server:
         self.index = index
         self.dev = dev
         self.port = free_port()
+        self.api_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.runs = 0
@@ -289,7 +291,7 @@ class Server:
             "--port",
             str(self.port),
             "--api-port",
-            "0",  # the server API is not under test here: any free port
+            str(self.api_port),  # the server API is not under test here
         ]
         if self.dev:
             cmd.append("--dev")
@@ -309,7 +311,7 @@ class Server:
         self.runs += 1
         log_path = self.log_dir / f"server{self.index}-run{self.runs}.stderr.log"
         self.log_paths.append(log_path)
-        env = dict(os.environ)
+        env = clean_environment()
         env["PYTHONPATH"] = os.pathsep.join(
             [str(SRC), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
         )
@@ -433,13 +435,30 @@ async def start_server(
 
 MakeClient = Callable[..., Client]
 
+_protocol = ["json"]
+"""The protocol of the clients the running test makes (set by ``make_client``)."""
 
-@pytest.fixture
-async def make_client(start_server: StartServer) -> AsyncIterator[MakeClient]:
+
+def payload(value: Any) -> Any:
+    """A JSON value as the SDK wants it: as is over JSON, as JSON bytes over Protobuf."""
+    return json.dumps(value).encode() if _protocol[0] == "protobuf" else value
+
+
+def decoded(data: Any) -> Any:
+    """A payload the SDK gave back, as a JSON value (Protobuf gives the bytes)."""
+    return json.loads(data) if isinstance(data, bytes) else data
+
+
+@pytest.fixture(params=["json", "protobuf"])
+async def make_client(
+    request: pytest.FixtureRequest, start_server: StartServer
+) -> AsyncIterator[MakeClient]:
     """``make_client(server, token="", events=None, **kwargs) -> Client``.
 
     The client gets a :class:`ClientEvents` as ``client.events`` unless given one,
-    a short command timeout, and is disconnected at teardown.
+    a short command timeout, and is disconnected at teardown. Every test that
+    makes clients runs twice: over the JSON protocol and over Protobuf
+    (``use_protobuf=True``, the subprotocol the mobile SDKs use).
     """
     clients: list[Client] = []
 
@@ -453,6 +472,8 @@ async def make_client(start_server: StartServer) -> AsyncIterator[MakeClient]:
         kwargs.setdefault("min_reconnect_delay", 0.05)
         kwargs.setdefault("max_reconnect_delay", 0.5)
         kwargs.setdefault("proxy", None)
+        kwargs.setdefault("use_protobuf", request.param == "protobuf")
+        _protocol[0] = request.param
         client = Client(server.url, events=events or ClientEvents(), token=token, **kwargs)
         clients.append(client)
         return client

@@ -40,11 +40,13 @@ from .conftest import (
     Server,
     StartServer,
     SubEvents,
+    decoded,
     drain,
     event_where,
     make_sub_token,
     make_token,
     next_event,
+    payload,
     wait,
 )
 
@@ -333,17 +335,17 @@ async def test_publish_from_one_client_received_by_another(
     sub_a, ev_a, _ = await subscribe_ok(alice, "chat")
     sub_b, ev_b, _ = await subscribe_ok(bob, "chat")
 
-    await wait(sub_a.publish({"text": "hello"}), what="publish")
+    await wait(sub_a.publish(payload({"text": "hello"})), what="publish")
     [got] = await pubs(ev_b, 1, "at bob")
-    assert got.data == {"text": "hello"}
+    assert decoded(got.data) == {"text": "hello"}
     [own] = await pubs(ev_a, 1, "at alice (the publisher is subscribed too)")
-    assert own.data == {"text": "hello"}
+    assert decoded(own.data) == {"text": "hello"}
 
     # Many publications keep their order.
     for i in range(20):
-        await wait(sub_b.publish({"n": i}))
+        await wait(sub_b.publish(payload({"n": i})))
     received = await pubs(ev_a, 20, "in order")
-    assert [p.data for p in received] == [{"n": i} for i in range(20)]
+    assert [decoded(p.data) for p in received] == [{"n": i} for i in range(20)]
 
 
 async def test_publication_carries_publisher_info(
@@ -356,13 +358,13 @@ async def test_publication_carries_publisher_info(
     await connect(bob)
     sub_a, _, _ = await subscribe_ok(alice, "chat")
     _, ev_b, _ = await subscribe_ok(bob, "chat")
-    await wait(sub_a.publish("plain string payload"))
+    await wait(sub_a.publish(payload("plain string payload")))
     [got] = await pubs(ev_b, 1)
-    assert got.data == "plain string payload"
+    assert decoded(got.data) == "plain string payload"
     assert got.info is not None, "client publication without ClientInfo"
     assert got.info.user == "42"
     assert got.info.client == alice.client_id
-    assert got.info.conn_info == {"name": "Alice"}
+    assert decoded(got.info.conn_info) == {"name": "Alice"}
 
 
 async def test_client_publish_without_subscription(
@@ -374,9 +376,9 @@ async def test_client_publish_without_subscription(
     await connect(alice)
     await connect(bob)
     _, ev_b, _ = await subscribe_ok(bob, "open:board")
-    await wait(alice.publish("open:board", {"k": [1, 2, 3]}), what="client.publish")
+    await wait(alice.publish("open:board", payload({"k": [1, 2, 3]})), what="client.publish")
     [got] = await pubs(ev_b, 1)
-    assert got.data == {"k": [1, 2, 3]}
+    assert decoded(got.data) == {"k": [1, 2, 3]}
 
 
 async def test_unsubscribe_stops_publications(
@@ -394,12 +396,12 @@ async def test_unsubscribe_stops_publications(
     # Bob subscribes to another channel, which orders his unsubscribe before
     # the publication below on his connection.
     _, ev_b2, _ = await subscribe_ok(bob, "open:y")
-    await wait(alice.publish("open:x", 1))
-    await wait(alice.publish("open:y", 2))
+    await wait(alice.publish("open:x", payload(1)))
+    await wait(alice.publish("open:y", payload(2)))
     [got] = await pubs(ev_b2, 1)
-    assert got.data == 2
+    assert decoded(got.data) == 2
     [got_a] = await pubs(ev_a, 1)
-    assert got_a.data == 1
+    assert decoded(got_a.data) == 1
     assert ev_b.publications.empty(), "publication delivered after unsubscribe"
 
 
@@ -437,8 +439,8 @@ async def test_presence_and_presence_stats(
     assert result.clients[alice1.client_id].user == "42"
     assert result.clients[alice2.client_id].user == "42"
     assert result.clients[bob.client_id].user == "43"
-    assert result.clients[bob.client_id].conn_info == {"name": "Bob"}
-    assert result.clients[alice1.client_id].conn_info == {"name": "Alice"}
+    assert decoded(result.clients[bob.client_id].conn_info) == {"name": "Bob"}
+    assert decoded(result.clients[alice1.client_id].conn_info) == {"name": "Alice"}
 
     stats = await wait(subs[bob].presence_stats(), what="presence_stats")
     assert (stats.num_clients, stats.num_users) == (3, 2)
@@ -481,13 +483,13 @@ async def test_history(start_server: StartServer, make_client: MakeClient) -> No
     await connect(client)
     sub, events, _ = await subscribe_ok(client, "hist:1")
     for i in range(5):
-        await wait(sub.publish({"n": i}))
+        await wait(sub.publish(payload({"n": i})))
     live = await pubs(events, 5)
-    assert [p.data for p in live] == [{"n": i} for i in range(5)]
+    assert [decoded(p.data) for p in live] == [{"n": i} for i in range(5)]
     assert all(p.offset > 0 for p in live), "publications in a channel with history have offsets"
 
     res = await wait(sub.history(limit=-1), what="history(limit=-1)")
-    assert [p.data for p in res.publications] == [{"n": i} for i in range(5)]
+    assert [decoded(p.data) for p in res.publications] == [{"n": i} for i in range(5)]
     offsets = [p.offset for p in res.publications]
     assert offsets == sorted(offsets) and len(set(offsets)) == 5, offsets
     assert offsets == [p.offset for p in live]
@@ -499,22 +501,22 @@ async def test_history(start_server: StartServer, make_client: MakeClient) -> No
     assert (top.offset, top.epoch) == (res.offset, res.epoch)
 
     first = await wait(sub.history(limit=2))
-    assert [p.data for p in first.publications] == [{"n": 0}, {"n": 1}]
+    assert [decoded(p.data) for p in first.publications] == [{"n": 0}, {"n": 1}]
 
     last = await wait(sub.history(limit=2, reverse=True))
-    assert [p.data for p in last.publications] == [{"n": 4}, {"n": 3}]
+    assert [decoded(p.data) for p in last.publications] == [{"n": 4}, {"n": 3}]
 
     since = await wait(
         sub.history(limit=-1, since=StreamPosition(offset=offsets[1], epoch=res.epoch))
     )
-    assert [p.data for p in since.publications] == [{"n": 2}, {"n": 3}, {"n": 4}]
+    assert [decoded(p.data) for p in since.publications] == [{"n": 2}, {"n": 3}, {"n": 4}]
 
     # The stream keeps only history_size publications.
     for i in range(5, 15):
-        await wait(sub.publish({"n": i}))
+        await wait(sub.publish(payload({"n": i})))
     await pubs(events, 10)
     full = await wait(sub.history(limit=-1))
-    assert [p.data for p in full.publications] == [{"n": i} for i in range(5, 15)]
+    assert [decoded(p.data) for p in full.publications] == [{"n": i} for i in range(5, 15)]
     assert full.epoch == res.epoch
 
 
@@ -546,7 +548,7 @@ async def test_join_leave_when_requested_by_subscriber(
         ev_a.joins, lambda j: j.info.client == bob.client_id, what="join of bob"
     )
     assert join.info.user == "43"
-    assert join.info.conn_info == {"name": "Bob"}
+    assert decoded(join.info.conn_info) == {"name": "Bob"}
 
     await wait(sub_b.unsubscribe())
     leave = await event_where(
@@ -619,7 +621,7 @@ async def test_recovery_after_reconnect(start_server: StartServer, make_client: 
     assert first.stream_position is not None and first.stream_position.epoch, first
     assert not first.was_recovering
 
-    await wait(bob.publish("rec:feed", {"live": 1}))
+    await wait(bob.publish("rec:feed", payload({"live": 1})))
     [live] = await pubs(events, 1)
     assert live.offset > 0
 
@@ -628,7 +630,7 @@ async def test_recovery_after_reconnect(start_server: StartServer, make_client: 
     assert sub.state == SubscriptionState.SUBSCRIBING
 
     for i in range(5):
-        await wait(bob.publish("rec:feed", {"missed": i}))
+        await wait(bob.publish("rec:feed", payload({"missed": i})))
 
     await connect(alice)
     ctx = await next_event(events.subscribed, what="resubscribe with recovery")
@@ -638,13 +640,13 @@ async def test_recovery_after_reconnect(start_server: StartServer, make_client: 
         first.stream_position.epoch
     )
     missed = await pubs(events, 5, "recovered")
-    assert [p.data for p in missed] == [{"missed": i} for i in range(5)]
+    assert [decoded(p.data) for p in missed] == [{"missed": i} for i in range(5)]
     assert [p.offset for p in missed] == list(range(live.offset + 1, live.offset + 6))
 
     # Live publications continue after the recovered ones, without duplicates.
-    await wait(bob.publish("rec:feed", {"after": True}))
+    await wait(bob.publish("rec:feed", payload({"after": True})))
     [after] = await pubs(events, 1)
-    assert after.data == {"after": True}
+    assert decoded(after.data) == {"after": True}
     assert after.offset == live.offset + 6
     assert events.publications.empty()
 
@@ -660,13 +662,13 @@ async def test_recovery_beyond_history_size(
     sub, events, first = await subscribe_ok(alice, "rec:feed")
     assert first.recoverable
 
-    await wait(bob.publish("rec:feed", {"live": 1}))
+    await wait(bob.publish("rec:feed", payload({"live": 1})))
     await pubs(events, 1)
 
     await wait(alice.disconnect())
     await next_event(events_of(alice).disconnected)
     for i in range(10):
-        await wait(bob.publish("rec:feed", {"missed": i}))
+        await wait(bob.publish("rec:feed", payload({"missed": i})))
 
     await connect(alice)
     ctx = await next_event(events.subscribed, what="resubscribe")
@@ -674,12 +676,14 @@ async def test_recovery_beyond_history_size(
     assert not ctx.recovered, f"recovered 10 missed publications with history_size=3: {ctx}"
 
     # Nothing recovered is delivered: the next publication is a fresh one.
-    await wait(bob.publish("rec:feed", {"marker": True}))
+    await wait(bob.publish("rec:feed", payload({"marker": True})))
     [nxt] = await pubs(events, 1)
-    assert nxt.data == {"marker": True}, f"unexpected publication after failed recovery: {nxt}"
+    assert decoded(nxt.data) == {"marker": True}, (
+        f"unexpected publication after failed recovery: {nxt}"
+    )
 
     hist = await wait(sub.history(limit=-1))
-    assert [p.data for p in hist.publications] == [
+    assert [decoded(p.data) for p in hist.publications] == [
         {"missed": 8},
         {"missed": 9},
         {"marker": True},
@@ -699,19 +703,19 @@ async def test_recovery_of_server_side_subscription(
     assert first.channel == "rec:server"
     assert first.recoverable, first
 
-    await wait(bob.publish("rec:server", {"live": 1}))
+    await wait(bob.publish("rec:server", payload({"live": 1})))
     live = await next_event(ev.publications)
     assert live.pub.offset > 0
 
     await wait(alice.disconnect())
     for i in range(3):
-        await wait(bob.publish("rec:server", {"missed": i}))
+        await wait(bob.publish("rec:server", payload({"missed": i})))
     await connect(alice)
     again = await event_where(ev.subscribed, lambda c: c.channel == "rec:server")
     assert again.was_recovering and again.recovered, again
     got = [await next_event(ev.publications) for _ in range(3)]
     assert [g.channel for g in got] == ["rec:server"] * 3
-    assert [g.pub.data for g in got] == [{"missed": i} for i in range(3)]
+    assert [decoded(g.pub.data) for g in got] == [{"missed": i} for i in range(3)]
 
 
 async def test_reconnect_and_resubscribe_after_server_restart(
@@ -725,7 +729,7 @@ async def test_reconnect_and_resubscribe_after_server_restart(
     await connect(alice)
     await connect(bob)
     _, events, first = await subscribe_ok(alice, "rec:feed")
-    await wait(bob.publish("rec:feed", {"before": True}))
+    await wait(bob.publish("rec:feed", payload({"before": True})))
     await pubs(events, 1)
 
     await server.restart()
@@ -736,9 +740,9 @@ async def test_reconnect_and_resubscribe_after_server_restart(
     assert ctx.stream_position.epoch != first.stream_position.epoch
 
     await wait(bob.ready(timeout=8), timeout=9, what="bob reconnected")
-    await wait(bob.publish("rec:feed", {"after": True}))
+    await wait(bob.publish("rec:feed", payload({"after": True})))
     [got] = await pubs(events, 1)
-    assert got.data == {"after": True}
+    assert decoded(got.data) == {"after": True}
 
 
 # ---------------------------------------------------------------------------
@@ -804,10 +808,14 @@ async def test_publish_permission_denied_103(
     client = make_client(server, token=make_token("42"))
     await connect(client)
     sub, events, _ = await subscribe_ok(client, "ro:x")
-    await expect_reply_error(sub.publish({"a": 1}), 103, "publish without allow_publish")
-    await expect_reply_error(client.publish("closed:x", 1), 103, "client publish to closed:x")
+    await expect_reply_error(sub.publish(payload({"a": 1})), 103, "publish without allow_publish")
+    await expect_reply_error(
+        client.publish("closed:x", payload(1)), 103, "client publish to closed:x"
+    )
     # For-subscriber permission does not extend to non-subscribers.
-    await expect_reply_error(client.publish("subonly:x", 1), 103, "publish as non-subscriber")
+    await expect_reply_error(
+        client.publish("subonly:x", payload(1)), 103, "publish as non-subscriber"
+    )
     assert events.publications.empty()
     assert client.state == ClientState.CONNECTED
 
@@ -828,7 +836,7 @@ async def test_presence_and_history_permission_denied_103(
     sub_y, _, _ = await subscribe_ok(client, "subonly:y")
     await wait(sub_y.presence())
     await wait(sub_y.history(limit=-1))
-    await wait(sub_y.publish({"ok": True}))
+    await wait(sub_y.publish(payload({"ok": True})))
 
 
 async def test_already_subscribed_105_raw(start_server: StartServer) -> None:
@@ -960,9 +968,9 @@ async def test_user_limited_channel(start_server: StartServer, make_client: Make
     _, ev43, _ = await subscribe_ok(u43, "dialog#42,43")
     await expect_refused(u44, "dialog#42,43", 103)
 
-    await wait(sub42.publish({"hi": 43}))
+    await wait(sub42.publish(payload({"hi": 43})))
     [got] = await pubs(ev43, 1)
-    assert got.data == {"hi": 43}
+    assert decoded(got.data) == {"hi": 43}
 
     # Without allow_user_limited_channels the '#' has no special meaning.
     await expect_refused(u42, "nolimit:dialog#42,43", 103)
@@ -987,12 +995,12 @@ async def test_server_side_subscriptions_from_channels_claim(
     assert got == {"news", "alerts"}
     assert alice.subscriptions() == {}, "server-side subs must not appear as client-side ones"
 
-    await wait(bob.publish("news", {"headline": "x"}))
-    await wait(bob.publish("alerts", {"level": 3}))
+    await wait(bob.publish("news", payload({"headline": "x"})))
+    await wait(bob.publish("alerts", payload({"level": 3})))
     p1 = await next_event(ev.publications, what="server-side publication")
     p2 = await next_event(ev.publications, what="server-side publication")
-    assert (p1.channel, p1.pub.data) == ("news", {"headline": "x"})
-    assert (p2.channel, p2.pub.data) == ("alerts", {"level": 3})
+    assert (p1.channel, decoded(p1.pub.data)) == ("news", {"headline": "x"})
+    assert (p2.channel, decoded(p2.pub.data)) == ("alerts", {"level": 3})
 
 
 # ---------------------------------------------------------------------------

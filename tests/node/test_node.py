@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from centrifuge.protocol import client_pb2
+from google.protobuf.json_format import MessageToDict
 from msgspec import Raw
 
 from tidings import (
@@ -27,6 +29,7 @@ from tidings import (
     StreamPosition,
 )
 from tidings.node.node import Node, Recovery
+from tidings.protocol.codecs import JSON, PROTOBUF, Codec
 from tidings.protocol.wire import SubscribeResult, encode
 
 PLAIN = ChannelOptions()
@@ -38,15 +41,32 @@ JOIN_LEAVE = ChannelOptions(join_leave=True)
 Action = Callable[[], Awaitable[object]]
 
 
+def protobuf_reply(data: bytes) -> dict[str, Any]:
+    """One varint-delimited Reply, decoded by centrifuge-python's generated classes."""
+    length = shift = position = 0
+    while True:
+        byte = data[position]
+        length |= (byte & 0x7F) << shift
+        position += 1
+        shift += 7
+        if not byte & 0x80:
+            break
+    assert len(data) == position + length, "one message, all of it"
+    reply = client_pb2.Reply()
+    reply.ParseFromString(data[position:])
+    return MessageToDict(reply, preserving_proto_field_name=True)
+
+
 # -- a real subscriber ---------------------------------------------------------------------------
 
 
 class Client:
     """A subscriber that decodes every push and records replies in the same log."""
 
-    def __init__(self, id: str, user: str = "") -> None:
+    def __init__(self, id: str, user: str = "", codec: Codec = JSON) -> None:
         self._id = id
         self._user = user or f"user-{id}"
+        self.codec = codec
         self.raw: list[bytes] = []
         self.log: list[tuple[str, Any]] = []
         self.disconnects: list[int] = []
@@ -65,7 +85,10 @@ class Client:
 
     def deliver(self, data: bytes) -> None:
         self.raw.append(data)
-        self.log.append(("push", json.loads(data)))
+        if self.codec is JSON:
+            self.log.append(("push", json.loads(data)))
+        else:
+            self.log.append(("push", protobuf_reply(data)))
 
     def disconnect(self, disconnect: Disconnect) -> None:
         self.disconnects.append(disconnect.code)
@@ -269,6 +292,47 @@ async def test_a_publication_is_encoded_once_for_all_subscribers(node: Node):
     first, second, third = (client.raw for client in clients)
     assert len(first) == len(second) == len(third) == 1
     assert first[0] is second[0] is third[0]
+
+
+async def test_a_publication_is_encoded_once_per_codec_and_reaches_both(node: Node):
+    json_clients = [Client(f"j{i}") for i in range(2)]
+    protobuf_clients = [Client(f"p{i}", codec=PROTOBUF) for i in range(2)]
+    for client in [*json_clients, *protobuf_clients]:
+        await subscribe(node, client, "news", RECOVERABLE)
+
+    await node.publish("news", data(1), RECOVERABLE)
+
+    (j0,), (j1,) = (client.raw for client in json_clients)
+    (p0,), (p1,) = (client.raw for client in protobuf_clients)
+    assert j0 is j1 and p0 is p1, "one encoding per codec, shared"
+    assert json.loads(j0) == {"push": {"channel": "news", "pub": {"data": {"n": 1}, "offset": 1}}}
+    assert protobuf_clients[0].pushes == [
+        {"push": {"channel": "news", "pub": {"data": "eyJuIjoxfQ==", "offset": "1"}}}
+    ]  # MessageToDict shows bytes as base64 ({"n":1}) and uint64 as a string
+
+
+async def test_a_payload_that_is_not_json_reaches_protobuf_clients_and_cuts_json_ones(
+    node: Node,
+):
+    json_client, protobuf_client = Client("j"), Client("p", codec=PROTOBUF)
+    for client in (json_client, protobuf_client):
+        await subscribe(node, client, "news", PLAIN)
+
+    await node.publish("news", Raw(b"\x00\xffbinary"), PLAIN)
+
+    assert json_client.raw == [] and json_client.disconnects == [3506]
+    assert protobuf_client.pushes == [
+        {"push": {"channel": "news", "pub": {"data": "AP9iaW5hcnk="}}}
+    ]
+
+
+async def test_raw_newlines_in_a_payload_never_reach_a_json_client(node: Node):
+    client = Client("j")
+    await subscribe(node, client, "news", PLAIN)
+
+    await node.publish("news", Raw(b'{\n"a":\r\n1}'), PLAIN)
+
+    assert client.raw == [b'{"push":{"channel":"news","pub":{"data":{"a":1}}}}']
 
 
 async def test_publications_arrive_in_order_with_their_offsets(node: Node):

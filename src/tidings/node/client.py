@@ -25,10 +25,12 @@ from msgspec import Raw
 
 from .. import __about__
 from ..options import ChannelOptions, Config
+from ..protocol.codecs import JSON, Codec
 from ..protocol.codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_EXPIRED,
+    DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INVALID_TOKEN,
     DISCONNECT_NO_PONG,
     DISCONNECT_STALE,
@@ -75,7 +77,6 @@ from ..protocol.wire import (
     SubscribeRequest,
     SubscribeResult,
     UnsubscribeRequest,
-    encode_push,
 )
 from .auth import ConnectToken, InvalidToken, SubscribeToken, TokenExpired, TokenVerifier
 from .channels import channel_options, is_private, is_user_limited, user_allowed
@@ -91,7 +92,7 @@ from .hooks import (
 )
 from .limits import TokenBucket, Turns
 from .metrics import Metrics
-from .node import Node, Recovery
+from .node import Node, Recovery, encode_push
 
 __all__ = ["Client", "Context", "Transport"]
 
@@ -153,6 +154,7 @@ class Client:
         context: Context,
         transport: Transport,
         *,
+        codec: Codec = JSON,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.context = context
@@ -163,6 +165,7 @@ class Client:
         self.transport = transport
         self.headers: Mapping[str, str] = headers or _NO_HEADERS
         self.session = Session(
+            codec,
             channel_limit=self.config.client.channel_limit,
             channel_max_length=self.config.client.channel_max_length,
         )
@@ -181,6 +184,10 @@ class Client:
         rate = self.config.client.command_rate_limit
         self._commands = TokenBucket(rate, 2 * rate) if rate > 0 else None
         self._rejected = 0
+
+    @property
+    def codec(self) -> Codec:
+        return self.session.codec
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r}>"
@@ -393,6 +400,7 @@ class Client:
                     version=request.version,
                     headers=self.headers,
                     channels=tuple(channels),
+                    protocol=self.codec.name,
                 )
             )
             if reply is not None:
@@ -499,7 +507,9 @@ class Client:
             if not user_allowed(channel, self.user):
                 raise Error(ErrorCode.PERMISSION_DENIED)
         elif self.hooks.subscribe is not None:
-            event = SubscribeEvent(self.id, self.user, channel, _decode(request.data))
+            event = SubscribeEvent(
+                self.id, self.user, channel, _decode(request.data), self.codec.name
+            )
             decision = await self.hooks.subscribe(event)
             if decision is not None:
                 chan_info, data = _encode(decision.info), _encode(decision.data)
@@ -562,7 +572,7 @@ class Client:
             raise Error(ErrorCode.BAD_REQUEST, "publish needs data")
         if self.hooks.publish is not None:
             reply = await self.hooks.publish(
-                PublishEvent(self.id, self.user, channel, _decode(data))
+                PublishEvent(self.id, self.user, channel, _decode(data), self.codec.name)
             )
             if reply is not None:
                 if reply.data is not None:
@@ -610,7 +620,7 @@ class Client:
         if self.hooks.rpc is None:
             raise Error(ErrorCode.METHOD_NOT_FOUND)
         result = await self.hooks.rpc(
-            RPCEvent(self.id, self.user, request.method, _decode(request.data))
+            RPCEvent(self.id, self.user, request.method, _decode(request.data), self.codec.name)
         )
         return RPCResult(data=_encode(result))
 
@@ -647,7 +657,11 @@ class Client:
             self.session.subscribe_server_side(channel, push)
             self._flush()
             for publication in result.publications:
-                self.deliver(encode_push(Push(channel=channel, pub=publication)))
+                encoded = encode_push(self.codec, Push(channel=channel, pub=publication))
+                if encoded is None:
+                    self.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+                    return
+                self.deliver(encoded)
 
         await self.node.subscribe(
             self,
@@ -793,7 +807,7 @@ class Client:
     async def _run_refresh_hook(self) -> None:
         assert self.hooks.refresh is not None
         try:
-            reply = await self.hooks.refresh(RefreshEvent(self.id, self.user))
+            reply = await self.hooks.refresh(RefreshEvent(self.id, self.user, self.codec.name))
         except Exception:
             logger.exception("refresh hook failed for client %s", self.id)
             reply = None
@@ -806,8 +820,16 @@ class Client:
 
 
 def _decode(data: Raw) -> Any:
-    """Application JSON as Python values, for hooks (``None`` when absent)."""
-    return msgspec.json.decode(bytes(data)) if bytes(data) else None
+    """Application JSON as Python values, for hooks (``None`` when absent).
+
+    A Protobuf client's payload need not be JSON: the hook then gets its bytes.
+    """
+    if not data:
+        return None
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return bytes(data)
 
 
 def _encode(value: Any) -> Raw:

@@ -52,6 +52,8 @@ class ConnectEvent:
     headers: Mapping[str, str]
     channels: tuple[str, ...] = ()
     """Server-side subscriptions from the token."""
+    protocol: str = "json"
+    """The client's protocol: ``json`` or ``protobuf``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class RefreshEvent:
 
     client: str
     user: str
+    protocol: str = "json"
+    """The client's protocol: ``json`` or ``protobuf``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ class SubscribeEvent:
     user: str
     channel: str
     data: Any
+    protocol: str = "json"
+    """The client's protocol: ``json`` or ``protobuf``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,8 @@ class PublishEvent:
     user: str
     channel: str
     data: Any
+    protocol: str = "json"
+    """The client's protocol: ``json`` or ``protobuf``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,8 @@ class RPCEvent:
     user: str
     method: str
     data: Any
+    protocol: str = "json"
+    """The client's protocol: ``json`` or ``protobuf``."""
 
 
 @dataclass(frozen=True, slots=True)

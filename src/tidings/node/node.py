@@ -1,7 +1,7 @@
 """The node: channels, subscriptions, fan-out, presence and history of one process.
 
 The node knows clients only as :class:`Subscriber` objects (something that can
-take encoded bytes and be disconnected) and other nodes only through its
+take encoded bytes in its codec and be disconnected) and other nodes only through its
 :class:`~tidings._broker.Broker`. It never sees a socket.
 
 Subscribing without losing or duplicating a publication
@@ -13,6 +13,14 @@ written, followed by the buffered publications that come after what the reply
 covered (those at or below its offset are duplicates and are dropped), and the
 subscription goes live. Recovery is never partial: either every missed
 publication is returned (``recovered: true``) or none (``recovered: false``).
+
+Encoding once
+-------------
+A publication is encoded once per *variant* in use among the channel's
+subscribers, not once per subscriber: the bytes for a variant are shared by
+every subscriber that takes it (:class:`Encodings`). Today a variant is the
+subscriber's codec (JSON or Protobuf); per-subscription delta compression and
+tag filters will add to that key.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import msgspec
 from msgspec import Raw
 
 from .._tasks import stop_task
@@ -35,16 +44,23 @@ from ..brokers.base import (
     UnrecoverablePosition,
 )
 from ..options import ChannelOptions
-from ..protocol.codes import DISCONNECT_INSUFFICIENT_STATE, Disconnect, Error, ErrorCode
+from ..protocol.codecs import Codec
+from ..protocol.codes import (
+    DISCONNECT_INAPPROPRIATE_PROTOCOL,
+    DISCONNECT_INSUFFICIENT_STATE,
+    Disconnect,
+    Error,
+    ErrorCode,
+)
 from ..protocol.wire import (
     ClientInfo,
     Join,
     Leave,
     Publication,
     Push,
+    Reply,
     StreamPosition,
     SubscribeResult,
-    encode_push,
 )
 from .metrics import Metrics
 
@@ -62,8 +78,13 @@ class Subscriber(Protocol):
     @property
     def user(self) -> str: ...
 
+    @property
+    def codec(self) -> Codec:
+        """How the client's messages are encoded."""
+        ...
+
     def deliver(self, data: bytes) -> None:
-        """Queue one encoded message (a push) for the client. Must not block."""
+        """Queue one message (a push) encoded by :attr:`codec`. Must not block."""
         ...
 
     def disconnect(self, disconnect: Disconnect) -> None:
@@ -452,16 +473,25 @@ class Node(Generic[C]):
         entry = self._channels.get(channel)
         if entry is None:
             return
-        # Encoded once for every subscriber: the bytes are the same for all.
-        data = encode_push(Push(channel=channel, pub=publication))
+        encodings = Encodings(Push(channel=channel, pub=publication))
         offset = publication.offset
         for client_id, subscription in entry.subscriptions.items():
+            subscriber = subscription.subscriber
+            data = encodings.get(subscriber.codec)
             if subscription.buffer is None:
                 if client_id != exclude_client and (offset > subscription.floor or not offset):
-                    subscription.subscriber.deliver(data)
+                    if data is None:
+                        subscriber.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+                    else:
+                        subscriber.deliver(data)
             else:
                 # Buffered even when excluded: the offset still counts for gaps.
-                subscription.buffer.append((offset, b"" if client_id == exclude_client else data))
+                if client_id == exclude_client:
+                    data = b""
+                elif data is None:
+                    subscriber.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+                    continue
+                subscription.buffer.append((offset, data))
         recipients = len(entry.subscriptions)
         if exclude_client and exclude_client in entry.subscriptions:
             recipients -= 1
@@ -503,10 +533,13 @@ class Node(Generic[C]):
         entry = self._channels.get(channel)
         if entry is None:
             return 0
-        data = encode_push(push)
+        encodings = Encodings(push)
         sent = 0
         for subscription in entry.subscriptions.values():
             if not subscription.push_join_leave:
+                continue
+            data = encodings.get(subscription.subscriber.codec)
+            if data is None:  # info a JSON client cannot take
                 continue
             sent += 1
             if subscription.buffer is None:
@@ -545,6 +578,47 @@ class Node(Generic[C]):
 
     async def remove_history(self, channel: str) -> None:
         await self.broker.remove_history(channel)
+
+
+class Encodings:
+    """One push, encoded at most once per codec (see "Encoding once" above).
+
+    ``get`` returns None when the push cannot be written in that codec at all
+    (a payload that is not JSON, for a JSON client).
+    """
+
+    __slots__ = ("push", "_codec", "_data", "_others")
+
+    def __init__(self, push: Push) -> None:
+        self.push = push
+        # Most channels have one codec: the last one is kept apart from the dict.
+        self._codec: Codec | None = None
+        self._data: bytes | None = None
+        self._others: dict[Codec, bytes | None] | None = None
+
+    def get(self, codec: Codec) -> bytes | None:
+        if codec is self._codec:
+            return self._data
+        others = self._others
+        if others is None:
+            others = self._others = {}
+        elif codec in others:
+            return others[codec]
+        data = others[codec] = encode_push(codec, self.push)
+        self._codec, self._data = codec, data
+        return data
+
+
+def encode_push(codec: Codec, push: Push) -> bytes | None:
+    """A push in ``codec``, its payloads made fit for it; None if one cannot be."""
+    pub = push.pub
+    if pub is not None:
+        data = codec.payload(pub.data)
+        if data is None:
+            return None
+        if data is not pub.data:
+            push = msgspec.structs.replace(push, pub=msgspec.structs.replace(pub, data=data))
+    return codec.encode(Reply(push=push))
 
 
 def _recovered(

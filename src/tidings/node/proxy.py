@@ -36,7 +36,12 @@ __all__ = ["HTTPProxy"]
 
 logger = logging.getLogger("tidings.proxy")
 
-_COMMON = {"transport": "websocket", "protocol": "json", "encoding": "json"}
+
+def _common(
+    event: ConnectEvent | RefreshEvent | SubscribeEvent | PublishEvent | RPCEvent,
+) -> dict[str, str]:
+    """Over what the client came (payloads are passed as JSON)."""
+    return {"transport": "websocket", "protocol": event.protocol, "encoding": "json"}
 
 
 class _ErrorBody(msgspec.Struct):
@@ -86,7 +91,7 @@ def _body(
     event: RefreshEvent | SubscribeEvent | PublishEvent | RPCEvent, **fields: Any
 ) -> dict[str, Any]:
     """A proxy request: who, over what, then the event's own fields."""
-    return {"client": event.client, **_COMMON, "user": event.user, **fields}
+    return {"client": event.client, **_common(event), "user": event.user, **fields}
 
 
 class HTTPProxy:
@@ -116,7 +121,7 @@ class HTTPProxy:
     async def connect(self, event: ConnectEvent) -> ConnectReply:
         body = {
             "client": event.client,
-            **_COMMON,
+            **_common(event),
             "name": event.name,
             "version": event.version,
             "data": event.data,

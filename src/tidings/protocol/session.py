@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 
-A :class:`Session` is fed what the WebSocket delivered (:meth:`Session.receive_text`,
-:meth:`Session.receive_binary`) and hands out, one at a time, the commands the
+A :class:`Session` is fed the frames a connection delivered (:meth:`Session.receive_text`,
+:meth:`Session.receive_binary`), decodes them with its :class:`~.codecs.Codec`
+(JSON or Protobuf), and hands out, one at a time, the commands the
 application must act on (:meth:`Session.next_event`). The application answers each
 command with :meth:`Session.reply` or :meth:`Session.reply_error`, and writes what
 :meth:`Session.data_to_send` returns. It never touches a socket, a clock or a task:
@@ -21,11 +22,13 @@ nothing about permissions. It answers on its own:
 * a command before ``connect``, a second ``connect``, anything after a failed
   ``connect``, an unknown command, a missing id, an undecodable frame or an empty
   channel name: the connection is closed with 3501 (bad request);
-* a binary frame: closed with 3506 (inappropriate protocol);
+* a binary frame on the JSON protocol: closed with 3506 (inappropriate protocol);
+  the Protobuf protocol decodes frames of either type;
 * a second subscribe to a channel: error 105; more than ``channel_limit``
   channels: error 106; a channel name over ``channel_max_length``, or with
   characters other than printable ASCII: error 107;
-* the empty command ``{}``: a pong, closing with 3501 when no ping was sent.
+* the empty command (JSON ``{}``, Protobuf ``0x00``): a pong, closing with 3501
+  when no ping was sent.
 
 Rule 3: the state only changes through the tables below, when a command is
 answered or when the connection is closed. ``CLOSED`` is final.
@@ -37,6 +40,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from .codecs import JSON, Codec
 from .codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
@@ -47,7 +51,6 @@ from .codes import (
 )
 from .wire import (
     METHODS,
-    PING,
     Command,
     ConnectRequest,
     ConnectResult,
@@ -74,8 +77,6 @@ from .wire import (
     SubscribeResult,
     UnsubscribePush,
     UnsubscribeRequest,
-    decode_frame,
-    encode,
 )
 
 __all__ = ["CloseConnection", "CommandReceived", "Request", "Result", "Session", "State"]
@@ -165,11 +166,15 @@ class Session:
     """The client-protocol state of one connection.
 
     Args:
+        codec: the encoding of the connection's frames (JSON by default).
         channel_limit: most channels one connection may be subscribed to (106 above).
         channel_max_length: longest channel name accepted (107 above).
     """
 
-    def __init__(self, *, channel_limit: int = 128, channel_max_length: int = 255) -> None:
+    def __init__(
+        self, codec: Codec = JSON, *, channel_limit: int = 128, channel_max_length: int = 255
+    ) -> None:
+        self.codec = codec
         self.channel_limit = channel_limit
         self.channel_max_length = channel_max_length
         self.state = CONNECTING
@@ -194,10 +199,25 @@ class Session:
 
     def receive_text(self, frame: str | bytes) -> None:
         """Take one text frame. Then call :meth:`next_event` until it returns None."""
+        if self.state is not CLOSED:
+            self._receive(frame)
+
+    def receive_binary(self, frame: bytes) -> None:
+        """Take one binary frame: a batch of commands for Protobuf, 3506 for JSON."""
         if self.state is CLOSED:
             return
+        if self.codec.binary:
+            self._receive(frame)
+        else:
+            self._commands.clear()
+            self._commands.append(
+                _close(DISCONNECT_INAPPROPRIATE_PROTOCOL, "binary frame on the JSON protocol")
+            )
+
+    def _receive(self, frame: str | bytes) -> None:
         try:
-            commands = decode_frame(frame)
+            # str.encode fails on a lone surrogate (a ValueError too)
+            commands = self.codec.decode(frame.encode() if isinstance(frame, str) else frame)
         except (ValueError, RecursionError) as exc:  # DecodeError, bad UTF-8, deep nesting
             self._commands.clear()
             self._commands.append(_bad(f"undecodable frame: {exc}"))
@@ -206,14 +226,6 @@ class Session:
             self._commands.append(_bad("empty frame"))
             return
         self._commands.extend(commands)
-
-    def receive_binary(self, frame: bytes) -> None:
-        """Take one binary frame: the JSON protocol has none, so the session ends."""
-        if self.state is not CLOSED:
-            self._commands.clear()
-            self._commands.append(
-                _close(DISCONNECT_INAPPROPRIATE_PROTOCOL, "binary frame on the JSON protocol")
-            )
 
     def next_event(self) -> Event | None:
         """Return the next command to act on, or None when all received ones are done.
@@ -258,7 +270,7 @@ class Session:
             self._discard(event.request.channel)
         reply = Reply(id=event.id)
         setattr(reply, event.method, result)
-        self._output.append(encode(reply))
+        self._output.append(self.codec.encode(reply))
 
     def reply_error(self, error: Error) -> None:
         """Answer the pending command with an error (the connection stays)."""
@@ -273,19 +285,19 @@ class Session:
     def subscribe_server_side(self, channel: str, result: SubscribePush) -> None:
         """Tell the client it was subscribed to ``channel`` by the server."""
         self._add(channel)
-        self._output.append(encode(Reply(push=Push(channel=channel, subscribe=result))))
+        self._output.append(self.codec.encode(Reply(push=Push(channel=channel, subscribe=result))))
 
     def unsubscribe_server_side(self, channel: str, unsubscribe: Unsubscribe) -> None:
         """Tell the client it is no longer subscribed to ``channel``."""
         self._discard(channel)
         push = Push(channel=channel, unsubscribe=UnsubscribePush(*unsubscribe))
-        self._output.append(encode(Reply(push=push)))
+        self._output.append(self.codec.encode(Reply(push=push)))
 
     def send_ping(self) -> None:
         """Queue a ping; the client must answer it (see :attr:`awaiting_pong`)."""
         if self.state is CONNECTED:
             self.awaiting_pong = True
-            self._output.append(PING)
+            self._output.append(self.codec.ping)
 
     def close(self, disconnect: Disconnect) -> None:
         """End the session (the I/O layer closes the socket with ``disconnect``)."""
@@ -295,7 +307,7 @@ class Session:
         self._pending = None
 
     def data_to_send(self) -> list[bytes]:
-        """Return (and forget) the messages to write, in order, one JSON object each."""
+        """Return (and forget) the messages to write, in order, each encoded by the codec."""
         output, self._output = self._output, []
         return output
 
@@ -361,7 +373,7 @@ class Session:
 
     def _send_error(self, command_id: int, error: Error) -> None:
         body = ErrorBody(code=error.code, message=error.message, temporary=error.temporary)
-        self._output.append(encode(Reply(id=command_id, error=body)))
+        self._output.append(self.codec.encode(Reply(id=command_id, error=body)))
 
 
 def _close(disconnect: Disconnect, detail: str) -> CloseConnection:

@@ -56,6 +56,23 @@ class ConnectRequest(_Wire):
     subs: dict[str, SubscribeRecovery] = {}
     name: str = ""
     version: str = ""
+    headers: dict[str, str] = {}
+    flag: int = 0
+
+
+class FilterNode(_Wire):
+    """A subscription's tags filter (``tf``).
+
+    A leaf (``op`` empty) compares the publication tag ``key`` with ``val``/``vals``
+    by ``cmp``; ``and``, ``or`` and ``not`` combine ``nodes``.
+    """
+
+    op: str = ""
+    key: str = ""
+    cmp: str = ""
+    val: str = ""
+    vals: list[str] = []
+    nodes: list[FilterNode] = []
 
 
 class SubscribeRequest(_Wire):
@@ -68,6 +85,18 @@ class SubscribeRequest(_Wire):
     positioned: bool = False
     recoverable: bool = False
     join_leave: bool = False
+    delta: str = ""
+    tf: Raw = NO_DATA
+    """The tags filter: a :class:`FilterNode` as JSON. Kept raw, so that the JSON
+    decoding of commands is unchanged (no validation before filters are evaluated);
+    read it with ``msgspec.json.decode(tf, type=FilterNode)``."""
+    flag: int = 0
+    # Map / shared-poll subscriptions (protocol v0.19):
+    type: int = 0
+    phase: int = 0
+    cursor: str = ""
+    limit: int = 0
+    asc: bool = False
 
 
 class UnsubscribeRequest(_Wire):
@@ -77,6 +106,9 @@ class UnsubscribeRequest(_Wire):
 class PublishRequest(_Wire):
     channel: str = ""
     data: Raw = NO_DATA
+    type: int = 0
+    key: str = ""
+    removed: bool = False
 
 
 class PresenceRequest(_Wire):
@@ -112,9 +144,22 @@ class RefreshRequest(_Wire):
     token: str = ""
 
 
+class KeyedItem(_Wire):
+    key: str = ""
+    version: Uint64 = 0
+
+
+class TrackBatch(_Wire):
+    signature: str = ""
+    items: list[KeyedItem] = []
+
+
 class SubRefreshRequest(_Wire):
     channel: str = ""
     token: str = ""
+    type: int = 0
+    track: list[TrackBatch] = []
+    untrack: list[str] = []
 
 
 class Command(_Wire):
@@ -245,6 +290,35 @@ class MessagePush(_Wire):
     data: Raw
 
 
+class ConnectPush(_Wire):
+    """The first push of a unidirectional connection (its connect result)."""
+
+    client: str
+    version: str
+    data: Raw = NO_DATA
+    subs: dict[str, SubscribeResult] | None = None
+    expires: bool = False
+    ttl: Uint32 = 0
+    ping: Uint32 = 0
+    pong: bool = False
+    session: str = ""
+    node: str = ""
+
+
+class DisconnectPush(_Wire):
+    """A disconnect on emulation and unidirectional transports (WebSocket closes instead)."""
+
+    code: int
+    reason: str
+
+
+class RefreshPush(_Wire):
+    """The connection's new expiry, after a server API ``refresh``."""
+
+    expires: bool = False
+    ttl: Uint32 = 0
+
+
 class Push(_Wire):
     channel: str = ""
     pub: Publication | None = None
@@ -253,6 +327,9 @@ class Push(_Wire):
     unsubscribe: UnsubscribePush | None = None
     subscribe: SubscribePush | None = None
     message: MessagePush | None = None
+    connect: ConnectPush | None = None
+    disconnect: DisconnectPush | None = None
+    refresh: RefreshPush | None = None
 
 
 class Reply(_Wire):

@@ -12,8 +12,8 @@ no second task, no handshake kept, lists where websockets has deques
 Writing has no task and no ``await`` per message: a :class:`Connection` keeps
 its pending messages, and one :class:`Flusher` per server writes those of every
 connection at the end of the event-loop iteration (write coalescing: one frame
-and one write per connection however many messages, newline-joined as the
-protocol allows). A client whose unsent bytes exceed ``client.queue_max_size``
+and one write per connection however many messages, joined as the codec
+allows). A client whose unsent bytes exceed ``client.queue_max_size``
 is disconnected with 3008 at once, without affecting anyone else.
 """
 
@@ -25,7 +25,8 @@ import http
 import logging
 import ssl
 import struct
-from collections.abc import Iterable
+import urllib.parse
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -34,11 +35,13 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
+from websockets.typing import Subprotocol
 
 from .. import patterns
 from ..node.client import Client, Context
 from ..node.limits import OriginCheck, TokenBucket
 from ..node.metrics import Metrics
+from ..protocol.codecs import JSON, PROTOBUF, Codec
 from ..protocol.codes import DISCONNECT_SHUTDOWN, DISCONNECT_SLOW, Disconnect
 from .static import StaticFile, StaticFiles
 
@@ -55,14 +58,43 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take before the TCP connection is cut."""
 
 
-def frame_text(payload: bytes) -> bytes:
-    """A complete unmasked server text frame (FIN set) carrying ``payload``."""
+SUBPROTOCOLS: dict[Subprotocol, Codec] = {
+    Subprotocol("centrifuge-protobuf"): PROTOBUF,
+    Subprotocol("centrifuge-json"): JSON,
+}
+"""The subprotocols offered, and the codec each selects. SDKs that speak JSON
+usually offer none: a connection without a subprotocol is JSON, unless its URL
+asks for Protobuf the legacy way (``?format=protobuf`` or ``?cf_protocol=protobuf``)."""
+
+
+def frame(payload: bytes, binary: bool) -> bytes:
+    """A complete unmasked server data frame (FIN set) carrying ``payload``."""
+    opcode = 0x82 if binary else 0x81
     length = len(payload)
     if length < 126:
-        return bytes((0x81, length)) + payload
+        return bytes((opcode, length)) + payload
     if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length) + payload
-    return struct.pack("!BBQ", 0x81, 127, length) + payload
+        return struct.pack("!BBH", opcode, 126, length) + payload
+    return struct.pack("!BBQ", opcode, 127, length) + payload
+
+
+def select_subprotocol(
+    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """Protobuf if offered, else JSON if offered, else none (JSON) rather than 400."""
+    return next((name for name in SUBPROTOCOLS if name in subprotocols), None)
+
+
+def codec_of(websocket: ServerConnection) -> Codec:
+    """The codec a connection's handshake chose."""
+    if websocket.subprotocol is not None:
+        return SUBPROTOCOLS[websocket.subprotocol]
+    request = websocket.request
+    if request is not None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        if "protobuf" in (*query.get("format", ()), *query.get("cf_protocol", ())):
+            return PROTOBUF
+    return JSON
 
 
 class LeanServerConnection(ServerConnection):
@@ -156,7 +188,7 @@ class Connection:
     """The transport of one client: its pending messages, and their bound.
 
     Messages are framed here and written straight to the socket's transport:
-    one frame per flush, newline-joined, shared by all subscribers when it is
+    one frame per flush, joined by the codec, shared by all subscribers when it is
     a single publication. Data frames never go through ``websockets``' ``send()``
     (an ``await`` per message); its protocol still handles control frames and
     the closing handshake, and no data is written once it is closing.
@@ -168,6 +200,7 @@ class Connection:
 
     __slots__ = (
         "websocket",
+        "codec",
         "flusher",
         "queue_max_size",
         "metrics",
@@ -180,11 +213,13 @@ class Connection:
     def __init__(
         self,
         websocket: ServerConnection,
+        codec: Codec,
         flusher: Flusher,
         queue_max_size: int,
         metrics: Metrics,
     ) -> None:
         self.websocket = websocket
+        self.codec = codec
         self.flusher = flusher
         self.queue_max_size = queue_max_size
         self.metrics = metrics
@@ -241,11 +276,11 @@ class Connection:
             if cached is not None and cached[0] is payload:
                 data = cached[1]
             else:
-                data = frame_text(payload)
+                data = frame(payload, self.codec.binary)
                 framed[id(payload)] = (payload, data)  # keeps payload alive: ids stay unique
             frames = 1
         else:
-            data, frames = _frames(pending)
+            data, frames = _frames(pending, self.codec)
         # The same list again, emptied: a new one per flush would outlive
         # young-generation collections and make the full ones frequent.
         pending.clear()
@@ -264,7 +299,7 @@ class Connection:
         asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, transport.abort)
 
 
-def _frames(pending: list[bytes]) -> tuple[bytes, int]:
+def _frames(pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
     """Coalesce messages into frames of at most :data:`MAX_FRAME_SIZE` bytes."""
     out: list[bytes] = []
     start = 0
@@ -273,7 +308,7 @@ def _frames(pending: list[bytes]) -> tuple[bytes, int]:
         while end < len(pending) and size + len(pending[end]) < MAX_FRAME_SIZE:
             size += len(pending[end]) + 1
             end += 1
-        out.append(frame_text(b"\n".join(pending[start:end])))
+        out.append(frame(codec.join(pending[start:end]), codec.binary))
         start = end
     return b"".join(out), len(out)
 
@@ -309,6 +344,8 @@ class Server:
             host,
             port,
             process_request=self._process_request,
+            subprotocols=list(SUBPROTOCOLS),
+            select_subprotocol=select_subprotocol,
             compression=None,  # deflate costs ~50 KiB per connection and encode-once
             ping_interval=None,  # the protocol has its own pings (client.ping_interval)
             max_size=self.config.client.max_message_size,
@@ -381,10 +418,11 @@ class Server:
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
+        codec = codec_of(websocket)
         connection = Connection(
-            websocket, self.flusher, self.config.client.queue_max_size, self.context.metrics
+            websocket, codec, self.flusher, self.config.client.queue_max_size, self.context.metrics
         )
-        client = Client(self.context, connection, headers=_take_headers(websocket))
+        client = Client(self.context, connection, codec=codec, headers=_take_headers(websocket))
         client.start_heartbeat(asyncio.get_running_loop().time())
         self.clients.add(websocket, client)
         try:
