@@ -21,8 +21,9 @@ from tidings.protocol.wire import (
     SubscribeResult,
     decode_frame,
     encode,
-    encode_push,
+    optional_raw,
     strip_newlines,
+    to_raw,
 )
 
 
@@ -48,7 +49,7 @@ def test_fields_the_sdks_require_are_always_present() -> None:
 
 def test_payloads_are_embedded_as_raw_json() -> None:
     publication = Publication(data=msgspec.Raw(b'{"text":"hi"}'), offset=7)
-    assert encode_push(Push(channel="chat", pub=publication)) == (
+    assert encode(Reply(push=Push(channel="chat", pub=publication))) == (
         b'{"push":{"channel":"chat","pub":{"data":{"text":"hi"},"offset":7}}}'
     )
 
@@ -94,3 +95,11 @@ def test_strip_newlines_keeps_the_document_equal() -> None:
     assert json.loads(bytes(stripped)) == json.loads(bytes(raw))
     compact = msgspec.Raw(b'{"a":1}')
     assert strip_newlines(compact) is compact
+
+
+def test_to_raw_makes_wire_json_of_values_and_raw_without_newlines() -> None:
+    assert to_raw({"text": "a\nb"}) == msgspec.Raw(b'{"text":"a\\nb"}')
+    assert to_raw(None) == msgspec.Raw(b"null")
+    assert to_raw(msgspec.Raw(b'{\n"a":\r\n1}')) == msgspec.Raw(b'{"a":1}')
+    assert optional_raw(None) is NO_DATA
+    assert optional_raw(0) == msgspec.Raw(b"0")

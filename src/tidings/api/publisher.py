@@ -16,7 +16,6 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import redis
 import redis.asyncio as aioredis
 
@@ -25,7 +24,7 @@ from ..brokers.redis import PUBLISH_SCRIPT, RedisKeys, parse_position, publish_a
 from ..node.channels import channel_options
 from ..options import Config
 from ..protocol.codes import Error, ErrorCode
-from ..protocol.wire import Publication, StreamPosition
+from ..protocol.wire import Publication, StreamPosition, to_raw
 
 __all__ = ["AsyncPublisher", "Publisher"]
 
@@ -46,7 +45,7 @@ class _Base:
             if options.history_enabled
             else None
         )
-        raw = data if isinstance(data, msgspec.Raw) else msgspec.Raw(msgspec.json.encode(data))
+        raw = to_raw(data)
         keys = [
             self.keys.stream(channel),
             self.keys.meta(channel),

@@ -27,7 +27,7 @@ from ..node.metrics import Metrics
 from ..node.node import Node
 from ..options import Config
 from ..protocol.codes import DISCONNECT_FORCE_NO_RECONNECT, Disconnect, Error, ErrorCode
-from ..protocol.wire import NO_DATA, ClientInfo, Publication, StreamPosition, strip_newlines
+from ..protocol.wire import ClientInfo, Publication, StreamPosition, optional_raw, to_raw
 
 __all__ = ["NodeInfo", "ServerAPI"]
 
@@ -101,7 +101,7 @@ class ServerAPI:
         options = channel_options(self.config, channel)
         return await self.node.publish(
             channel,
-            _raw(data),
+            to_raw(data),
             options,
             tags=tags,
             skip_history=skip_history,
@@ -120,7 +120,7 @@ class ServerAPI:
         exclude_client: str = "",
     ) -> list[StreamPosition | Error]:
         """Publish the same data to several channels; each gets a position or its error."""
-        raw = _raw(data)
+        raw = to_raw(data)
 
         async def one(channel: str) -> StreamPosition | Error:
             try:
@@ -153,8 +153,8 @@ class ServerAPI:
         for target in self._targets(user, client):
             await target.subscribe_by_server(
                 channel,
-                info=_raw_or_absent(info),
-                data=_raw_or_absent(data),
+                info=optional_raw(info),
+                data=optional_raw(data),
                 recover_since=recover_since,
             )
 
@@ -192,7 +192,7 @@ class ServerAPI:
             target.refresh_by_server(
                 expired=expired,
                 expire_at=expire_at,
-                info=_raw(info) if info is not None else None,
+                info=to_raw(info) if info is not None else None,
             )
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
@@ -271,16 +271,6 @@ class ServerAPI:
 def _check_channel(channel: str) -> None:
     if not channel:
         raise Error(ErrorCode.BAD_REQUEST, "channel required")
-
-
-def _raw(data: Any) -> msgspec.Raw:
-    if isinstance(data, msgspec.Raw):
-        return strip_newlines(data)
-    return msgspec.Raw(msgspec.json.encode(data))
-
-
-def _raw_or_absent(data: Any) -> msgspec.Raw:
-    return NO_DATA if data is None else _raw(data)
 
 
 def _glob(pattern: str) -> Callable[[str], bool]:

@@ -16,7 +16,7 @@ import jwt
 import msgspec
 
 from ..options import Config
-from ..protocol.wire import NO_DATA
+from ..protocol.wire import NO_DATA, optional_raw
 
 __all__ = [
     "ConnectToken",
@@ -89,7 +89,7 @@ class TokenVerifier:
         return ConnectToken(
             user=_user(claims),
             expire_at=_expire_at(claims),
-            info=_raw(claims.get("info")),
+            info=optional_raw(claims.get("info")),
             channels=tuple(channels),
         )
 
@@ -103,7 +103,7 @@ class TokenVerifier:
             user=_user(claims),
             channel=channel,
             expire_at=_expire_at(claims),
-            info=_raw(claims.get("info")),
+            info=optional_raw(claims.get("info")),
             client=client if isinstance(client, str) else "",
         )
 
@@ -145,10 +145,6 @@ def _expire_at(claims: dict[str, Any]) -> int:
     if not isinstance(value, int | float):
         raise InvalidToken("exp must be a number")
     return int(value)
-
-
-def _raw(value: Any) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(value)) if value is not None else NO_DATA
 
 
 def make_token(

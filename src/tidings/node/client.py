@@ -77,6 +77,8 @@ from ..protocol.wire import (
     SubscribeRequest,
     SubscribeResult,
     UnsubscribeRequest,
+    optional_raw,
+    to_raw,
 )
 from .auth import ConnectToken, InvalidToken, SubscribeToken, TokenExpired, TokenVerifier
 from .channels import channel_options, is_private, is_user_limited, user_allowed
@@ -407,9 +409,9 @@ class Client:
                 if reply.user is not None:
                     self.user, authenticated = reply.user, True
                 if reply.info is not None:
-                    self.conn_info = _encode(reply.info)
+                    self.conn_info = to_raw(reply.info)
                 if reply.data is not None:
-                    connect_data = _encode(reply.data)
+                    connect_data = to_raw(reply.data)
                 if reply.expire_at is not None:
                     self.expire_at = reply.expire_at
                 channels += [c for c in reply.channels if c not in channels]
@@ -512,7 +514,7 @@ class Client:
             )
             decision = await self.hooks.subscribe(event)
             if decision is not None:
-                chan_info, data = _encode(decision.info), _encode(decision.data)
+                chan_info, data = optional_raw(decision.info), optional_raw(decision.data)
         elif not self._allowed(
             options.allow_subscribe_for_client, options.allow_subscribe_for_anonymous
         ):
@@ -576,7 +578,7 @@ class Client:
             )
             if reply is not None:
                 if reply.data is not None:
-                    data = _encode(reply.data)
+                    data = to_raw(reply.data)
                 skip_history = reply.skip_history
         elif not (
             self._allowed(options.allow_publish_for_client, options.allow_publish_for_anonymous)
@@ -622,7 +624,7 @@ class Client:
         result = await self.hooks.rpc(
             RPCEvent(self.id, self.user, request.method, _decode(request.data), self.codec.name)
         )
-        return RPCResult(data=_encode(result))
+        return RPCResult(data=optional_raw(result))
 
     async def _on_send(self, request: SendRequest) -> None:
         return None  # asynchronous messages have no handler: dropped, as Centrifugo does
@@ -830,10 +832,3 @@ def _decode(data: Raw) -> Any:
         return msgspec.json.decode(data)
     except msgspec.DecodeError:
         return bytes(data)
-
-
-def _encode(value: Any) -> Raw:
-    """A hook's value as application JSON (absent for ``None``)."""
-    if value is None:
-        return NO_DATA
-    return value if isinstance(value, Raw) else Raw(msgspec.json.encode(value))

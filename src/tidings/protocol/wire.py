@@ -11,7 +11,7 @@ Field omission follows the reference implementation: empty fields are left out
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -25,8 +25,9 @@ __all__ = [
     "StreamPosition",
     "decode_frame",
     "encode",
-    "encode_push",
+    "optional_raw",
     "strip_newlines",
+    "to_raw",
 ]
 
 Uint32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
@@ -356,9 +357,6 @@ _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
 """Encode a wire object to compact JSON bytes (one line, no newline)."""
 
-PING = b"{}"
-"""A server ping: a reply with no id and no push. The client answers ``{}``."""
-
 
 def decode_frame(frame: str | bytes) -> list[Command]:
     """Decode one WebSocket text frame into its commands, in order.
@@ -371,10 +369,6 @@ def decode_frame(frame: str | bytes) -> list[Command]:
     return _command_decoder.decode_lines(frame)
 
 
-def encode_push(push: Push) -> bytes:
-    return _encoder.encode(Reply(push=push))
-
-
 def strip_newlines(raw: Raw) -> Raw:
     """Make application JSON safe to embed in a newline-delimited frame.
 
@@ -385,3 +379,19 @@ def strip_newlines(raw: Raw) -> Raw:
     if b"\n" in data or b"\r" in data:
         return Raw(data.replace(b"\r", b"").replace(b"\n", b""))
     return raw
+
+
+def to_raw(value: Any) -> Raw:
+    """A Python value, or application JSON already as :class:`msgspec.Raw`, as wire JSON.
+
+    The one way the application's values become payloads (``data``, ``info``): JSON
+    without raw newlines, which would break the newline-delimited framing.
+    """
+    if isinstance(value, Raw):
+        return strip_newlines(value)
+    return Raw(_encoder.encode(value))  # msgspec escapes newlines inside strings
+
+
+def optional_raw(value: Any) -> Raw:
+    """:func:`to_raw`, with ``None`` as the absent payload (:data:`NO_DATA`)."""
+    return NO_DATA if value is None else to_raw(value)
