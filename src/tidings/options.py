@@ -239,25 +239,34 @@ class Config(_Options, frozen=True):
 
 
 _BOUNDS = (
-    ("gt", operator.gt, "greater than"),
-    ("ge", operator.ge, "at least"),
-    ("lt", operator.lt, "less than"),
-    ("le", operator.le, "at most"),
+    ("gt", operator.gt, ">"),
+    ("ge", operator.ge, ">="),
+    ("lt", operator.lt, "<"),
+    ("le", operator.le, "<="),
 )
+_BOUND_WORDS = {">": "greater than", ">=": "at least", "<": "less than", "<=": "at most"}
+
+
+def bound_message(key: str, comparison: str, bound: float) -> str:
+    """``client.x must be greater than 0``: what a bound of an option type says.
+
+    ``comparison`` is one of ``>``, ``>=``, ``<``, ``<=``, as msgspec writes it; the
+    loader (:mod:`tidings.app.config`) turns msgspec's own errors into this too.
+    """
+    return f"{key} must be {_BOUND_WORDS[comparison]} {bound:g}"
 
 
 def _bound_error(key: str, value: object, kind: Any) -> str | None:
     """What is wrong with ``value`` for an option of the bounded type ``kind``, if anything.
 
-    ``kind`` is a :mod:`msgspec.inspect` ``IntType``/``FloatType``; the message is
-    the one :mod:`tidings.app.config` makes of msgspec's own.
+    ``kind`` is a :mod:`msgspec.inspect` ``IntType``/``FloatType``.
     """
     if not isinstance(value, int | float):
         return None  # a value of the wrong type: the type checker's business
-    for name, holds, words in _BOUNDS:
+    for name, holds, comparison in _BOUNDS:
         bound = getattr(kind, name)
         if bound is not None and not holds(value, bound):
-            return f"{key} must be {words} {bound:g}, got {value!r}"
+            return f"{bound_message(key, comparison, bound)}, got {value!r}"
     return None
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..options import ChannelOptions, Config, ConfigError
+from ..options import ChannelOptions, Config, ConfigError, bound_message
 
 __all__ = ["load_config"]
 
@@ -162,9 +162,6 @@ def _convert(data: dict[str, Any], kind: type[T], where: str) -> T:
         raise ConfigError(_readable(str(exc), where, data)) from None
 
 
-_BOUND_WORDS = {">": "greater than", ">=": "at least", "<": "less than", "<=": "at most"}
-
-
 def _readable(message: str, where: str, data: Mapping[str, Any] | None = None) -> str:
     """Turn msgspec's ``<text> - at `$.client.x``` into ``client.x: <text>``.
 
@@ -180,7 +177,7 @@ def _readable(message: str, where: str, data: Mapping[str, Any] | None = None) -
         return f"unknown option {parent + '.' if parent else ''}{unknown.group(1)}"
     bound = re.fullmatch(r"Expected `(?:int|float)` (>=|>|<=|<) (\S+)", text)
     if bound and key:
-        words = f"{key} must be {_BOUND_WORDS[bound.group(1)]} {float(bound.group(2)):g}"
+        words = bound_message(key, bound.group(1), float(bound.group(2)))
         found = _lookup(data, path)
         return words if found is None else f"{words}, got {found[0]!r}"
     return f"{key.rstrip('.')}: {text}" if key else text
