@@ -587,26 +587,21 @@ class Encodings:
     (a payload that is not JSON, for a JSON client).
     """
 
-    __slots__ = ("push", "_codec", "_data", "_others")
+    __slots__ = ("push", "_encoded", "_codec", "_data")
 
     def __init__(self, push: Push) -> None:
         self.push = push
-        # Most channels have one codec: the last one is kept apart from the dict.
+        self._encoded: dict[Codec, bytes | None] = {}
+        # Most channels have one codec: the last one asked for is answered first.
         self._codec: Codec | None = None
         self._data: bytes | None = None
-        self._others: dict[Codec, bytes | None] | None = None
 
     def get(self, codec: Codec) -> bytes | None:
-        if codec is self._codec:
-            return self._data
-        others = self._others
-        if others is None:
-            others = self._others = {}
-        elif codec in others:
-            return others[codec]
-        data = others[codec] = encode_push(codec, self.push)
-        self._codec, self._data = codec, data
-        return data
+        if codec is not self._codec:
+            if codec not in self._encoded:
+                self._encoded[codec] = encode_push(codec, self.push)
+            self._codec, self._data = codec, self._encoded[codec]
+        return self._data
 
 
 def encode_push(codec: Codec, push: Push) -> bytes | None:
