@@ -37,7 +37,6 @@ from tidings.protocol.wire import (
     NO_DATA,
     ClientInfo,
     Command,
-    ConnectPush,
     ConnectRequest,
     ConnectResult,
     DisconnectPush,
@@ -487,7 +486,7 @@ REPLIES: dict[str, Reply] = {
     "push message": Reply(push=Push(message=MessagePush(data=raw('"hi"')))),
     "push connect": Reply(
         push=Push(
-            connect=ConnectPush(
+            connect=ConnectResult(
                 client="c1",
                 version="1",
                 data=raw("{}"),

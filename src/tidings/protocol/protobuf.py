@@ -35,7 +35,6 @@ from . import client_pb2 as pb
 from .wire import (
     ClientInfo,
     Command,
-    ConnectPush,
     ConnectRequest,
     ConnectResult,
     FilterNode,
@@ -360,7 +359,7 @@ def _push(message: pb.Push, push: Push) -> None:
     if push.message is not None:
         message.message.data = bytes(push.message.data)
     if push.connect is not None:
-        _connect_push(message.connect, push.connect)
+        _connect_result(message.connect, push.connect)
     if push.disconnect is not None:
         disconnect = message.disconnect
         disconnect.code = push.disconnect.code
@@ -403,7 +402,8 @@ def _subscribe_result(message: pb.SubscribeResult, result: SubscribeResult) -> N
     message.was_recovering = result.was_recovering
 
 
-def _connect_result(message: pb.ConnectResult, result: ConnectResult) -> None:
+def _connect_result(message: pb.ConnectResult | pb.Connect, result: ConnectResult) -> None:
+    """A connect reply, or a connect push (the same fields in a message of its own)."""
     message.client = result.client
     message.version = result.version
     message.expires = result.expires
@@ -415,19 +415,5 @@ def _connect_result(message: pb.ConnectResult, result: ConnectResult) -> None:
             _subscribe_result(subs[channel], sub)
     message.ping = result.ping
     message.pong = result.pong
-
-
-def _connect_push(message: pb.Connect, push: ConnectPush) -> None:
-    message.client = push.client
-    message.version = push.version
-    message.data = bytes(push.data)
-    if push.subs:
-        subs = message.subs
-        for channel, sub in push.subs.items():
-            _subscribe_result(subs[channel], sub)
-    message.expires = push.expires
-    message.ttl = push.ttl
-    message.ping = push.ping
-    message.pong = push.pong
-    message.session = push.session
-    message.node = push.node
+    message.session = result.session
+    message.node = result.node

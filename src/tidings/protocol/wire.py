@@ -223,6 +223,10 @@ class ConnectResult(_Wire):
     subs: dict[str, SubscribeResult] | None = None
     ping: Uint32 = 0
     pong: bool = False
+    session: str = ""
+    """Emulation and unidirectional transports: the session to send commands to."""
+    node: str = ""
+    """... and the node that holds it."""
 
 
 class Empty(_Wire):
@@ -291,21 +295,6 @@ class MessagePush(_Wire):
     data: Raw
 
 
-class ConnectPush(_Wire):
-    """The first push of a unidirectional connection (its connect result)."""
-
-    client: str
-    version: str
-    data: Raw = NO_DATA
-    subs: dict[str, SubscribeResult] | None = None
-    expires: bool = False
-    ttl: Uint32 = 0
-    ping: Uint32 = 0
-    pong: bool = False
-    session: str = ""
-    node: str = ""
-
-
 class DisconnectPush(_Wire):
     """A disconnect on emulation and unidirectional transports (WebSocket closes instead)."""
 
@@ -328,7 +317,8 @@ class Push(_Wire):
     unsubscribe: UnsubscribePush | None = None
     subscribe: SubscribePush | None = None
     message: MessagePush | None = None
-    connect: ConnectPush | None = None
+    connect: ConnectResult | None = None
+    """The first push of a unidirectional connection: its connect result."""
     disconnect: DisconnectPush | None = None
     refresh: RefreshPush | None = None
 
