@@ -1,4 +1,5 @@
-"""Tests for tidings.node.client.Client without a socket: its heartbeat deadlines.
+"""Tests for tidings.node.client.Client without a socket: its table of commands and its
+heartbeat deadlines.
 
 The client is driven with frames and loop times; what it writes goes to a list
 (the simplest :class:`~tidings.node.client.Transport`), so each deadline is checked
@@ -7,12 +8,20 @@ to the second without waiting for it.
 
 from __future__ import annotations
 
+import inspect
 import json
+import typing
+from typing import Any
 
-from tidings import Disconnect, MemoryBroker, load_config
+import pytest
+
+from tidings import ChannelOptions, Disconnect, MemoryBroker, load_config
 from tidings.node.auth import TokenVerifier
-from tidings.node.client import Client, Context
+from tidings.node.client import _COMMANDS, Client, Context
 from tidings.node.node import Node
+from tidings.protocol import client_pb2
+from tidings.protocol.session import COMMANDS, Method
+from tidings.protocol.wire import Command
 
 T0 = 1000.0  # loop time at which the connection was accepted
 
@@ -49,6 +58,95 @@ async def connect(client: Client) -> None:
 
 def pings(written: Written) -> int:
     return sum(1 for m in written.messages if m == {})
+
+
+# --- the table of commands ------------------------------------------------------------
+
+
+def test_every_command_of_the_protocol_has_a_row_in_both_tables() -> None:
+    """A method added to the wire (JSON or Protobuf) needs a session row and a handler."""
+    json_methods = set(Command.__struct_fields__) - {"id"}
+    protobuf_methods = set(client_pb2.Command.DESCRIPTOR.fields_by_name) - {"id", "ping"}
+    session_methods = [spec.method for spec in COMMANDS.values()]
+    assert json_methods == protobuf_methods == set(session_methods) == set(Method)
+    assert len(session_methods) == len(Method)
+    assert set(_COMMANDS) == set(Method)
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_each_handler_is_the_coroutine_of_its_method_and_takes_its_request(
+    method: Method,
+) -> None:
+    (request_type,) = (t for t, spec in COMMANDS.items() if spec.method is method)
+    handler = _COMMANDS[method].handler
+    assert inspect.iscoroutinefunction(handler)
+    assert handler.__name__ == f"_on_{method}"
+    assert typing.get_type_hints(handler)["request"] is request_type
+
+
+FEATURES = {
+    Method.SUBSCRIBE: "subscribe",
+    Method.PUBLISH: "publish",
+    Method.PRESENCE: "presence",
+    Method.PRESENCE_STATS: "presence",
+    Method.HISTORY: "history",
+}
+"""The methods that channel options permit, and the feature whose options do."""
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_the_permission_of_a_method_reads_the_options_of_its_feature(method: Method) -> None:
+    allow = _COMMANDS[method].allow
+    if method not in FEATURES:
+        assert allow is None
+        return
+    assert allow is not None
+    assert allow(ChannelOptions()) == (False, False, False)
+    for position, who in enumerate(("client", "subscriber", "anonymous")):
+        option = f"allow_{FEATURES[method]}_for_{who}"
+        if option in ChannelOptions.__struct_fields__:
+            expected = [False, False, False]
+            expected[position] = True
+            assert allow(ChannelOptions(**{option: True})) == tuple(expected), option
+
+
+ANSWERS: dict[Method, tuple[dict[str, Any], str | int | None]] = {
+    Method.CONNECT: ({}, "connect"),
+    Method.SUBSCRIBE: ({"channel": "a"}, 103),  # no allow_subscribe_* option
+    Method.UNSUBSCRIBE: ({"channel": "a"}, "unsubscribe"),
+    Method.PUBLISH: ({"channel": "a", "data": {}}, 103),
+    Method.PRESENCE: ({"channel": "a"}, 108),  # presence is off
+    Method.PRESENCE_STATS: ({"channel": "a"}, 108),
+    Method.HISTORY: ({"channel": "a"}, 108),  # no history
+    Method.RPC: ({"method": "m"}, 104),  # no rpc hook
+    Method.SEND: ({"data": {}}, None),  # never answered
+    Method.REFRESH: ({}, 3501),  # no token: closed
+    Method.SUB_REFRESH: ({"channel": "a"}, 103),  # not subscribed
+}
+"""What each method's handler answers a fresh anonymous client: a result, an error
+code, a close code, or nothing."""
+
+
+@pytest.mark.parametrize("method", list(Method))
+async def test_each_command_reaches_its_handler(method: Method) -> None:
+    request, answer = ANSWERS[method]
+    client, written = make_client()
+    if method is not Method.CONNECT:
+        await connect(client)
+    written.messages.clear()
+    await client.receive(json.dumps({"id": 2, method: request}))
+    if isinstance(answer, int) and answer >= 3000:
+        assert written.closed is not None and written.closed.code == answer
+        return
+    assert written.closed is None
+    if answer is None:
+        assert written.messages == []
+        return
+    (reply,) = written.messages
+    if isinstance(answer, int):
+        assert (reply["id"], reply["error"]["code"]) == (2, answer)
+    else:
+        assert reply["id"] == 2 and set(reply) == {"id", answer}
 
 
 async def test_a_client_that_never_connects_is_closed_stale_at_its_deadline() -> None:

@@ -70,6 +70,8 @@ class Client:
         self.raw: list[bytes] = []
         self.log: list[tuple[str, Any]] = []
         self.disconnects: list[int] = []
+        self.channels: list[str] = []
+        """Its record of subscriptions (``Subscriber.channels``): each reply adds one."""
 
     @property
     def id(self) -> str:
@@ -131,6 +133,7 @@ async def subscribe(
     def reply(result: SubscribeResult) -> None:
         results.append(result)
         client.log.append(("reply", result))
+        client.channels.append(channel)
 
     await node.subscribe(
         client,

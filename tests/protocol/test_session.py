@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
 import pytest
 
 from tidings import Error, ErrorCode
+from tidings.protocol import client_pb2
+from tidings.protocol.codecs import JSON, PROTOBUF, Codec
 from tidings.protocol.session import (
+    ACCEPTED_METHODS,
     CLOSED,
+    COMMANDS,
     CONNECTED,
     CONNECTING,
     FAILED,
     CloseConnection,
     CommandReceived,
+    Method,
     Session,
 )
-from tidings.protocol.wire import ConnectResult, Empty, SubscribePush, SubscribeResult
+from tidings.protocol.wire import (
+    Command,
+    ConnectResult,
+    Empty,
+    Reply,
+    SubscribePush,
+    SubscribeResult,
+)
 
 
 def frame(*commands: dict[str, Any]) -> str:
@@ -309,3 +322,87 @@ def test_error_replies_mark_temporary_errors() -> None:
     assert sent(session) == [
         {"id": 2, "error": {"code": 100, "message": "internal server error", "temporary": True}}
     ]
+
+
+# --- the table of commands ----------------------------------------------------------
+
+
+def _request_types_of_command() -> dict[str, type[Any]]:
+    """Command's method fields and the request type each holds (``X | None``)."""
+    hints = typing.get_type_hints(Command)
+    return {
+        name: next(t for t in typing.get_args(hint) if t is not type(None))
+        for name, hint in hints.items()
+        if name != "id"
+    }
+
+
+def test_every_method_field_of_command_is_a_row_named_after_it() -> None:
+    fields = _request_types_of_command()
+    assert len(COMMANDS) == len(fields) == len(Method)
+    for name, request_type in fields.items():
+        assert COMMANDS[request_type].method == name
+        assert COMMANDS[request_type].method is Method(name)
+
+
+def test_every_protobuf_command_field_is_a_row_except_the_ping_it_rejects() -> None:
+    fields = client_pb2.Command.DESCRIPTOR.fields_by_name
+    assert set(fields) - {"id", "ping"} == set(Method)
+    by_method = {spec.method: request_type for request_type, spec in COMMANDS.items()}
+    for method in Method:  # the same request message, by name
+        assert fields[method].message_type.name == by_method[method].__name__
+
+
+def test_each_answer_puts_the_result_in_the_reply_field_of_its_method() -> None:
+    replies = Reply.__struct_fields__
+    for spec in COMMANDS.values():
+        if spec.answer is None:
+            assert spec.method is Method.SEND and spec.method not in replies
+            continue
+        result = object()
+        reply = spec.answer(7, result)
+        assert reply.id == 7
+        assert [f for f in replies if getattr(reply, f) is not None] == ["id", spec.method]
+        assert getattr(reply, spec.method) is result
+        assert spec.method in client_pb2.Reply.DESCRIPTOR.fields_by_name
+
+
+def test_the_channel_column_marks_the_requests_that_have_a_channel() -> None:
+    for request_type, spec in COMMANDS.items():
+        assert spec.channel == ("channel" in request_type.__struct_fields__), spec.method
+
+
+def test_every_method_is_accepted_in_some_state() -> None:
+    assert frozenset().union(*ACCEPTED_METHODS.values()) == set(Method)
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_each_method_is_handed_out_as_itself_with_its_request_in_json_and_protobuf(
+    method: Method,
+) -> None:
+    (request_type,) = (t for t, spec in COMMANDS.items() if spec.method is method)
+    channel = {"channel": "a"} if COMMANDS[request_type].channel else {}
+    for codec in (JSON, PROTOBUF):
+        session = Session(codec)
+        receive = session.receive_binary if codec.binary else session.receive_text
+        if method is not Method.CONNECT:
+            receive(encoded(codec, 1, Method.CONNECT, {}))
+            assert isinstance(session.next_event(), CommandReceived)
+            session.reply(ConnectResult(client="c", version="0"))
+        receive(encoded(codec, 2, method, channel))
+        event = session.next_event()
+        assert isinstance(event, CommandReceived), (codec.name, event)
+        assert (event.id, event.method, type(event.request)) == (2, method, request_type)
+        assert getattr(event.request, "channel", "a") == "a"
+
+
+def encoded(codec: Codec, command_id: int, method: Method, request: dict[str, str]) -> bytes:
+    """A frame of one command, as an SDK of ``codec`` sends it."""
+    if codec is JSON:
+        return json.dumps({"id": command_id, method: request}).encode()
+    message = client_pb2.Command(id=command_id)
+    getattr(message, method).SetInParent()
+    for field, value in request.items():
+        setattr(getattr(message, method), field, value)
+    data = message.SerializeToString()
+    return bytes([len(data)]) + data

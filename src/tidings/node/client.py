@@ -1,9 +1,24 @@
 """One connected client: its session, its identity, and the commands it sends.
 
-:class:`Client` glues a sans-I/O :class:`~tidings._session.Session` to the
-:class:`~tidings._node.Node`: it checks tokens, permissions and hooks, runs each
+:class:`Client` glues a sans-I/O :class:`~tidings.protocol.session.Session` to the
+:class:`~tidings.node.node.Node`: it checks tokens, permissions and hooks, runs each
 command against the node and writes the answers through a :class:`Transport`.
 It knows no socket either; the server shell provides the transport.
+
+Each method runs from one explicit table, ``_COMMANDS`` (at the end of this module):
+:class:`~tidings.protocol.session.Method` -> its handler, and the channel options that
+permit it where Centrifugo has some (``allow_<feature>_for_client``, ``_for_subscriber``,
+``_for_anonymous``; :meth:`Client._may` applies them). ``tests/node/test_client.py``
+pins that every method of the protocol has a row.
+
+The client's subscriptions are recorded once, in ``session.channels`` (in order): the
+session puts a channel there when its subscribe is answered or pushed (or the connect
+reply lists it) and takes it out when its unsubscribe is answered or pushed. The node
+leaves them all when the client goes (:meth:`~tidings.node.node.Node.remove_client`),
+and keeps what a subscription needs (options, the client's info in the channel) in its
+own entry. A subscription the node made but the record never got (the connection ended
+while it was in progress, or the connect that asked for it failed) is left at once, by
+the code that asked for it (:meth:`Client._join`, ``_subscribe_server_side``).
 """
 
 from __future__ import annotations
@@ -15,10 +30,10 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 from msgspec import Raw
@@ -44,10 +59,22 @@ from ..protocol.codes import (
     Unsubscribe,
 )
 from ..protocol.session import (
+    CONNECT,
     CONNECTED,
     CONNECTING,
+    HISTORY,
+    PRESENCE,
+    PRESENCE_STATS,
+    PUBLISH,
+    REFRESH,
+    RPC,
+    SEND,
+    SUB_REFRESH,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
     CloseConnection,
     CommandReceived,
+    Method,
     Result,
     Session,
 )
@@ -132,15 +159,6 @@ class Context:
     """Shared by handshakes and received messages: see :class:`~tidings._limits.Turns`."""
 
 
-@dataclass(slots=True)
-class _ChannelGrant:
-    """What a client holds in a channel it subscribed to."""
-
-    options: ChannelOptions
-    chan_info: Raw
-    expire_at: int = 0
-
-
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 TURNS_PER_ITERATION = 64
@@ -176,7 +194,6 @@ class Client:
         self.conn_info = NO_DATA
         self.expire_at = 0
         self.closed = False
-        self._grants: dict[str, _ChannelGrant] = {}
         self._held: list[bytes] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] | None = None  # made on first use
@@ -190,6 +207,11 @@ class Client:
     @property
     def codec(self) -> Codec:
         return self.session.codec
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels this client is subscribed to: the session's record of them."""
+        return self.session.channels
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user!r}>"
@@ -229,7 +251,7 @@ class Client:
                 continue
             self._rejected = 0
             await self._handle(event)
-            if event.id and event.method != "send":
+            if event.id and event.method is not SEND:
                 self.metrics.sent_reply.inc()
             self._flush()
 
@@ -246,9 +268,8 @@ class Client:
             self._flush()
 
     async def _handle(self, event: CommandReceived) -> None:
-        handler: Callable[[Any], Awaitable[Result | None]] = getattr(self, f"_on_{event.method}")
         try:
-            result = await handler(event.request)
+            result = await _COMMANDS[event.method].handler(self, event.request)
         except Error as error:
             self.metrics.command_errors.labels(str(error.code)).inc()
             if event.id:
@@ -358,7 +379,7 @@ class Client:
         for task in self._background or ():
             task.cancel()
         self.metrics.disconnects.labels(str(code)).inc()
-        channels = list(self.session.channels)
+        channels = self.session.channels
         await self.node.remove_client(self)
         if not self.session.client_id:
             return  # never connected: nothing to tell the hooks
@@ -430,6 +451,9 @@ class Client:
         except BaseException:
             self._held = None
             raise
+        if self.closed:  # the connection ended meanwhile: nothing to answer
+            self._held = None
+            return
         # With a refresh hook the server extends the connection itself, so the
         # client is not asked to refresh (no expires/ttl), as in Centrifugo.
         client_refreshes = bool(self.expire_at) and self.hooks.refresh is None
@@ -454,26 +478,35 @@ class Client:
     async def _subscribe_server_side(
         self, channels: dict[str, ChannelOptions], request: ConnectRequest
     ) -> dict[str, SubscribeResult]:
-        """Subscribe to the token's channels, recovering where ``connect.subs`` says."""
+        """Subscribe to the token's channels, recovering where ``connect.subs`` says.
+
+        The connect reply records them in the session. When it is not to come (a
+        subscribe failed, or the connection ended), those subscribed so far are left.
+        """
         results: dict[str, SubscribeResult] = {}
-        for channel, options in channels.items():
-            recover = request.subs.get(channel)
-            recovery = Recovery(
-                recover=recover is not None and recover.recover,
-                position=StreamPosition(recover.offset, recover.epoch)
-                if recover
-                else StreamPosition(),
-            )
-            self._grants[channel] = _ChannelGrant(options, NO_DATA)
-            await self.node.subscribe(
-                self,
-                channel,
-                options,
-                info=self._info(channel),
-                recovery=recovery,
-                push_join_leave=options.force_push_join_leave,
-                reply=functools.partial(results.__setitem__, channel),
-            )
+        try:
+            for channel, options in channels.items():
+                if self.closed:
+                    break
+                recover = request.subs.get(channel)
+                recovery = Recovery(
+                    recover=recover is not None and recover.recover,
+                    position=StreamPosition(recover.offset, recover.epoch)
+                    if recover
+                    else StreamPosition(),
+                )
+                await self.node.subscribe(
+                    self,
+                    channel,
+                    options,
+                    info=self._info(),
+                    recovery=recovery,
+                    push_join_leave=options.force_push_join_leave,
+                    reply=functools.partial(results.__setitem__, channel),
+                )
+        finally:
+            if self.closed or len(results) < len(channels):  # no connect reply to come
+                await self._leave(results)
         return results
 
     async def _on_refresh(self, request: RefreshRequest) -> RefreshResult:
@@ -515,49 +548,77 @@ class Client:
             decision = await self.hooks.subscribe(event)
             if decision is not None:
                 chan_info, data = optional_raw(decision.info), optional_raw(decision.data)
-        elif not self._allowed(
-            options.allow_subscribe_for_client, options.allow_subscribe_for_anonymous
-        ):
+        elif not self._may(SUBSCRIBE, options, subscribed=False):
             raise Error(ErrorCode.PERMISSION_DENIED)
-        self._grants[channel] = _ChannelGrant(options, chan_info, expire_at)
         push_join_leave = options.force_push_join_leave or (
-            request.join_leave and options.join_leave and self._may(channel, options, "presence")
+            request.join_leave
+            and options.join_leave
+            and self._may(PRESENCE, options, subscribed=True)
         )
 
         def reply(result: SubscribeResult) -> None:
+            if self.closed:
+                return  # nothing to answer or record: _join leaves the channel
             if expire_at:
                 result.expires, result.ttl = True, self._ttl(expire_at)
             result.data = data
             self.session.reply(result)
             self._flush()
 
+        await self._join(
+            channel,
+            options,
+            chan_info=chan_info,
+            recovery=Recovery(
+                recover=request.recover,
+                position=StreamPosition(request.offset, request.epoch),
+                recoverable=request.recoverable,
+                positioned=request.positioned,
+            ),
+            push_join_leave=push_join_leave,
+            reply=reply,
+        )
+
+    async def _join(
+        self,
+        channel: str,
+        options: ChannelOptions,
+        *,
+        chan_info: Raw,
+        recovery: Recovery,
+        push_join_leave: bool,
+        reply: Callable[[SubscribeResult], None],
+    ) -> None:
+        """Subscribe on the node; ``reply`` records the subscription in the session.
+
+        A reply that finds the client closed records nothing: the subscription is left
+        here, since the client's cleanup leaves only the channels of the record.
+        """
         try:
             await self.node.subscribe(
                 self,
                 channel,
                 options,
-                info=self._info(channel),
-                recovery=Recovery(
-                    recover=request.recover,
-                    position=StreamPosition(request.offset, request.epoch),
-                    recoverable=request.recoverable,
-                    positioned=request.positioned,
-                ),
+                info=self._info(chan_info),
+                recovery=recovery,
                 push_join_leave=push_join_leave,
                 reply=reply,
             )
-        except BaseException:
-            self._grants.pop(channel, None)
-            raise
+        finally:
+            if self.closed and channel not in self.session.channels:
+                await self._leave((channel,))
+
+    async def _leave(self, channels: Iterable[str]) -> None:
+        """Leave channels the node subscribed this client to but the record lacks."""
+        for channel in channels:
+            await self.node.unsubscribe(self, channel)
 
     async def _on_sub_refresh(self, request: SubRefreshRequest) -> SubRefreshResult:
-        grant = self._grants.get(request.channel)
-        if grant is None or request.channel not in self.session.channels:
+        if request.channel not in self.session.channels:
             raise Error(ErrorCode.PERMISSION_DENIED)
         if not request.token:
             raise Error(ErrorCode.BAD_REQUEST)
         token = self._verify_subscribe(request.token, request.channel)
-        grant.expire_at = token.expire_at
         return SubRefreshResult(expires=bool(token.expire_at), ttl=self._ttl(token.expire_at))
 
     async def _on_unsubscribe(self, request: UnsubscribeRequest) -> Empty:
@@ -580,27 +641,20 @@ class Client:
                 if reply.data is not None:
                     data = to_raw(reply.data)
                 skip_history = reply.skip_history
-        elif not (
-            self._allowed(options.allow_publish_for_client, options.allow_publish_for_anonymous)
-            or (
-                channel in self.session.channels
-                and self._allowed(
-                    options.allow_publish_for_subscriber, options.allow_publish_for_anonymous
-                )
-            )
-        ):
+        elif not self._may(PUBLISH, options, channel in self.session.channels):
             raise Error(ErrorCode.PERMISSION_DENIED)
-        await self.node.publish(
-            channel, data, options, info=self._info(channel), skip_history=skip_history
-        )
+        # The client's info in the channel, if it is subscribed: the node's subscription has it.
+        subscribed = self.node.subscription_info(self.id, channel)
+        info = self._info(subscribed.chan_info if subscribed is not None else NO_DATA)
+        await self.node.publish(channel, data, options, info=info, skip_history=skip_history)
         return Empty()
 
     async def _on_presence(self, request: PresenceRequest) -> PresenceResult:
-        self._check_presence(request.channel)
+        self._check_presence(PRESENCE, request.channel)
         return PresenceResult(presence=await self.node.presence(request.channel))
 
     async def _on_presence_stats(self, request: PresenceStatsRequest) -> PresenceStatsResult:
-        self._check_presence(request.channel)
+        self._check_presence(PRESENCE_STATS, request.channel)
         stats = await self.node.presence_stats(request.channel)
         return PresenceStatsResult(num_clients=stats.num_clients, num_users=stats.num_users)
 
@@ -609,7 +663,7 @@ class Client:
         options = channel_options(self.config, channel)
         if not options.history_enabled:
             raise Error(ErrorCode.NOT_AVAILABLE)
-        if not self._may(channel, options, "history"):
+        if not self._may(HISTORY, options, channel in self.session.channels):
             raise Error(ErrorCode.PERMISSION_DENIED)
         if request.reverse and request.since is not None and request.since.offset == 0:
             raise Error(ErrorCode.BAD_REQUEST, "reverse history needs since.offset")
@@ -646,9 +700,10 @@ class Client:
         if channel in self.session.channels or self.closed:
             return
         options = channel_options(self.config, channel)
-        self._grants[channel] = _ChannelGrant(options, info)
 
         def reply(result: SubscribeResult) -> None:
+            if self.closed:
+                return  # nothing to push or record: _join leaves the channel
             push = SubscribePush(
                 recoverable=result.recoverable,
                 epoch=result.epoch,
@@ -665,11 +720,10 @@ class Client:
                     return
                 self.deliver(encoded)
 
-        await self.node.subscribe(
-            self,
+        await self._join(
             channel,
             options,
-            info=self._info(channel),
+            chan_info=info,
             recovery=Recovery(
                 recover=recover_since is not None, position=recover_since or StreamPosition()
             ),
@@ -739,36 +793,31 @@ class Client:
             raise Error(ErrorCode.TOKEN_EXPIRED)
         return claims
 
-    def _allowed(self, for_client: bool, for_anonymous: bool) -> bool:
-        """Centrifugo's rule: anonymous clients need the ``_for_anonymous`` option too."""
-        return for_client and (bool(self.user) or for_anonymous)
-
-    def _may(self, channel: str, options: ChannelOptions, what: str) -> bool:
-        for_client = getattr(options, f"allow_{what}_for_client")
-        for_subscriber = getattr(options, f"allow_{what}_for_subscriber")
-        for_anonymous = getattr(options, f"allow_{what}_for_anonymous")
+    def _may(self, method: Method, options: ChannelOptions, subscribed: bool) -> bool:
+        """Centrifugo's rule, from the method's options (``_COMMANDS``): allowed for
+        clients, or for subscribers when ``subscribed``; anonymous clients need the
+        ``_for_anonymous`` option too."""
+        allow = _COMMANDS[method].allow
+        assert allow is not None, f"{method} has no permission options"
+        for_client, for_subscriber, for_anonymous = allow(options)
         if not self.user and not for_anonymous:
             return False
-        return bool(for_client or (for_subscriber and channel in self._grants))
+        return for_client or (for_subscriber and subscribed)
 
-    def _check_presence(self, channel: str) -> None:
+    def _check_presence(self, method: Method, channel: str) -> None:
         options = channel_options(self.config, channel)
         if not options.presence:
             raise Error(ErrorCode.NOT_AVAILABLE)
-        if not self._may(channel, options, "presence"):
+        if not self._may(method, options, channel in self.session.channels):
             raise Error(ErrorCode.PERMISSION_DENIED)
 
-    def _info(self, channel: str) -> ClientInfo:
-        grant = self._grants.get(channel)
+    def _info(self, chan_info: Raw = NO_DATA) -> ClientInfo:
+        """This client's info, with ``chan_info`` for a channel."""
         return ClientInfo(
-            user=self.user,
-            client=self.id,
-            conn_info=self.conn_info,
-            chan_info=grant.chan_info if grant is not None else NO_DATA,
+            user=self.user, client=self.id, conn_info=self.conn_info, chan_info=chan_info
         )
 
     async def _unsubscribed(self, channel: str, unsubscribe: Unsubscribe) -> None:
-        self._grants.pop(channel, None)
         if self.hooks.unsubscribe is not None:
             event = UnsubscribeEvent(self.id, self.user, channel, *unsubscribe)
             await self._observe(self.hooks.unsubscribe(event))
@@ -832,3 +881,63 @@ def _decode(data: Raw) -> Any:
         return msgspec.json.decode(data)
     except msgspec.DecodeError:
         return bytes(data)
+
+
+# --- the table of commands ---------------------------------------------------------
+
+_Allow = tuple[bool, bool, bool]
+"""A channel feature's permission options: for clients, subscribers, anonymous clients."""
+
+
+def _allow_subscribe(options: ChannelOptions) -> _Allow:
+    return options.allow_subscribe_for_client, False, options.allow_subscribe_for_anonymous
+
+
+def _allow_publish(options: ChannelOptions) -> _Allow:
+    return (
+        options.allow_publish_for_client,
+        options.allow_publish_for_subscriber,
+        options.allow_publish_for_anonymous,
+    )
+
+
+def _allow_presence(options: ChannelOptions) -> _Allow:
+    return (
+        options.allow_presence_for_client,
+        options.allow_presence_for_subscriber,
+        options.allow_presence_for_anonymous,
+    )
+
+
+def _allow_history(options: ChannelOptions) -> _Allow:
+    return (
+        options.allow_history_for_client,
+        options.allow_history_for_subscriber,
+        options.allow_history_for_anonymous,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """A row of :data:`_COMMANDS`: how a client runs one method."""
+
+    handler: Callable[[Client, Any], Awaitable[Result | None]]
+    """Its result is the answer; None: answered already (connect, subscribe) or never (send)."""
+    allow: Callable[[ChannelOptions], _Allow] | None = None
+    """The channel options that permit it (:meth:`Client._may`), where there are some."""
+
+
+_COMMANDS: Final[Mapping[Method, _Command]] = {
+    CONNECT: _Command(Client._on_connect),
+    SUBSCRIBE: _Command(Client._on_subscribe, _allow_subscribe),
+    UNSUBSCRIBE: _Command(Client._on_unsubscribe),
+    PUBLISH: _Command(Client._on_publish, _allow_publish),
+    PRESENCE: _Command(Client._on_presence, _allow_presence),
+    PRESENCE_STATS: _Command(Client._on_presence_stats, _allow_presence),
+    HISTORY: _Command(Client._on_history, _allow_history),
+    RPC: _Command(Client._on_rpc),
+    SEND: _Command(Client._on_send),
+    REFRESH: _Command(Client._on_refresh),
+    SUB_REFRESH: _Command(Client._on_sub_refresh),
+}
+"""Method -> its handler and permission (module docstring)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -81,6 +81,13 @@ class Subscriber(Protocol):
     @property
     def codec(self) -> Codec:
         """How the client's messages are encoded."""
+        ...
+
+    @property
+    def channels(self) -> Collection[str]:
+        """The channels it is subscribed to: its one record of them. The node only reads
+        it, to leave them all when the client goes (:meth:`Node.remove_client`); a
+        subscription that never made it into the record is the subscriber's to leave."""
         ...
 
     def deliver(self, data: bytes) -> None:
@@ -161,9 +168,6 @@ class Node(Generic[C]):
         self._channels: dict[str, _Channel] = {}
         self._clients: dict[str, C] = {}
         self._users: dict[str, set[str]] = {}
-        # Tuples, not sets: most clients have a channel or a few, and a set costs
-        # 216 bytes of every idle connection (membership tests stay short).
-        self._client_channels: dict[str, tuple[str, ...]] = {}
         self._routing: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -200,10 +204,9 @@ class Node(Generic[C]):
         self._users.setdefault(client.user, set()).add(client.id)
 
     async def remove_client(self, client: C) -> None:
-        """Forget a disconnected client: leave all its channels."""
-        for channel in list(self._client_channels.get(client.id, ())):
+        """Forget a disconnected client: leave all its channels (``client.channels``)."""
+        for channel in tuple(client.channels):
             await self.unsubscribe(client, channel)
-        self._client_channels.pop(client.id, None)
         if self._clients.pop(client.id, None) is not None:
             ids = self._users.get(client.user)
             if ids is not None:
@@ -267,9 +270,6 @@ class Node(Generic[C]):
             self._reroute(channel, self._route(channel, entry))
         subscription = _Subscription(subscriber, info, options, push_join_leave)
         entry.subscriptions[subscriber.id] = subscription
-        channels = self._client_channels.get(subscriber.id, ())
-        if channel not in channels:
-            self._client_channels[subscriber.id] = (*channels, channel)
         try:
             await asyncio.shield(entry.routed)
             result = await self._position(channel, options, recovery or Recovery())
@@ -392,9 +392,6 @@ class Node(Generic[C]):
             await self._broker_call(self.broker.publish_leave(channel, subscription.info))
 
     def _drop(self, channel: str, client_id: str) -> _Subscription | None:
-        channels = self._client_channels.get(client_id)
-        if channels is not None and channel in channels:
-            self._client_channels[client_id] = tuple(c for c in channels if c != channel)
         entry = self._channels.get(channel)
         if entry is None:
             return None
@@ -422,7 +419,14 @@ class Node(Generic[C]):
         task.add_done_callback(self._background.discard)
 
     def is_subscribed(self, client_id: str, channel: str) -> bool:
-        return channel in self._client_channels.get(client_id, ())
+        """Whether the client has a subscription to ``channel`` here (live or starting)."""
+        return self.subscription_info(client_id, channel) is not None
+
+    def subscription_info(self, client_id: str, channel: str) -> ClientInfo | None:
+        """The info the client subscribed to ``channel`` with, if it has a subscription."""
+        entry = self._channels.get(channel)
+        subscription = entry.subscriptions.get(client_id) if entry is not None else None
+        return subscription.info if subscription is not None else None
 
     # --- publishing --------------------------------------------------------------
 

@@ -32,13 +32,34 @@ nothing about permissions. It answers on its own:
 
 Rule 3: the state only changes through the tables below, when a command is
 answered or when the connection is closed. ``CLOSED`` is final.
+
+The tables
+----------
+Everything the session knows about a method is in three explicit tables, never in a
+method's name looked up as a string:
+
+* :data:`COMMANDS`, request type -> :class:`CommandSpec`: which :class:`Method` a
+  decoded command is (a :class:`~.wire.Command` carries one request, and its type says
+  which), and how its result is answered (the result's field in :class:`~.wire.Reply`).
+  The client runs each method from its own table keyed by :class:`Method`
+  (``tidings.node.client``); ``tests/node/test_client.py`` pins that every field of
+  ``Command``, JSON and Protobuf, has a row here and a handler there;
+* :data:`ACCEPTED_METHODS`, state -> the methods it accepts (Rule 2);
+* :data:`TRANSITIONS`, (state, method) -> the state after a result or an error (Rule 3).
+
+:attr:`Session.channels` is the one record of the connection's subscriptions: the
+client reads it for permissions, the node to leave them all when the client goes.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from msgspec.structs import astuple
 
 from .codecs import JSON, Codec
 from .codes import (
@@ -50,7 +71,6 @@ from .codes import (
     Unsubscribe,
 )
 from .wire import (
-    METHODS,
     Command,
     ConnectRequest,
     ConnectResult,
@@ -79,21 +99,28 @@ from .wire import (
     UnsubscribeRequest,
 )
 
-__all__ = ["CloseConnection", "CommandReceived", "Request", "Result", "Session", "State"]
+__all__ = [
+    "CloseConnection",
+    "CommandReceived",
+    "CommandSpec",
+    "Method",
+    "Request",
+    "Result",
+    "Session",
+    "State",
+]
 
-Request = (
-    ConnectRequest
-    | SubscribeRequest
+ChannelRequest = (
+    SubscribeRequest
     | UnsubscribeRequest
     | PublishRequest
     | PresenceRequest
     | PresenceStatsRequest
     | HistoryRequest
-    | RPCRequest
-    | SendRequest
-    | RefreshRequest
     | SubRefreshRequest
 )
+"""The requests that name a channel (``CommandSpec.channel``)."""
+Request = ConnectRequest | RPCRequest | SendRequest | RefreshRequest | ChannelRequest
 Result = (
     ConnectResult
     | SubscribeResult
@@ -117,15 +144,75 @@ class State(enum.Enum):
 CONNECTING, CONNECTED, FAILED, CLOSED = State
 
 
-@dataclass(frozen=True, slots=True)
-class CommandReceived:
-    """A command the application must act on, then answer (unless ``id`` is 0).
+class Method(enum.StrEnum):
+    """A command method: its key on the wire, its field in ``Command`` and ``Reply``.
 
-    ``method`` is the command's key on the wire (``"subscribe"``, ...).
+    A :class:`str`, so that it equals (and hashes as) that key.
     """
 
+    CONNECT = "connect"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    PUBLISH = "publish"
+    PRESENCE = "presence"
+    PRESENCE_STATS = "presence_stats"
+    HISTORY = "history"
+    RPC = "rpc"
+    SEND = "send"
+    REFRESH = "refresh"
+    SUB_REFRESH = "sub_refresh"
+
+
+(
+    CONNECT,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    PUBLISH,
+    PRESENCE,
+    PRESENCE_STATS,
+    HISTORY,
+    RPC,
+    SEND,
+    REFRESH,
+    SUB_REFRESH,
+) = Method
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A row of :data:`COMMANDS`: what the protocol says of one method."""
+
+    method: Method
+    channel: bool
+    """The request names a channel, which Rule 2 checks."""
+    answer: Callable[[int, Any], Reply] | None
+    """The reply to command ``id`` with its result; None: never answered (``send``)."""
+
+
+COMMANDS: Final[Mapping[type[Request], CommandSpec]] = {
+    ConnectRequest: CommandSpec(CONNECT, False, lambda id, r: Reply(id=id, connect=r)),
+    SubscribeRequest: CommandSpec(SUBSCRIBE, True, lambda id, r: Reply(id=id, subscribe=r)),
+    UnsubscribeRequest: CommandSpec(UNSUBSCRIBE, True, lambda id, r: Reply(id=id, unsubscribe=r)),
+    PublishRequest: CommandSpec(PUBLISH, True, lambda id, r: Reply(id=id, publish=r)),
+    PresenceRequest: CommandSpec(PRESENCE, True, lambda id, r: Reply(id=id, presence=r)),
+    PresenceStatsRequest: CommandSpec(
+        PRESENCE_STATS, True, lambda id, r: Reply(id=id, presence_stats=r)
+    ),
+    HistoryRequest: CommandSpec(HISTORY, True, lambda id, r: Reply(id=id, history=r)),
+    RPCRequest: CommandSpec(RPC, False, lambda id, r: Reply(id=id, rpc=r)),
+    SendRequest: CommandSpec(SEND, False, None),
+    RefreshRequest: CommandSpec(REFRESH, False, lambda id, r: Reply(id=id, refresh=r)),
+    SubRefreshRequest: CommandSpec(SUB_REFRESH, True, lambda id, r: Reply(id=id, sub_refresh=r)),
+}
+"""Request type -> what the protocol says of its method (module docstring, "The tables")."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """A command the application must act on, then answer (unless ``id`` is 0)."""
+
     id: int
-    method: str
+    method: Method
     request: Request
 
 
@@ -141,25 +228,21 @@ class CloseConnection:
 Event = CommandReceived | CloseConnection
 
 # Which methods each state accepts; any other method closes with 3501.
-_CLIENT_METHODS = frozenset(METHODS) - {"connect"}
-ACCEPTED_METHODS: dict[State, frozenset[str]] = {
-    CONNECTING: frozenset({"connect"}),
-    CONNECTED: _CLIENT_METHODS,
+ACCEPTED_METHODS: dict[State, frozenset[Method]] = {
+    CONNECTING: frozenset({CONNECT}),
+    CONNECTED: frozenset(Method) - {CONNECT},
     FAILED: frozenset(),
     CLOSED: frozenset(),
 }
 
 # (state, method) -> (state after a result, state after an error). Methods not
 # listed leave the state as it is.
-TRANSITIONS: dict[tuple[State, str], tuple[State, State]] = {
-    (CONNECTING, "connect"): (CONNECTED, FAILED),
+TRANSITIONS: dict[tuple[State, Method], tuple[State, State]] = {
+    (CONNECTING, CONNECT): (CONNECTED, FAILED),
 }
 
 _CHANNEL_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 """Channel names are printable ASCII without spaces (as Centrifugo's default)."""
-_METHODS_WITH_CHANNEL = frozenset(
-    {"subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history", "sub_refresh"}
-)
 
 
 class Session:
@@ -181,7 +264,8 @@ class Session:
         self.client_id = ""
         """Set from the connect result."""
         self.channels: tuple[str, ...] = ()
-        """Channels this connection is subscribed to (client- and server-side), in order.
+        """Channels this connection is subscribed to (client- and server-side), in order:
+        the one record of its subscriptions (module docstring, "The tables").
 
         A tuple: 48 bytes for one channel where a set takes 216, and an idle
         connection is mostly this kind of thing (``bench/memprofile.py``).
@@ -245,7 +329,7 @@ class Session:
                 continue
             if isinstance(event, CloseConnection):
                 return self._closed(event)
-            if event.id and event.method != "send":  # a send is never answered
+            if event.id and event.method is not SEND:  # a send is never answered
                 self._pending = event
             return event
         return None
@@ -258,19 +342,20 @@ class Session:
         after = TRANSITIONS.get((self.state, event.method))
         if after is not None:
             self.state = after[0]
+        request = event.request
         if isinstance(result, ConnectResult):
             self.client_id = result.client
             for channel in result.subs or ():
                 self._add(channel)
-        elif event.method == "subscribe":
-            assert isinstance(event.request, SubscribeRequest)
-            self._add(event.request.channel)
-        elif event.method == "unsubscribe":
-            assert isinstance(event.request, UnsubscribeRequest)
-            self._discard(event.request.channel)
-        reply = Reply(id=event.id)
-        setattr(reply, event.method, result)
-        self._output.append(self.codec.encode(reply))
+        elif event.method is SUBSCRIBE:
+            assert isinstance(request, SubscribeRequest)
+            self._add(request.channel)
+        elif event.method is UNSUBSCRIBE:
+            assert isinstance(request, UnsubscribeRequest)
+            self._discard(request.channel)
+        answer = COMMANDS[type(request)].answer
+        assert answer is not None, "a send is never pending"
+        self._output.append(self.codec.encode(answer(event.id, result)))
 
     def reply_error(self, error: Error) -> None:
         """Answer the pending command with an error (the connection stays)."""
@@ -322,21 +407,27 @@ class Session:
 
     def _check(self, command: Command) -> Event | None:
         """Validate one command against the protocol rules (module docstring)."""
-        method = next((name for name in METHODS if getattr(command, name) is not None), None)
-        if method is None or (command.id == 0 and method != "send"):
-            if method is None and command.id == 0:
+        # The request is the first field set after the id; its type says the method.
+        request: Request
+        spec: CommandSpec | None = None
+        for request in astuple(command)[1:]:
+            if request is not None:
+                spec = COMMANDS[type(request)]
+                break
+        if spec is None or (command.id == 0 and spec.method is not SEND):
+            if spec is None and command.id == 0:
                 return self._pong()
             return _close(DISCONNECT_BAD_REQUEST, f"command {command.id}: no known method")
-        if method == "send":
+        method = spec.method
+        if method is SEND:
             if self.state is not CONNECTED:
                 return _close(DISCONNECT_BAD_REQUEST, f"send in state {self.state.value}")
         elif method not in ACCEPTED_METHODS[self.state]:
             return _close(
                 DISCONNECT_BAD_REQUEST, f"{method} (id {command.id}) in state {self.state.value}"
             )
-        request: Request = getattr(command, method)
-        if method in _METHODS_WITH_CHANNEL:
-            channel: str = getattr(request, "channel", "")
+        if spec.channel:
+            channel = cast(ChannelRequest, request).channel
             if not channel:
                 return _close(DISCONNECT_BAD_REQUEST, f"{method} (id {command.id}): empty channel")
             if len(channel) > self.channel_max_length:
@@ -345,7 +436,7 @@ class Session:
             if not _CHANNEL_CHARACTERS.fullmatch(channel):
                 self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, "invalid channel name"))
                 return None
-            if method == "subscribe":
+            if method is SUBSCRIBE:
                 if channel in self.channels:
                     self._send_error(command.id, Error(ErrorCode.ALREADY_SUBSCRIBED))
                     return None
