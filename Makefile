@@ -29,6 +29,13 @@ $(WEB_BUILT): $(WEB_DEPS) $(WEB_SOURCES)
 	cd web && $(NPM) run build
 	touch $(WEB_BUILT)
 
+# The centrifuge-js SDK (in Node) for tests/e2e/test_sdk_js.py.
+E2E_JS_DEPS := tests/e2e/js/node_modules/.installed
+
+$(E2E_JS_DEPS): tests/e2e/js/package.json tests/e2e/js/package-lock.json
+	cd tests/e2e/js && $(NPM) ci --no-audit --no-fund
+	touch $(E2E_JS_DEPS)
+
 # An app folder removed by hand (the stamp still there) is built again too.
 web: $(WEB_BUILT)
 	@for f in $(WEB_APPS); do test -f $$f || { rm -f $(WEB_BUILT); $(MAKE) --no-print-directory $(WEB_BUILT); break; }; done
@@ -36,7 +43,7 @@ web: $(WEB_BUILT)
 run: install web
 	$(BIN)/tidings serve --dev
 
-test: install web
+test: install web $(E2E_JS_DEPS)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
