@@ -99,7 +99,7 @@ class Spec:
 
     name: str
     label: str
-    mode: str  # wsbench protocol: centrifugo, plain, socketio
+    mode: str  # wsbench protocol of the subscribers: centrifugo, centrifugo-pb, plain, socketio
     sub_path: str
     pub_path: str
     argv: Callable[[int, int, str | None], list[str]]  # (port, api_port, redis_url)
@@ -108,6 +108,7 @@ class Spec:
     redis: bool = False
     channels: bool = True  # can route to many channels
     startup: float = 30.0
+    pub_mode: str | None = None  # the publisher's protocol, when not the subscribers'
 
 
 def _tidings(config: str, *extra: str) -> Callable[[int, int, str | None], list[str]]:
@@ -141,12 +142,19 @@ SPECS: dict[str, Spec] = {
     for s in [
         Spec("tidings", "tidings", "centrifugo", "/connection/websocket", "/connection/websocket",
              _tidings("tidings-bench.toml")),
+        # The same server, subscribers speaking Protobuf (subprotocol centrifuge-protobuf); the
+        # publisher stays on JSON so that both rows pay the same publishing cost and differ only
+        # in what the fan-out encodes and writes (the publication's data is the same JSON bytes).
+        Spec("tidings-pb", "tidings, Protobuf", "centrifugo-pb", "/connection/websocket",
+             "/connection/websocket", _tidings("tidings-bench.toml"), pub_mode="centrifugo"),
         Spec("seed", "websockets broadcast() (seed)", "plain", "/", "/pub",
              lambda p, a, r: [str(PEERS_PY), "ws_broadcast.py", "--port", str(p)], cwd=PEERS,
              channels=False),
         Spec("seed-uvloop", "seed on uvloop", "plain", "/", "/pub",
              lambda p, a, r: [str(PEERS_PY), "ws_broadcast.py", "--port", str(p), "--uvloop"],
              cwd=PEERS, channels=False),
+        Spec("seed-rooms", "seed pattern, a set per room", "plain", "/%s", "/pub",
+             lambda p, a, r: [str(PEERS_PY), "ws_rooms.py", "--port", str(p)], cwd=PEERS),
         Spec("queue", "websockets per-connection queue", "plain", "/", "/pub",
              lambda p, a, r: [str(PEERS_PY), "ws_queue.py", "--port", str(p)], cwd=PEERS,
              channels=False),
@@ -318,6 +326,7 @@ def wsbench(
     pub_conns: int = 1,
     pub_server: Server | None = None,
     inflight: int = 100,
+    p99_limit: float = P99_LIMIT_MS,
     connect_timeout: float = 60.0,
     max_seconds: float = 300.0,
     cores: str = GEN_CORES,
@@ -326,11 +335,12 @@ def wsbench(
     pub = pub_server or server
     args = [
         str(WSBENCH), "--port", str(server.port), "--mode", spec.mode, "--path", spec.sub_path,
-        "--pub-port", str(pub.port), "--pub-path", pub.spec.pub_path, "--pub-mode", pub.spec.mode,
+        "--pub-port", str(pub.port), "--pub-path", pub.spec.pub_path,
+        "--pub-mode", pub.spec.pub_mode or pub.spec.mode,
         "--pub-conns", str(pub_conns), "--conns", str(conns), "--channels", str(channels),
         "--size", str(size), "--step", str(step), "--drain", str(drain), "--settle", str(settle),
         "--gap", str(gap), "--inflight", str(inflight), "--connect-timeout", str(connect_timeout),
-        "--p99-limit-ms", str(P99_LIMIT_MS), "--max-seconds", str(max_seconds),
+        "--p99-limit-ms", f"{p99_limit:g}", "--max-seconds", str(max_seconds),
     ]  # fmt: skip
     if rates:
         args += ["--rates", ",".join(f"{r:g}" for r in rates)]
@@ -482,6 +492,13 @@ class Plan:
     # limit while everything is delivered with p99 under this, to show the throughput limit)
     fanout_cases: list[tuple[int, int, float, int, float]]
     extra_fanout: list[str]  # servers only run in the 1000 x 128 B case
+    # (subscribers, size) of the fan-out cases that also run tidings with Protobuf subscribers
+    pb_fanout_cases: list[tuple[int, int]]
+    # 10,000 subscribers on one channel at a fixed rate: a warm-up step, then the measured one
+    latency10k_servers: list[str]
+    latency10k_rate: float
+    latency10k_seconds: float
+    latency10k_p99_ms: float  # the target, passed to wsbench as the step's pass limit
     many_servers: list[str]
     idle_conns: int
     idle_servers: list[str]
@@ -500,8 +517,11 @@ def make_plan(quick: bool) -> Plan:
     if quick:
         return Plan(
             quick=True, step=2.0, refine=0, confirm=False, quiet_wait=5, fanout_servers=peers, fanout_cases=[(1000, 128, 2.0, 0, 50)],
-            extra_fanout=[], many_servers=["tidings"], idle_conns=2000,
-            idle_servers=["tidings", "seed"], slow_servers=["tidings"], slow_rate=50,
+            extra_fanout=[], pb_fanout_cases=[(1000, 128)],
+            latency10k_servers=["tidings", "tidings-pb", "blaster"], latency10k_rate=2.0,
+            latency10k_seconds=4.0, latency10k_p99_ms=60.0,
+            many_servers=["tidings", "tidings-pb", "seed-rooms"], idle_conns=2000,
+            idle_servers=["tidings", "tidings-pb", "seed"], slow_servers=["tidings"], slow_rate=50,
             slow_size=4096, slow_seconds=20, redis_fanout=["tidings-redis", "socketio-redis",
             "channels-redis"], calib_rates=[200, 1000], crossnode_rates=[20],
             profile_seconds=5,
@@ -510,8 +530,12 @@ def make_plan(quick: bool) -> Plan:
         quick=False, step=5.0, refine=2, confirm=True, quiet_wait=5, fanout_servers=peers,
         fanout_cases=[(1000, 128, 4.0, 2, 1000), (1000, 4096, 4.0, 1, 50),
                       (10000, 128, 4.0, 1, 1000), (10000, 4096, 4.0, 1, 1000)],
-        extra_fanout=["seed-uvloop"], many_servers=["tidings", "socketio", "starlette"],
-        idle_conns=15000, idle_servers=peers, slow_servers=["tidings", "seed", "node"],
+        extra_fanout=["seed-uvloop"], pb_fanout_cases=[(1000, 128), (10000, 128)],
+        latency10k_servers=["tidings", "tidings-pb", "seed", "node", "blaster"],
+        latency10k_rate=2.0, latency10k_seconds=10.0, latency10k_p99_ms=60.0,
+        many_servers=["tidings", "tidings-pb", "seed-rooms", "socketio", "starlette"],
+        idle_conns=15000, idle_servers=["tidings", "tidings-pb", *peers[1:]],
+        slow_servers=["tidings", "seed", "node"],
         slow_rate=50, slow_size=4096, slow_seconds=30,
         redis_fanout=["tidings-redis", "socketio-redis", "channels-redis"],
         calib_rates=[100, 200, 500, 1000, 2000], crossnode_rates=[20, 50], profile_seconds=15,
@@ -591,10 +615,14 @@ class Suite:
 
     def fanout(self) -> None:
         p = self.plan
+        pb_cases = {(c, s) for c, s in p.pb_fanout_cases}
         for conns, size, step, refine, ramp_p99 in p.fanout_cases:
             names = list(p.fanout_servers)
             if (conns, size) == (1000, 128):
                 names += p.extra_fanout
+            if (conns, size) in pb_cases and "tidings" in names:
+                # right after the JSON row: the two run side by side, under the same conditions
+                names.insert(names.index("tidings") + 1, "tidings-pb")
             for name in names:
                 if not self.wanted(name):
                     continue
@@ -610,6 +638,43 @@ class Suite:
                         step=step, refine=refine, ramp_p99=ramp_p99))  # fmt: skip
 
                 self.guarded(f"fanout {key}", run)
+        self.latency_10k()
+
+    def latency_10k(self) -> None:
+        """10,000 subscribers on one channel at a fixed low rate: the latency of a broadcast.
+
+        Every delivery to every subscriber is a sample (wsbench records them all), so the p99
+        covers the whole set, not the first connections written to. The first step warms up
+        (first publications after 10,000 connects) and is reported apart; the second counts.
+        ``blaster`` (wsblast, C, writes only) under the same load is the floor: what the
+        machine's loopback TCP and the generator alone cost.
+        """
+        p = self.plan
+        for name in p.latency10k_servers:
+            if not self.wanted(name):
+                continue
+
+            def run(name: str = name) -> None:
+                tag = f"latency10k-{name}"
+                step = p.latency10k_seconds
+                with Server(SPECS[name], tag=tag) as srv:
+                    before = srv.metrics()
+                    data = wsbench(tag, srv, conns=10000, size=128,
+                                   rates=[p.latency10k_rate, p.latency10k_rate], step=step,
+                                   p99_limit=p.latency10k_p99_ms, connect_timeout=120,
+                                   max_seconds=2 * (step + 5) + 60)  # fmt: skip
+                    after = srv.settled_metrics()
+                steps = [step_summary(st, 10000) for st in data["steps"]]
+                self.record("latency_10k", name, {
+                    "server": name, "conns": 10000, "size": 128, "rate": p.latency10k_rate,
+                    "seconds": step, "p99_limit_ms": p.latency10k_p99_ms,
+                    "warmup": steps[0] if len(steps) > 1 else None,
+                    "step": steps[-1] if steps else None,
+                    "connect": data["connect"], "closes": data.get("closes", {}),
+                    "metrics": _metrics_delta(before, after), "raw": tag,
+                })  # fmt: skip
+
+            self.guarded(f"latency10k {name}", run)
 
     def many_channels(self) -> None:
         for name in self.plan.many_servers:
@@ -867,7 +932,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke version (~7 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke version (~10 minutes)")
     parser.add_argument("--only", help=f"comma-separated scenarios of {SCENARIOS}")
     parser.add_argument("--servers", help="comma-separated server names (default: all)")
     parser.add_argument("--profile", action="store_true", help="only record the py-spy profile")

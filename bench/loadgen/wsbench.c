@@ -12,6 +12,15 @@
  *   centrifugo  {"id":1,"connect":{}} + {"id":2,"subscribe":{"channel":C}};
  *               server pings {} are answered with {}; publish commands
  *               {"id":N,"publish":{"channel":C,"data":DATA}}.
+ *   centrifugo-pb  (or --mode centrifugo --protobuf) the same in Centrifugo's
+ *               Protobuf protocol: offers Sec-WebSocket-Protocol
+ *               centrifuge-protobuf (and requires it back), sends binary frames
+ *               of varint-length-prefixed Commands (connect + subscribe in one
+ *               frame), reads varint-length-prefixed Replies (several per frame);
+ *               a ping (an empty Reply) is answered with a pong (an empty
+ *               Command: the byte 0x00); a publication is Reply.push(4).pub(4),
+ *               whose data(4) is DATA; publish = Command.publish(7){channel 1,
+ *               data 2}.
  *   plain       the server pushes DATA as is; the publisher sends DATA frames.
  *   socketio    Engine.IO v4 websocket transport: 0{..} -> 40, 40{..} ->
  *               421["join",C], ack 431[..] = subscribed; ping 2 -> pong 3;
@@ -38,7 +47,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
-enum { M_CENTRIFUGO, M_PLAIN, M_SOCKETIO };
+enum { M_CENTRIFUGO, M_PLAIN, M_SOCKETIO, M_CENTRIFUGO_PB };
 enum { ST_PENDING, ST_CONNECTING, ST_HANDSHAKE, ST_PROTO, ST_READY, ST_CLOSED, ST_FAILED };
 enum { HOW_OPEN, HOW_CLOSE_FRAME, HOW_RESET, HOW_EOF, HOW_ERROR, HOW_LOCAL };
 static const char *HOW_NAMES[] = {"open", "close_frame", "reset", "eof", "error", "local"};
@@ -116,12 +125,14 @@ static int delack = 0, confirm = 0;
 static double ramp_p99_ms = -1; /* the ramp goes on while p99 <= this (default: the limit) */
 static hist_t connect_hist;
 static int codes[MAX_CODES][2], n_codes = 0;
-static uint64_t unexpected_msgs = 0, pub_echo = 0, bad_step = 0;
+static uint64_t unexpected_msgs = 0, pub_echo = 0, bad_step = 0, pings = 0;
+static int protobuf = 0;
 static double t_start, t_last_ready;
 static long pub_seq = 0;
 
 static void conn_close(conn_t *c, int how, int code);
 static void conn_flush(conn_t *c);
+static void on_text(conn_t *c, const char *p, size_t n);
 
 static void count_code(int code) {
     for (int i = 0; i < n_codes; i++)
@@ -220,14 +231,71 @@ static void start_connect(conn_t *c) {
     }
 }
 
+#define PB_SUBPROTOCOL "centrifuge-protobuf"
+
+/* --- Protobuf: varints, and a reader of one message's fields --- */
+static size_t pb_varint_len(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) { v >>= 7; n++; }
+    return n;
+}
+
+static size_t pb_put_varint(unsigned char *dst, uint64_t v) {
+    size_t n = 0;
+    while (v >= 0x80) { dst[n++] = (unsigned char)(v | 0x80); v >>= 7; }
+    dst[n++] = (unsigned char)v;
+    return n;
+}
+
+/* Read a varint at *p (< e): 0 if truncated or longer than 10 bytes. */
+static int pb_get_varint(const unsigned char **p, const unsigned char *e, uint64_t *v) {
+    uint64_t x = 0;
+    for (int shift = 0; shift < 70 && *p < e; shift += 7) {
+        unsigned char b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) { *v = x; return 1; }
+    }
+    return 0;
+}
+
+typedef struct {
+    int field, wire;
+    uint64_t varint;          /* wire type 0 */
+    const unsigned char *val; /* wire type 2: the bytes */
+    size_t len;
+} pb_field_t;
+
+/* Next field of a message [*p, e): 1, 0 at the end, -1 if malformed. */
+static int pb_next(const unsigned char **p, const unsigned char *e, pb_field_t *f) {
+    uint64_t key, n;
+    if (*p >= e) return 0;
+    if (!pb_get_varint(p, e, &key)) return -1;
+    f->field = (int)(key >> 3);
+    f->wire = (int)(key & 7);
+    switch (f->wire) {
+    case 0: return pb_get_varint(p, e, &f->varint) ? 1 : -1;
+    case 1: if (e - *p < 8) return -1; *p += 8; return 1;
+    case 5: if (e - *p < 4) return -1; *p += 4; return 1;
+    case 2:
+        if (!pb_get_varint(p, e, &n) || n > (uint64_t)(e - *p)) return -1;
+        f->val = *p;
+        f->len = (size_t)n;
+        *p += n;
+        return 1;
+    default: return -1; /* groups: not in this protocol */
+    }
+}
+
 static void send_handshake(conn_t *c) {
     char path[512], req[1024];
     snprintf(path, sizeof path, c->ep->path, chan_of(c));
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                     "Origin: http://%s:%d\r\n\r\n",
-                     path, c->ep->host, c->ep->port, c->ep->host, c->ep->port);
+                     "%sOrigin: http://%s:%d\r\n\r\n",
+                     path, c->ep->host, c->ep->port,
+                     c->ep->mode == M_CENTRIFUGO_PB ? "Sec-WebSocket-Protocol: " PB_SUBPROTOCOL "\r\n" : "",
+                     c->ep->host, c->ep->port);
     buf_append(&c->out, req, (size_t)n);
     c->state = ST_HANDSHAKE;
     conn_flush(c);
@@ -251,6 +319,29 @@ static void on_open(conn_t *c) {
         }
         c->next_id = 2;
         break;
+    case M_CENTRIFUGO_PB: {
+        /* Command{id:1, connect:{}} = 08 01 22 00, and for a subscriber
+           Command{id:2, subscribe:{channel:C}} = 08 02 2a L 0a l C; each prefixed with its length */
+        unsigned char b[600];
+        size_t k = 0, cl = strlen(chan_of(c));
+        if (cl > 250) cl = 250;
+        memcpy(b, "\x04\x08\x01\x22\x00", 5);
+        k = 5;
+        if (!c->is_pub) {
+            size_t sub = 1 + pb_varint_len(cl) + cl;      /* SubscribeRequest */
+            size_t cmd = 2 + 1 + pb_varint_len(sub) + sub; /* Command */
+            k += pb_put_varint(b + k, cmd);
+            b[k++] = 0x08, b[k++] = 0x02, b[k++] = 0x2a;
+            k += pb_put_varint(b + k, sub);
+            b[k++] = 0x0a;
+            k += pb_put_varint(b + k, cl);
+            memcpy(b + k, chan_of(c), cl);
+            k += cl;
+        }
+        ws_send(c, 2, (const char *)b, k);
+        c->next_id = 2;
+        break;
+    }
     case M_SOCKETIO:
         break; /* wait for the Engine.IO open packet */
     }
@@ -282,11 +373,8 @@ static void deliver(conn_t *c, const char *p, size_t n) {
     st->last_us = now_cache;
 }
 
-static void on_reply(conn_t *c, const char *p, size_t n) {
-    long id = 0;
-    const char *q = p + 6, *e = p + n;
-    while (q < e && *q >= '0' && *q <= '9') id = id * 10 + (*q++ - '0');
-    int err = memmem(p, n, "\"error\"", 7) != NULL;
+/* A reply to command `id` (p, n: the reply as text, for error messages). */
+static void on_reply_id(conn_t *c, long id, int err, const char *p, size_t n) {
     if (c->is_pub) {
         if (id == 1) {
             if (err) { fprintf(stderr, "publisher connect failed: %.*s\n", (int)n, p); conn_close(c, HOW_LOCAL, 0); }
@@ -305,6 +393,76 @@ static void on_reply(conn_t *c, const char *p, size_t n) {
     }
 }
 
+static void on_reply(conn_t *c, const char *p, size_t n) {
+    long id = 0;
+    const char *q = p + 6, *e = p + n;
+    while (q < e && *q >= '0' && *q <= '9') id = id * 10 + (*q++ - '0');
+    on_reply_id(c, id, memmem(p, n, "\"error\"", 7) != NULL, p, n);
+}
+
+/* One Protobuf Reply (without its length prefix). */
+static void on_pb_reply(conn_t *c, const unsigned char *p, size_t n) {
+    if (n == 0) { /* an empty Reply: a ping; the pong is an empty Command */
+        pings++;
+        ws_send(c, 2, "\0", 1);
+        return;
+    }
+    const unsigned char *q = p, *e = p + n, *push = NULL, *error = NULL;
+    size_t push_len = 0, error_len = 0;
+    uint64_t id = 0;
+    pb_field_t f;
+    int r;
+    while ((r = pb_next(&q, e, &f)) > 0) {
+        if (f.field == 1 && f.wire == 0) id = f.varint;
+        else if (f.field == 2 && f.wire == 2) error = f.val, error_len = f.len;
+        else if (f.field == 4 && f.wire == 2) push = f.val, push_len = f.len;
+    }
+    if (r < 0) { unexpected_msgs++; return; }
+    if (id) {
+        char text[256] = "";
+        int tn = 0;
+        if (error) { /* Error{code 1, message 2} */
+            uint64_t code = 0;
+            const unsigned char *m = NULL;
+            size_t ml = 0;
+            for (q = error, e = error + error_len; pb_next(&q, e, &f) > 0;) {
+                if (f.field == 1 && f.wire == 0) code = f.varint;
+                else if (f.field == 2 && f.wire == 2) m = f.val, ml = f.len;
+            }
+            tn = snprintf(text, sizeof text, "error %llu %.*s", (unsigned long long)code, (int)(ml > 200 ? 200 : ml),
+                          m ? (const char *)m : "");
+        }
+        on_reply_id(c, (long)id, error != NULL, text, tn > 0 ? (size_t)tn : 0);
+        return;
+    }
+    if (!push) { unexpected_msgs++; return; }
+    /* Push{channel 2, pub 4}; Publication{data 4} */
+    const unsigned char *pub = NULL;
+    size_t pub_len = 0;
+    for (q = push, e = push + push_len; (r = pb_next(&q, e, &f)) > 0;)
+        if (f.field == 4 && f.wire == 2) pub = f.val, pub_len = f.len;
+    if (r < 0 || !pub) { unexpected_msgs++; return; }
+    for (q = pub, e = pub + pub_len; (r = pb_next(&q, e, &f)) > 0;)
+        if (f.field == 4 && f.wire == 2) { deliver(c, (const char *)f.val, f.len); return; }
+    unexpected_msgs++;
+}
+
+/* A Protobuf frame: varint-length-prefixed Replies, back to back. */
+static void on_pb(conn_t *c, const char *data, size_t n) {
+    const unsigned char *p = (const unsigned char *)data, *e = p + n;
+    while (p < e && c->fd >= 0) {
+        uint64_t len;
+        if (!pb_get_varint(&p, e, &len) || len > (uint64_t)(e - p)) { unexpected_msgs++; return; }
+        on_pb_reply(c, p, (size_t)len);
+        p += len;
+    }
+}
+
+static void on_data(conn_t *c, const char *p, size_t n) {
+    if (c->ep->mode == M_CENTRIFUGO_PB) on_pb(c, p, n);
+    else on_text(c, p, n);
+}
+
 static void on_message(conn_t *c, const char *p, size_t n) {
     if (n == 0) return;
     switch (c->ep->mode) {
@@ -312,7 +470,7 @@ static void on_message(conn_t *c, const char *p, size_t n) {
         deliver(c, p, n);
         return;
     case M_CENTRIFUGO:
-        if (n == 2 && p[0] == '{' && p[1] == '}') { send_text(c, "{}"); return; }
+        if (n == 2 && p[0] == '{' && p[1] == '}') { pings++; send_text(c, "{}"); return; }
         if (n > 6 && !memcmp(p, "{\"id\":", 6)) { on_reply(c, p, n); return; }
         deliver(c, p, n);
         return;
@@ -332,7 +490,7 @@ static void on_message(conn_t *c, const char *p, size_t n) {
             unexpected_msgs++;
             return;
         }
-        if (p[0] == '2') { send_text(c, "3"); return; }
+        if (p[0] == '2') { pings++; send_text(c, "3"); return; }
         if (p[0] == '0') { send_text(c, "40"); return; }
         if (p[0] == '1') { conn_close(c, HOW_LOCAL, 0); return; }
         if (p[0] == '6') return; /* noop */
@@ -353,10 +511,10 @@ static void on_text(conn_t *c, const char *p, size_t n) {
 
 static void on_frame(conn_t *c, int fin, int op, const char *p, size_t n) {
     if (op == 0 || op == 1 || op == 2) {
-        if (op != 0 && fin && c->frag.len == 0) { on_text(c, p, n); return; }
+        if (op != 0 && fin && c->frag.len == 0) { on_data(c, p, n); return; }
         buf_append(&c->frag, p, n);
         if (fin) {
-            on_text(c, c->frag.p, c->frag.len);
+            on_data(c, c->frag.p, c->frag.len);
             c->frag.len = 0;
         }
         return;
@@ -431,6 +589,11 @@ static void on_readable(conn_t *c) {
         }
         if (len < 12 || memcmp(scratch + 9, "101", 3) != 0) {
             fprintf(stderr, "handshake refused: %.*s\n", (int)(strchr(scratch, '\r') - scratch), scratch);
+            conn_close(c, HOW_LOCAL, 0);
+            return;
+        }
+        if (c->ep->mode == M_CENTRIFUGO_PB && !memmem(scratch, (size_t)(end - scratch), PB_SUBPROTOCOL, strlen(PB_SUBPROTOCOL))) {
+            fprintf(stderr, "the server did not accept the subprotocol " PB_SUBPROTOCOL "\n");
             conn_close(c, HOW_LOCAL, 0);
             return;
         }
@@ -532,11 +695,37 @@ static size_t build_data(char *dst, const char *ch, uint64_t ts, int step) {
     return (size_t)n + 2;
 }
 
+#define PB_HEADROOM 768 /* msgbuf: room for the Protobuf headers in front of DATA */
+
 static void publish_one(conn_t *pc, int ch, int step) {
     char *m = msgbuf;
     size_t n = 0;
     uint64_t ts = now_us();
     switch (pc->ep->mode) {
+    case M_CENTRIFUGO_PB: {
+        /* varint(len) Command{id 1: N, publish 7: PublishRequest{channel 1: C, data 2: DATA}} */
+        char *data = msgbuf + PB_HEADROOM;
+        size_t dl = build_data(data, chan_names[ch], ts, step), cl = strlen(chan_names[ch]);
+        if (cl > 250) cl = 250;
+        uint64_t id = (uint64_t)pc->next_id++;
+        size_t req = 1 + pb_varint_len(cl) + cl + 1 + pb_varint_len(dl) + dl;
+        size_t cmd = 1 + pb_varint_len(id) + 1 + pb_varint_len(req) + req;
+        unsigned char hdr[PB_HEADROOM];
+        size_t h = pb_put_varint(hdr, cmd);
+        hdr[h++] = 0x08;
+        h += pb_put_varint(hdr + h, id);
+        hdr[h++] = 0x3a;
+        h += pb_put_varint(hdr + h, req);
+        hdr[h++] = 0x0a;
+        h += pb_put_varint(hdr + h, cl);
+        memcpy(hdr + h, chan_names[ch], cl);
+        h += cl;
+        hdr[h++] = 0x12;
+        h += pb_put_varint(hdr + h, dl);
+        memcpy(data - h, hdr, h);
+        ws_append(pc, 2, data - h, h + dl);
+        return;
+    }
     case M_CENTRIFUGO:
         n = (size_t)sprintf(m, "{\"id\":%ld,\"publish\":{\"channel\":\"%s\",\"data\":", pc->next_id++, chan_names[ch]);
         n += build_data(m + n, chan_names[ch], ts, step);
@@ -680,7 +869,9 @@ static void print_hist(FILE *f, const hist_t *h) {
             (unsigned long long)h_percentile(h, 0.999), (unsigned long long)h->max, h->n ? h->sum / h->n : 0.0);
 }
 
-static const char *mode_name(int m) { return m == M_CENTRIFUGO ? "centrifugo" : m == M_PLAIN ? "plain" : "socketio"; }
+static const char *mode_name(int m) {
+    return m == M_CENTRIFUGO ? "centrifugo" : m == M_CENTRIFUGO_PB ? "centrifugo-pb" : m == M_PLAIN ? "plain" : "socketio";
+}
 
 static void print_proc(FILE *f, const char *name, const procstat_t *p) {
     fprintf(f, "\"%s\":{\"cpu_s\":%.3f,\"rss_kb\":%ld,\"hwm_kb\":%ld,\"alive\":%d}", name, p->cpu_s, p->rss_kb,
@@ -689,6 +880,7 @@ static void print_proc(FILE *f, const char *name, const procstat_t *p) {
 
 static int parse_mode(const char *s) {
     if (!strcmp(s, "centrifugo")) return M_CENTRIFUGO;
+    if (!strcmp(s, "centrifugo-pb")) return M_CENTRIFUGO_PB;
     if (!strcmp(s, "plain")) return M_PLAIN;
     if (!strcmp(s, "socketio")) return M_SOCKETIO;
     fprintf(stderr, "unknown mode %s\n", s);
@@ -698,7 +890,8 @@ static int parse_mode(const char *s) {
 static void usage(void) {
     fprintf(stderr,
             "usage: wsbench --port P [options]\n"
-            "  --host H (127.0.0.1)  --path /p/%%s (%%s = channel)  --mode centrifugo|plain|socketio\n"
+            "  --host H (127.0.0.1)  --path /p/%%s (%%s = channel)  --mode centrifugo|centrifugo-pb|plain|socketio\n"
+            "  --protobuf (--mode centrifugo: Protobuf, subprotocol centrifuge-protobuf; = --mode centrifugo-pb)\n"
             "  --pub-host H --pub-port P --pub-path /pub --pub-mode M --pub-conns K (default: as subscribers, 1)\n"
             "  --conns N (100)  --channels C (1)  --prefix bench  --size BYTES (128)\n"
             "  --rates r1,r2,..  |  --ramp start:factor:max (implies nothing; add --stop-on-fail)\n"
@@ -723,7 +916,7 @@ int main(int argc, char **argv) {
         {"p99-limit-ms", 1, 0, 13}, {"inflight", 1, 0, 14}, {"connect-timeout", 1, 0, 15},
         {"hold", 1, 0, 16}, {"slow", 1, 0, 17}, {"slow-rcvbuf", 1, 0, 18}, {"slow-resume", 1, 0, 19},
         {"no-pub", 0, 0, 20}, {"server-pid", 1, 0, 21}, {"max-seconds", 1, 0, 22}, {"out", 1, 0, 'o'},
-        {"retries", 1, 0, 23}, {"refine", 1, 0, 24}, {"recover", 1, 0, 25}, {"delack", 0, 0, 26}, {"confirm", 0, 0, 27}, {"help", 0, 0, 'H'}, {"ramp-p99-ms", 1, 0, 28}, {0, 0, 0, 0}};
+        {"retries", 1, 0, 23}, {"refine", 1, 0, 24}, {"recover", 1, 0, 25}, {"delack", 0, 0, 26}, {"confirm", 0, 0, 27}, {"help", 0, 0, 'H'}, {"ramp-p99-ms", 1, 0, 28}, {"protobuf", 0, 0, 29}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "h:p:P:m:n:c:s:r:o:", opts, NULL)) != -1) {
         switch (o) {
@@ -773,11 +966,19 @@ int main(int argc, char **argv) {
         case 26: delack = 1; break;
         case 27: confirm = 1; break;
         case 28: ramp_p99_ms = atof(optarg); break;
+        case 29: protobuf = 1; break;
         case 'o': out_path = optarg; break;
         default: usage();
         }
     }
     if (!sub_ep.port) usage();
+    if (protobuf) { /* the subscribers speak Protobuf (and the publisher too, unless --pub-mode says) */
+        if (sub_ep.mode != M_CENTRIFUGO && sub_ep.mode != M_CENTRIFUGO_PB) {
+            fprintf(stderr, "--protobuf needs --mode centrifugo\n");
+            exit(2);
+        }
+        sub_ep.mode = M_CENTRIFUGO_PB;
+    }
     if (!pub_ep.host) pub_ep.host = sub_ep.host;
     if (!pub_ep.port) pub_ep.port = sub_ep.port;
     if (!pub_ep.path) pub_ep.path = sub_ep.path;
@@ -800,7 +1001,7 @@ int main(int argc, char **argv) {
     chan_ready = calloc((size_t)n_channels, sizeof *chan_ready);
     chan_names = calloc((size_t)n_channels, sizeof *chan_names);
     scratch = malloc(scratch_cap);
-    msgbuf = malloc((size_t)msg_size + 1024);
+    msgbuf = malloc((size_t)msg_size + 1024 + PB_HEADROOM);
     if (!conns || !retry_q || !chan_ready || !chan_names || !scratch || !msgbuf) die("calloc");
     for (int i = 0; i < n_channels; i++) {
         char name[256];
@@ -989,9 +1190,10 @@ int main(int argc, char **argv) {
         if (code >= 0) fprintf(f, "%s\"%d\":%d", i ? "," : "", code, codes[i][1]);
         else fprintf(f, "%s\"%s\":%d", i ? "," : "", HOW_NAMES[-code], codes[i][1]);
     }
-    fprintf(f, "},\"unexpected_msgs\":%llu,\"pub_echo\":%llu,\"bad_step\":%llu,"
+    fprintf(f, "},\"unexpected_msgs\":%llu,\"pub_echo\":%llu,\"bad_step\":%llu,\"pings\":%llu,"
                "\"gen_cpu_user_s\":%.3f,\"gen_cpu_sys_s\":%.3f,\"wall_s\":%.3f}\n",
             (unsigned long long)unexpected_msgs, (unsigned long long)pub_echo, (unsigned long long)bad_step,
+            (unsigned long long)pings,
             gen_user - cpu_user0, gen_sys - cpu_sys0, mono_s() - t_start);
     if (f != stdout) fclose(f);
     return 0;
