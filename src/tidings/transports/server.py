@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import socket
 import ssl
 
 from ..node.client import Context
@@ -24,7 +25,14 @@ from ..node.limits import OriginCheck, TokenBucket
 from ..protocol.codes import DISCONNECT_SHUTDOWN
 from .http import HTTPConnection, HTTPRequest, json_response, static_response, text_response
 from .static import StaticFiles
-from .websocket import WEBSOCKET_PATH, Flusher, WebSocketConnection, reset, upgrade
+from .websocket import (
+    WEBSOCKET_PATH,
+    Flusher,
+    WebSocketConnection,
+    reset,
+    send_buffer_size,
+    upgrade,
+)
 
 __all__ = ["Server"]
 
@@ -78,6 +86,11 @@ class Server:
             backlog=BACKLOG,
         )
         self._port = self._listener.sockets[0].getsockname()[1]
+        # Accepted sockets inherit the listener's send buffer size: one system
+        # call here rather than one per connection.
+        sndbuf = send_buffer_size(self.config.client.queue_max_size)
+        for sock in self._listener.sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         options = self.config.client
         # Deadlines are checked this often: late by at most this much.
         period = min(

@@ -58,7 +58,15 @@ from .http import HTTPConnection, HTTPRequest, text_response
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["WEBSOCKET_PATH", "Flusher", "WebSocketConnection", "frame", "upgrade"]
+__all__ = [
+    "WEBSOCKET_PATH",
+    "Flusher",
+    "WebSocketConnection",
+    "frame",
+    "reset",
+    "send_buffer_size",
+    "upgrade",
+]
 
 logger = logging.getLogger("tidings.server")
 
@@ -153,7 +161,6 @@ def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, re
     codec = codec_of(protocol.subprotocol, request.target)
     websocket = WebSocketConnection(server, transport, protocol, codec)
     websocket.client = Client(server.context, websocket, codec=codec, headers=headers)
-    _bound_send_buffer(transport, options.queue_max_size)
     transport.set_protocol(websocket)
     server.opened(websocket)
     if rest:
@@ -162,11 +169,10 @@ def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, re
         transport.resume_reading()
 
 
-def _bound_send_buffer(transport: asyncio.Transport, queue_max_size: int) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # Linux doubles the value: the kernel holds at most a quarter of the bound.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(4096, queue_max_size // 8))
+def send_buffer_size(queue_max_size: int) -> int:
+    """``SO_SNDBUF`` for a client's socket: Linux doubles it, so the kernel holds at
+    most a quarter of the bound."""
+    return max(4096, queue_max_size // 8)
 
 
 def reset(transport: asyncio.Transport) -> None:
