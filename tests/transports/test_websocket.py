@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import random
+import socket
+import subprocess
 import urllib.error
 import urllib.request
-from collections import deque
 from typing import Any
 
 import pytest
@@ -15,9 +18,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tidings import Hub, make_token
-from tidings.transports.websocket import _FrameList
 
-from ..conftest import SECRET, HubFactory
+from ..conftest import SECRET, HubFactory, eventually
 from ..wsclient import closed_with, receive, receive_until
 
 TIMEOUT = 5
@@ -95,20 +97,28 @@ async def test_pending_messages_go_out_coalesced_in_one_frame(make_hub: HubFacto
         assert frames < 50
 
 
-async def test_an_idle_connection_holds_lists_not_deques_nor_its_handshake(
+async def test_idle_connections_hold_no_task_no_timer_nor_their_handshake(
     make_hub: HubFactory,
 ) -> None:
-    # The memory an idle connection costs depends on websockets' internals
-    # (LeanServerConnection): this fails when an upgrade changes them.
     hub = await make_hub(dev=True)
-    async with connect(hub.url, additional_headers={"X-Big": "x" * 2000}) as ws:
+    baseline = len(asyncio.all_tasks())
+    sockets = []
+    for _ in range(20):
+        ws = await connect(hub.url, additional_headers={"X-Big": "x" * 2000})
         await ws.send('{"id":1,"connect":{}}')
         await receive(ws)
-        (server_side,) = list(hub.server.clients)
-        assert type(server_side.drain_waiters) is list
-        assert type(server_side.recv_messages.frames.queue) is _FrameList
-        assert server_side.response is None
-        assert server_side.request is not None and not server_side.request.headers
+        sockets.append(ws)
+    await asyncio.sleep(0.05)  # the readers of the connect commands end
+    try:
+        # Our own clients' reader tasks (websockets' client) are the only new ones.
+        assert len(asyncio.all_tasks()) - baseline == len(sockets)
+        assert len(hub.server.clients) == 20
+        for server_side in hub.server.clients:
+            assert server_side._reader is None and server_side._cut is None
+            assert not server_side.client.headers  # only the connect hook needed them
+    finally:
+        for ws in sockets:
+            await ws.close()
 
 
 async def test_a_burst_of_frames_and_a_fragmented_message_are_read_in_order(
@@ -128,16 +138,6 @@ async def test_a_burst_of_frames_and_a_fragmented_message_are_read_in_order(
             replies += [r for r in await receive(ws) if "id" in r]
         assert [r["id"] for r in replies] == list(range(1, 102))
         assert all("error" not in r for r in replies)
-
-
-def test_the_frame_list_behaves_as_the_deque_it_replaces() -> None:
-    frames, reference = _FrameList(), deque[int]()
-    for queue in (frames, reference):
-        queue.extend([1, 2, 3])
-        assert queue.popleft() == 1
-        queue.extendleft(reversed([7, 8]))  # how websockets puts frames back
-        queue.append(4)
-    assert list(frames) == list(reference) == [7, 8, 2, 3, 4]
 
 
 async def test_an_oversized_message_closes_with_1009(make_hub: HubFactory) -> None:
@@ -260,7 +260,11 @@ async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_are_se
 ) -> None:
     hub = await make_hub(
         dev=True,
-        **{"client.queue_max_size": 64 * 1024, "join_leave": False, "force_push_join_leave": False},
+        **{
+            "client.queue_max_size": 256 * 1024,
+            "join_leave": False,
+            "force_push_join_leave": False,
+        },
     )
     # max_queue=1: the client stops reading its socket once one message waits unread.
     stalled = await connect(hub.url, max_queue=1)
@@ -274,16 +278,9 @@ async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_are_se
     got = 0
     for n in range(400):
         await hub.publish("c", {"n": n, "p": payload})
-        await asyncio.sleep(0)
-        while True:
-            try:
-                frame = await asyncio.wait_for(reader.recv(), 0.001)
-            except TimeoutError:
-                break
+        while got <= n:  # this reader keeps up
+            frame = await asyncio.wait_for(reader.recv(), TIMEOUT)
             got += str(frame).count("\n") + 1
-    while got < 400:
-        frame = await asyncio.wait_for(reader.recv(), TIMEOUT)
-        got += str(frame).count("\n") + 1
     assert got == 400
     # The stalled client cannot read its close frame; the server drops it anyway.
     async with asyncio.timeout(TIMEOUT):
@@ -298,3 +295,66 @@ def _raw(data: Any) -> Any:
     import msgspec
 
     return msgspec.Raw(msgspec.json.encode(data))
+
+
+def _send_queues(port: int) -> list[int]:
+    """Send-Q of every TCP socket of the server's side of ``port``, as ``ss`` reports it."""
+    out = subprocess.run(
+        ["ss", "-tnH", "state", "all", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # State Recv-Q Send-Q Local Peer; the listening socket's Send-Q is its backlog.
+    return [int(line.split()[2]) for line in out.splitlines() if not line.startswith("LISTEN")]
+
+
+async def test_a_stalled_reader_holds_at_most_the_bound_and_is_reset_when_cut(
+    make_hub: HubFactory,
+) -> None:
+    bound = 256 * 1024
+    hub = await make_hub(dev=True, **{"client.queue_max_size": bound, "join_leave": False})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader that stopped
+    sock.setblocking(False)
+    try:
+        await _stall(hub, sock, bound)
+    finally:
+        sock.close()
+
+
+async def _stall(hub: Hub, sock: socket.socket, bound: int) -> None:
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", hub.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    message = b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"c"}}'
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(message))
+    await loop.sock_sendall(sock, bytes((0x81, 0x80 | len(message))) + mask + masked)
+    await eventually(lambda: hub.node.num_subscriptions == 1)
+    (server_side,) = hub.server.clients
+    peak = 0
+    for n in range(200):  # 4 MB: far more than the bound and the kernel's default buffers
+        await hub.publish("c", {"n": n, "p": "x" * 20000})
+        await asyncio.sleep(0)
+        buffered = server_side.transport.get_write_buffer_size()
+        peak = max(peak, sum(_send_queues(hub.port)) + buffered)
+        if server_side.closing is not None:
+            break
+    assert server_side.closing is not None, "the stalled reader was not found slow"
+    assert server_side.closing.code == 3008
+    await eventually(lambda: hub.node.num_clients == 0, "the slow client gone")
+    # What the kernel (Send-Q) and the transport held for it never went past the bound.
+    assert bound / 2 < peak <= bound
+    # The slow client's close frame cannot go out: the connection is reset.
+    await eventually(lambda: not _send_queues(hub.port), timeout=5)
+    with pytest.raises(ConnectionResetError):
+        while await loop.sock_recv(sock, 65536):
+            pass

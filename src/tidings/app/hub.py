@@ -39,7 +39,8 @@ from ..node.metrics import Metrics
 from ..node.node import Node
 from ..node.proxy import HTTPProxy
 from ..options import Config
-from ..transports.websocket import WEBSOCKET_PATH, Server
+from ..transports.server import Server
+from ..transports.websocket import WEBSOCKET_PATH
 from .gc_policy import FreezingCollector
 
 __all__ = ["Hub"]
@@ -112,11 +113,16 @@ class Hub(ServerAPI):
         # Worker processes share the ports (SO_REUSEPORT): the kernel spreads connections.
         reuse_port = self.config.workers > 1
         await self.server.start(self.config.host, self.config.port, reuse_port=reuse_port)
-        if isinstance(self.broker, NodeRegistry):
-            self._heartbeat = asyncio.ensure_future(self._announce(self.broker))
         if self.config.http_api.enabled:
             self.api = APIServer(self, reuse_port=reuse_port)
-            await self.api.start()
+            try:
+                await self.api.start()
+            except BaseException:  # the API port is taken, say: leave nothing open
+                await self.server.shutdown(0)
+                await self.node.close()
+                raise
+        if isinstance(self.broker, NodeRegistry):
+            self._heartbeat = asyncio.ensure_future(self._announce(self.broker))
         if self.collector is not None:
             self._collect()
         self._started = True

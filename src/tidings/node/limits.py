@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 __all__ = ["OriginCheck", "TokenBucket", "Turns"]
@@ -47,16 +48,33 @@ class Turns:
     def __init__(self, per_iteration: int) -> None:
         self.per_iteration = per_iteration
         self._used = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[Callable[[], object]] = deque()
         self._next: asyncio.Handle | None = None
+
+    def call(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` now if a turn is free, else in a later iteration.
+
+        The connection layer's form: a handshake waiting for its turn holds no
+        task, only its place in the queue.
+        """
+        if self._used < self.per_iteration and not self._waiters:
+            self._used += 1
+            self._schedule()
+            callback()
+        else:
+            self._waiters.append(callback)
+            self._schedule()
 
     async def take(self) -> None:
         if self._used < self.per_iteration and not self._waiters:
             self._used += 1
-        else:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter  # a cancelled waiter is skipped by _new_iteration
+            self._schedule()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(functools.partial(_wake, waiter))
+        await waiter
+
+    def _schedule(self) -> None:
         if self._next is None:
             self._next = asyncio.get_running_loop().call_soon(self._new_iteration)
 
@@ -64,12 +82,17 @@ class Turns:
         self._next = None
         self._used = 0
         while self._waiters and self._used < self.per_iteration:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            if self._waiters.popleft()() is not False:  # False: a cancelled waiter
                 self._used += 1
-        if self._waiters:
-            self._next = asyncio.get_running_loop().call_soon(self._new_iteration)
+        if self._waiters or self._used:
+            self._schedule()
+
+
+def _wake(waiter: asyncio.Future[None]) -> bool:
+    if waiter.done():  # cancelled: nothing to wake, no turn used
+        return False
+    waiter.set_result(None)
+    return True
 
 
 class OriginCheck:

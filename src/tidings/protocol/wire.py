@@ -352,10 +352,13 @@ def decode_frame(frame: str | bytes) -> list[Command]:
     """Decode one WebSocket text frame into its commands, in order.
 
     Raises :class:`msgspec.DecodeError` (a :class:`ValueError`) when any line is not
-    a valid command. Blank lines are skipped, so an empty frame gives ``[]``.
+    a valid command, an empty line included, as Centrifugo does (one trailing
+    newline is allowed). An empty frame gives ``[]``.
     """
     if isinstance(frame, str):
         frame = frame.encode()
+    if b"\n\n" in frame or frame[:1] == b"\n":
+        raise msgspec.DecodeError("an empty line between commands")
     return _command_decoder.decode_lines(frame)
 
 

@@ -1,51 +1,72 @@
-"""The WebSocket server: a thin asyncio shell around clients and the node.
+"""WebSocket connections: websockets' sans-I/O protocol inside an ``asyncio.Protocol``.
 
-Per connection, the handler task that ``websockets`` runs is the only task: it
-reads with the toolkit's :func:`~tidings.patterns.consume` and feeds frames to
-the :class:`~tidings._client.Client`. A closing handshake the server starts
-gets a task of its own, only while it lasts. Pings, pong deadlines and the
-stale-connection check are deadlines on each client, checked by one periodic
-tick for all of them. An idle connection thus costs little memory: no timer,
-no second task, no handshake kept, lists where websockets has deques
-(:class:`LeanServerConnection`; see ``bench/results/REPORT.md``).
+Theory of operation. The HTTP layer (:mod:`.http`) parses the upgrade request;
+:func:`upgrade` checks it (origin, limits), lets websockets' sans-I/O
+``ServerProtocol`` validate it and build the 101 response, and gives the TCP
+connection to a :class:`WebSocketConnection`. From then on bytes go into the
+sans-I/O protocol and frames come out; websockets answers pings and close
+frames itself, and this module writes what it queued.
 
-Writing has no task and no ``await`` per message: a :class:`Connection` keeps
-its pending messages, and one :class:`Flusher` per server writes those of every
+Reading. Complete messages (fragments joined, text checked as UTF-8) go to an
+inbox. A task runs only while the inbox has messages: it hands them one by
+one to the :class:`~tidings.node.client.Client`, in order, then ends. An idle
+connection has no task and no timer: its pings and deadlines are checked by
+the server's periodic tick. Reading pauses while the inbox is full.
+
+Writing. The client's messages are not sent through websockets (a frame object
+and a copy per message): a :class:`WebSocketConnection` keeps its pending
+messages and one :class:`Flusher` per server writes those of every
 connection at the end of the event-loop iteration (write coalescing: one frame
 and one write per connection however many messages, joined as the codec
-allows). A client whose unsent bytes exceed ``client.queue_max_size``
-is disconnected with 3008 at once, without affecting anyone else.
+allows; one publication framed once for all its subscribers).
+
+The slow-client bound. A client whose unsent bytes would pass
+``client.queue_max_size`` is closed with 3008 at once. Unsent bytes are in two
+places: the transport's buffer, which asyncio counts, and the kernel's send
+buffer, which it does not (here up to 4 MiB by autotuning). So the kernel's
+buffer is capped at an eighth of the bound (Linux doubles the value set, for
+its bookkeeping: a quarter), and a flush that would take the transport's buffer
+past the other three quarters is not written: the client is slow. The bound is
+the real one. A connection cut (a slow client that does not take its close
+frame, a closing handshake that does not finish) is reset, with ``SO_LINGER``
+0, so the kernel drops what the peer never read instead of keeping it as an
+orphan.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import http
 import logging
-import ssl
+import socket
 import struct
 import urllib.parse
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import msgspec
-from websockets.asyncio.server import Server as WebSocketServer, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from .. import patterns
-from ..node.client import Client, Context
-from ..node.limits import OriginCheck, TokenBucket
-from ..node.metrics import Metrics
+from ..node.client import Client
 from ..protocol.codecs import JSON, PROTOBUF, Codec
-from ..protocol.codes import DISCONNECT_SHUTDOWN, DISCONNECT_SLOW, Disconnect
-from .static import StaticFile, StaticFiles
+from ..protocol.codes import DISCONNECT_SERVER_ERROR, DISCONNECT_SLOW, Disconnect
+from .http import HTTPConnection, HTTPRequest, text_response
 
-__all__ = ["Server", "WEBSOCKET_PATH"]
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = [
+    "WEBSOCKET_PATH",
+    "Flusher",
+    "WebSocketConnection",
+    "frame",
+    "reset",
+    "send_buffer_size",
+    "upgrade",
+]
 
 logger = logging.getLogger("tidings.server")
 
@@ -53,10 +74,11 @@ WEBSOCKET_PATH = "/connection/websocket"
 MAX_FRAME_SIZE = 64 * 1024
 """Coalesced messages are cut into frames of at most this size."""
 SLOW_CLOSE_TIMEOUT = 1.0
-"""Seconds a slow client gets to take the close frame before the TCP connection is cut."""
+"""Seconds a slow client gets to take the close frame before the TCP connection is reset."""
 CLOSE_TIMEOUT = 5.0
-"""Seconds a closing handshake may take before the TCP connection is cut."""
-
+"""Seconds a closing handshake may take before the TCP connection is reset."""
+INBOX_LIMIT = 16
+"""Messages received and not yet handled, at most, before reading pauses."""
 
 SUBPROTOCOLS: dict[Subprotocol, Codec] = {
     Subprotocol("centrifuge-protobuf"): PROTOBUF,
@@ -78,66 +100,90 @@ def frame(payload: bytes, binary: bool) -> bytes:
     return struct.pack("!BBQ", opcode, 127, length) + payload
 
 
-def select_subprotocol(
-    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
-) -> Subprotocol | None:
-    """Protobuf if offered, else JSON if offered, else none (JSON) rather than 400."""
-    return next((name for name in SUBPROTOCOLS if name in subprotocols), None)
+class _ServerProtocol(ServerProtocol):
+    """websockets' server protocol, choosing among :data:`SUBPROTOCOLS`.
+
+    An override rather than the ``select_subprotocol`` argument, which would keep
+    a bound method on every connection.
+    """
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        """Protobuf if offered, else JSON if offered, else none (JSON) rather than 400."""
+        return next((name for name in SUBPROTOCOLS if name in subprotocols), None)
 
 
-def codec_of(websocket: ServerConnection) -> Codec:
-    """The codec a connection's handshake chose."""
-    if websocket.subprotocol is not None:
-        return SUBPROTOCOLS[websocket.subprotocol]
-    request = websocket.request
-    if request is not None:
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
-        if "protobuf" in (*query.get("format", ()), *query.get("cf_protocol", ())):
-            return PROTOBUF
+_OFFERED = list(SUBPROTOCOLS)  # one list for every connection's protocol
+
+
+def codec_of(subprotocol: Subprotocol | None, target: str) -> Codec:
+    """The codec a handshake chose: by subprotocol, else by query, else JSON."""
+    if subprotocol is not None:
+        return SUBPROTOCOLS[subprotocol]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    if "protobuf" in (*query.get("format", ()), *query.get("cf_protocol", ())):
+        return PROTOBUF
     return JSON
 
 
-class LeanServerConnection(ServerConnection):
-    """websockets' server connection, holding less memory while idle.
+def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, rest: bytes) -> None:
+    """Answer a WebSocket handshake; on success the connection becomes a WebSocket."""
+    headers = request.headers
+    if not server.origins.allows(headers.get("Origin"), headers.get("Host")):
+        logger.warning("handshake refused: origin %r not allowed", headers.get("Origin"))
+        connection.respond(text_response(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n"))
+        return
+    options = server.config.client
+    if options.connection_limit and len(server.clients) >= options.connection_limit:
+        refusal = "Too many connections\n"
+    elif server.connection_rate is not None and not server.connection_rate.take():
+        refusal = "Too many new connections\n"
+    else:
+        refusal = ""
+    if refusal:
+        connection.respond(text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, refusal))
+        return
+    # state=OPEN: the request was parsed already; the protocol reads frames from the start.
+    protocol = _ServerProtocol(
+        subprotocols=_OFFERED,
+        state=OPEN,
+        max_size=options.max_message_size,
+    )
+    response = protocol.accept(Request(request.target, headers))
+    if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+        if headers.get("Sec-WebSocket-Version") not in (None, "13"):
+            # RFC 6455 4.2.2: name the version this server speaks.
+            response = text_response(http.HTTPStatus.UPGRADE_REQUIRED, "Unsupported version\n")
+            response.headers["Sec-WebSocket-Version"] = "13"
+        connection.respond(response, keep_alive=False)
+        return
+    transport = connection.detach()
+    transport.write(response.serialize())
+    codec = codec_of(protocol.subprotocol, request.target)
+    websocket = WebSocketConnection(server, transport, protocol, codec)
+    websocket.client = Client(server.context, websocket, codec=codec, headers=headers)
+    transport.set_protocol(websocket)
+    server.opened(websocket)
+    if rest:
+        websocket.data_received(rest)
+    if not transport.is_reading():
+        transport.resume_reading()
 
-    Two of its queues are ``deque`` objects, 760 bytes each even when empty
-    (a deque allocates a block of 64 slots up front): the futures waiting for
-    the socket to drain, and the frames received and not yet read. Both are
-    empty nearly all the time; lists do the same job in 56 bytes. With 15,000
-    connections that is 20 MiB. The attributes are websockets' internals, so
-    each is replaced only if it is still the empty deque expected
-    (``tests/test_server.py`` checks that they are, with the pinned version).
-    """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if _is_empty_deque(self.drain_waiters):
-            # Only appended to, iterated and removed from: a list does.
-            self.drain_waiters = []  # type: ignore[assignment]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        frames = getattr(self.recv_messages, "frames", None)
-        if _is_empty_deque(getattr(frames, "queue", None)):
-            frames.queue = _FrameList()  # type: ignore[union-attr]
+def send_buffer_size(queue_max_size: int) -> int:
+    """``SO_SNDBUF`` for a client's socket: Linux doubles it, so the kernel holds at
+    most a quarter of the bound."""
+    return max(4096, queue_max_size // 8)
 
 
-def _is_empty_deque(value: object) -> bool:
-    return isinstance(value, collections.deque) and not value
-
-
-class _FrameList(list[Any]):
-    """The part of ``deque``'s interface websockets' frame queue uses, on a list.
-
-    It rarely holds more than a frame or two (the reader keeps up, and reading
-    pauses at ``max_queue`` frames), so ``pop(0)`` costs nothing that matters.
-    """
-
-    def popleft(self) -> Any:
-        return self.pop(0)
-
-    def extendleft(self, items: Iterable[Any]) -> None:
-        self[:0] = reversed(list(items))
+def reset(transport: asyncio.Transport) -> None:
+    """Cut a connection with a reset: the kernel drops what the peer did not read."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:  # already closed
+            pass
+    transport.abort()
 
 
 class Flusher:
@@ -152,11 +198,11 @@ class Flusher:
 
     def __init__(self, write_delay: float = 0.0) -> None:
         self.write_delay = write_delay
-        self._dirty: list[Connection] = []
+        self._dirty: list[WebSocketConnection] = []
         self._scheduled = False
         self._last = 0.0
 
-    def mark(self, connection: Connection) -> None:
+    def mark(self, connection: WebSocketConnection) -> None:
         self._dirty.append(connection)
         if not self._scheduled:
             self._scheduled = True
@@ -179,54 +225,148 @@ class Flusher:
             frames += count
             written += size
         if frames:  # metrics once per flush, not per connection
-            metrics = dirty[0].metrics
+            metrics = dirty[0].server.context.metrics
             metrics.frames_sent.inc(frames)
             metrics.bytes_sent.inc(written)
 
 
-class Connection:
-    """The transport of one client: its pending messages, and their bound.
-
-    Messages are framed here and written straight to the socket's transport:
-    one frame per flush, joined by the codec, shared by all subscribers when it is
-    a single publication. Data frames never go through ``websockets``' ``send()``
-    (an ``await`` per message); its protocol still handles control frames and
-    the closing handshake, and no data is written once it is closing.
-
-    A client whose unsent bytes (in the transport's buffer) exceed
-    ``queue_max_size`` is slow: it is closed with 3008 at once, and its TCP
-    connection cut if it does not take the close frame in time.
-    """
+class WebSocketConnection(asyncio.Protocol):
+    """One WebSocket connection: the :class:`~tidings.node.client.Transport` of a client."""
 
     __slots__ = (
-        "websocket",
+        "server",
+        "transport",
+        "protocol",
         "codec",
-        "flusher",
-        "queue_max_size",
-        "metrics",
+        "client",
         "closing",
         "_pending",
         "_dirty",
-        "_closer",
+        "_fragments",
+        "_fragmented_text",
+        "_inbox",
+        "_reader",
+        "_cut",
+        "_lost",
     )
+
+    client: Client
 
     def __init__(
         self,
-        websocket: ServerConnection,
+        server: Server,
+        transport: asyncio.Transport,
+        protocol: ServerProtocol,
         codec: Codec,
-        flusher: Flusher,
-        queue_max_size: int,
-        metrics: Metrics,
     ) -> None:
-        self.websocket = websocket
+        self.server = server
+        self.transport = transport
+        self.protocol = protocol
         self.codec = codec
-        self.flusher = flusher
-        self.queue_max_size = queue_max_size
-        self.metrics = metrics
         self.closing: Disconnect | None = None
+        """The disconnect the server chose, once it started closing."""
         self._pending: list[bytes] = []
         self._dirty = False
-        self._closer: asyncio.Task[None] | None = None
+        self._fragments: list[bytes] | None = None
+        """The parts of a fragmented message so far."""
+        self._fragmented_text = False
+        self._inbox: list[str | bytes] | None = None
+        """Messages waiting for the client (made on demand: most connections are idle)."""
+        self._reader: asyncio.Task[None] | None = None
+        self._cut: asyncio.TimerHandle | None = None
+        self._lost = False
+
+    # --- reading ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if not isinstance(event, Frame):
+                continue
+            opcode, data = event.opcode, bytes(event.data)  # bytes already: no copy
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if event.fin:
+                    self._message(opcode is Opcode.TEXT, data)
+                else:
+                    self._fragments = [data]
+                    self._fragmented_text = opcode is Opcode.TEXT
+            elif opcode is Opcode.CONT and self._fragments is not None:
+                self._fragments.append(data)
+                if event.fin:
+                    data = b"".join(self._fragments)
+                    self._fragments = None
+                    self._message(self._fragmented_text, data)
+            elif opcode is Opcode.CLOSE and self._inbox:
+                self._inbox.clear()  # after a close frame, nothing more is handled
+        self._send_protocol_data()
+        inbox = self._inbox
+        if inbox:
+            if self._reader is None:
+                self._reader = asyncio.get_running_loop().create_task(self._read(inbox))
+            if len(inbox) >= INBOX_LIMIT and self.transport.is_reading():
+                self.transport.pause_reading()
+
+    def _message(self, text: bool, data: bytes) -> None:
+        if self.protocol.state is not OPEN:
+            return
+        message: str | bytes = data
+        if text:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError as exc:
+                self.protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                return
+        if self._inbox is None:
+            self._inbox = [message]
+        else:
+            self._inbox.append(message)
+
+    async def _read(self, inbox: list[str | bytes]) -> None:
+        """Hand the inbox to the client, one message at a time, then end."""
+        try:
+            while inbox and not self._lost:
+                await self.client.receive(inbox.pop(0))
+                if len(inbox) < INBOX_LIMIT // 2 and not self.transport.is_reading():
+                    if not self._lost and self.protocol.state is OPEN:
+                        self.transport.resume_reading()
+        except Exception:
+            logger.exception("client %s: failed handling a message", self.client.id)
+            self.client.disconnect(DISCONNECT_SERVER_ERROR)
+        finally:
+            self._reader = None
+            self._inbox = None
+            if self._lost:
+                self.server.closed(self)
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self._send_protocol_data()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.protocol.receive_eof()  # idempotent; the protocol now knows the peer's code
+        if self._inbox:
+            self._inbox.clear()
+        self._pending.clear()
+        if self._cut is not None:
+            self._cut.cancel()
+        if self._reader is None:  # else the reader reports it when done
+            self.server.closed(self)
+
+    @property
+    def close_code(self) -> tuple[int, str]:
+        """The code the server chose (3008 for a slow client whose close frame never
+        went out), else what the peer sent, else 1006."""
+        if self.closing is not None:
+            return self.closing.code, self.closing.reason
+        return (
+            self.protocol.close_code or CloseCode.ABNORMAL_CLOSURE,
+            self.protocol.close_reason or "",
+        )
+
+    # --- writing: the client's Transport ------------------------------------------
 
     def write(self, data: bytes) -> None:
         if self.closing is not None:
@@ -234,40 +374,32 @@ class Connection:
         self._pending.append(data)
         if not self._dirty:
             self._dirty = True
-            self.flusher.mark(self)
+            self.server.flusher.mark(self)
 
     def close(self, disconnect: Disconnect) -> None:
         """Close after the pending messages are written."""
         if self.closing is None:
             frames, size = self.flush({})
-            self.metrics.frames_sent.inc(frames)
-            self.metrics.bytes_sent.inc(size)
-            self._start_close(disconnect)
+            metrics = self.server.context.metrics
+            metrics.frames_sent.inc(frames)
+            metrics.bytes_sent.inc(size)
+            self._start_close(disconnect, CLOSE_TIMEOUT)
 
-    def _start_close(self, disconnect: Disconnect) -> None:
-        """No more data from now on; the closing handshake runs in a task of its own."""
+    def _start_close(self, disconnect: Disconnect, timeout: float) -> None:
+        """No more data from now on: a close frame, and a deadline for the peer's."""
         self.closing = disconnect
-        self._closer = asyncio.get_running_loop().create_task(self._close(disconnect))
-
-    async def _close(self, disconnect: Disconnect) -> None:
-        try:
-            # websockets' close() waits, without a deadline, for a socket that
-            # does not drain: a peer that stopped reading would hold it forever.
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.websocket.close(disconnect.code, disconnect.reason)
-        except TimeoutError:
-            self.websocket.transport.abort()
-
-    async def closed(self) -> None:
-        """Wait for a closing handshake the server started, if any."""
-        if self._closer is not None:
-            await self._closer
+        if self._lost:
+            return
+        if self.protocol.state is OPEN:
+            self.protocol.send_close(disconnect.code, disconnect.reason)
+            self._send_protocol_data()
+        self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
 
     def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
         """Write the pending messages; return how many frames and bytes were written."""
         self._dirty = False
         pending = self._pending
-        if not pending or self.closing is not None or self.websocket.protocol.state is not OPEN:
+        if not pending or self.closing is not None or self.protocol.state is not OPEN:
             pending.clear()
             return 0, 0
         if len(pending) == 1:
@@ -284,19 +416,28 @@ class Connection:
         # The same list again, emptied: a new one per flush would outlive
         # young-generation collections and make the full ones frequent.
         pending.clear()
-        transport = self.websocket.transport
-        transport.write(data)
-        if transport.get_write_buffer_size() > self.queue_max_size:
+        transport = self.transport
+        if transport.get_write_buffer_size() + len(data) > self.server.buffer_limit:
             self._slow()
+            return 0, 0
+        transport.write(data)
         return frames, len(data)
 
     def _slow(self) -> None:
-        self.metrics.queue_overflows.inc()
-        self._start_close(DISCONNECT_SLOW)
-        # The close frame waits behind what the client did not read: give it
-        # a moment, then cut the connection.
-        transport = self.websocket.transport
-        asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, transport.abort)
+        self.server.context.metrics.queue_overflows.inc()
+        # The close frame waits behind what the client did not read: it gets
+        # a moment, then the connection is reset.
+        self._start_close(DISCONNECT_SLOW, SLOW_CLOSE_TIMEOUT)
+
+    def _send_protocol_data(self) -> None:
+        """Write what websockets queued: pongs, close frames; close at its end of stream."""
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:
+                # A server closes the TCP connection once the closing handshake
+                # is done (or failed): after what is buffered is written.
+                self.transport.close()
 
 
 def _frames(pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
@@ -311,176 +452,3 @@ def _frames(pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
         out.append(frame(codec.join(pending[start:end]), codec.binary))
         start = end
     return b"".join(out), len(out)
-
-
-class Server:
-    """Accepts WebSocket connections and serves each as a :class:`Client`."""
-
-    def __init__(self, context: Context) -> None:
-        self.context = context
-        self.config = context.config
-        self.clients: patterns.Registry[Client] = patterns.Registry()
-        self.flusher = Flusher(self.config.client.write_delay)
-        self.origins = OriginCheck(self.config.allowed_origins)
-        rate = self.config.client.connection_rate_limit
-        self.connection_rate = TokenBucket(rate, max(1.0, rate)) if rate > 0 else None
-        self.demo = StaticFiles("demo") if self.config.demo else None
-        """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
-        self._server: WebSocketServer | None = None
-        self._port = 0
-        self._heartbeat: asyncio.TimerHandle | None = None
-        self.connections_closed = 0
-        """Connections closed since the start (the garbage-collector policy reads it)."""
-
-    @property
-    def port(self) -> int:
-        """The port listened on (the one picked by the system when 0 was asked)."""
-        assert self._port, "not started"
-        return self._port
-
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        self._server = await serve(
-            self._handle,
-            host,
-            port,
-            process_request=self._process_request,
-            subprotocols=list(SUBPROTOCOLS),
-            select_subprotocol=select_subprotocol,
-            compression=None,  # deflate costs ~50 KiB per connection and encode-once
-            ping_interval=None,  # the protocol has its own pings (client.ping_interval)
-            max_size=self.config.client.max_message_size,
-            server_header=None,
-            reuse_port=reuse_port,
-            ssl=self._tls(),
-            backlog=4096,  # a reconnect storm overflows the default 100 (SYN retries, seconds)
-            create_connection=LeanServerConnection,
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-        options = self.config.client
-        # Deadlines are checked this often: late by at most this much.
-        period = min(
-            1.0, options.ping_interval / 4, options.pong_timeout / 4, options.stale_close_delay / 4
-        )
-        self._heartbeat = asyncio.get_running_loop().call_later(period, self._beat, period)
-
-    def _tls(self) -> ssl.SSLContext | None:
-        if not self.config.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
-        return context
-
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, close every client with 3001 once its queue is written."""
-        if self._server is None:
-            return
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        self._server.close(close_connections=False)
-        for connection in list(self.clients):
-            self.clients.get(connection).disconnect(DISCONNECT_SHUTDOWN)
-        try:
-            await asyncio.wait_for(self._server.wait_closed(), timeout)
-        except TimeoutError:
-            logger.warning("shutdown timeout: cutting the remaining connections")
-            for websocket in list(self.clients):
-                websocket.transport.abort()
-            await self._server.wait_closed()
-
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        path = request.path.partition("?")[0]
-        if path == "/health":  # answered at once, whatever waits for its turn
-            return _json_response(http.HTTPStatus.OK, {"status": "ok"})
-        await self.context.turns.take()
-        if path == WEBSOCKET_PATH:
-            return self._admit(connection, request)
-        if self.demo is not None:
-            static = self.demo.get(path)
-            if static is not None:
-                return _static_response(static)
-        return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
-
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Check a WebSocket handshake against the origin and connection limits."""
-        headers = request.headers
-        if not self.origins.allows(headers.get("Origin"), headers.get("Host")):
-            logger.warning("handshake refused: origin %r not allowed", headers.get("Origin"))
-            return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
-        limit = self.config.client.connection_limit
-        if limit and len(self.clients) >= limit:
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
-        if self.connection_rate is not None and not self.connection_rate.take():
-            return connection.respond(
-                http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many new connections\n"
-            )
-        return None
-
-    async def _handle(self, websocket: ServerConnection) -> None:
-        codec = codec_of(websocket)
-        connection = Connection(
-            websocket, codec, self.flusher, self.config.client.queue_max_size, self.context.metrics
-        )
-        client = Client(self.context, connection, codec=codec, headers=_take_headers(websocket))
-        client.start_heartbeat(asyncio.get_running_loop().time())
-        self.clients.add(websocket, client)
-        try:
-            await patterns.consume(websocket, client.receive)
-        finally:
-            await connection.closed()
-            # The code the server chose (3008 for a slow client whose close frame
-            # never went out), else what the peer sent, else 1006.
-            code, reason = connection.closing or (
-                websocket.close_code or CloseCode.ABNORMAL_CLOSURE,
-                websocket.close_reason or "",
-            )
-            try:
-                await client.cleanup(code, reason)
-            finally:
-                self.clients.remove(websocket)
-                self.connections_closed += 1
-
-    def _beat(self, period: float) -> None:
-        """Call the heartbeat of every client whose deadline passed."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for _, client in list(self.clients.items()):
-            if client.due <= now:
-                client.heartbeat(now)
-        self._heartbeat = loop.call_later(period, self._beat, period)
-
-
-def _take_headers(websocket: ServerConnection) -> Headers | None:
-    """The handshake request's headers, removed from the connection.
-
-    websockets keeps the handshake for the connection's lifetime: its headers
-    would be ~3 KiB of every idle connection. The client keeps them (no local
-    variable of the handler may) until its connect command is handled. The
-    response is not needed at all once sent; the request itself must stay
-    (websockets takes ``request is None`` to mean "handshake not received").
-    """
-    websocket.response = None
-    if websocket.request is None:
-        return None
-    headers = websocket.request.headers.copy()
-    websocket.request.headers.clear()
-    return headers
-
-
-def _static_response(static: StaticFile) -> Response:
-    cache = "public, max-age=31536000, immutable" if static.immutable else "no-cache"
-    headers = Headers(
-        [
-            ("Content-Type", static.content_type),
-            ("Content-Length", str(len(static.body))),
-            ("Cache-Control", cache),
-        ]
-    )
-    return Response(200, "OK", headers, static.body)
-
-
-def _json_response(status: http.HTTPStatus, body: object) -> Response:
-    data = msgspec.json.encode(body)
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return Response(status.value, status.phrase, headers, data)

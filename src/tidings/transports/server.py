@@ -1,0 +1,196 @@
+"""The client port: one listening socket for every transport and page.
+
+Every TCP connection starts as HTTP (:mod:`.http`); :meth:`Server.route`
+answers ``/health`` at once, and everything else in its turn
+(:class:`~tidings.node.limits.Turns`: a reconnect storm is handled in slices):
+the WebSocket endpoint upgrades (:mod:`.websocket`), the demo app's files are
+served when it is on, and the rest is 404.
+
+The server owns what its connections share: the flusher that coalesces
+writes, the handshake checks, the registry of connected clients, and one
+periodic tick that checks every client's heartbeat deadlines (pings, pong
+and stale deadlines are times, not timers: an idle connection has none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import socket
+import ssl
+
+from ..node.client import Context
+from ..node.limits import OriginCheck, TokenBucket
+from ..protocol.codes import DISCONNECT_SHUTDOWN
+from .http import HTTPConnection, HTTPRequest, json_response, static_response, text_response
+from .static import StaticFiles
+from .websocket import (
+    WEBSOCKET_PATH,
+    Flusher,
+    WebSocketConnection,
+    reset,
+    send_buffer_size,
+    upgrade,
+)
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("tidings.server")
+
+BACKLOG = 4096
+"""A reconnect storm overflows the default 100 (SYN retries: seconds of delay)."""
+
+
+class Server:
+    """Accepts connections on the client port and serves each WebSocket as a client."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.config = context.config
+        self.clients: set[WebSocketConnection] = set()
+        """Open WebSocket connections (``connection.client`` is each one's client)."""
+        self.http_connections: set[HTTPConnection] = set()
+        """Connections still speaking HTTP (idle keep-alive ones are closed at shutdown)."""
+        self.flusher = Flusher(self.config.client.write_delay)
+        self.buffer_limit = self.config.client.queue_max_size * 3 // 4
+        """Bytes a connection's transport may hold; the kernel holds the other quarter."""
+        self.origins = OriginCheck(self.config.allowed_origins)
+        rate = self.config.client.connection_rate_limit
+        self.connection_rate = TokenBucket(rate, max(1.0, rate)) if rate > 0 else None
+        self.demo = StaticFiles("demo") if self.config.demo else None
+        """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
+        self.closing = False
+        self.connections_closed = 0
+        """Connections closed since the start (the garbage-collector policy reads it)."""
+        self._listener: asyncio.Server | None = None
+        self._port = 0
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._all_closed: asyncio.Event | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked by the system when 0 was asked)."""
+        assert self._port, "not started"
+        return self._port
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: HTTPConnection(self),
+            host,
+            port,
+            reuse_port=reuse_port,
+            ssl=self._tls(),
+            backlog=BACKLOG,
+        )
+        self._port = self._listener.sockets[0].getsockname()[1]
+        # Accepted sockets inherit the listener's send buffer size: one system
+        # call here rather than one per connection.
+        sndbuf = send_buffer_size(self.config.client.queue_max_size)
+        for sock in self._listener.sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        options = self.config.client
+        # Deadlines are checked this often: late by at most this much.
+        period = min(
+            1.0, options.ping_interval / 4, options.pong_timeout / 4, options.stale_close_delay / 4
+        )
+        self._heartbeat = loop.call_later(period, self._beat, period)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, close every client with 3001 once its queue is written."""
+        if self._listener is None:
+            return
+        self.closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._listener.close()
+        for connection in list(self.http_connections):
+            connection.close()
+        self._all_closed = asyncio.Event()
+        for websocket in list(self.clients):
+            websocket.client.disconnect(DISCONNECT_SHUTDOWN)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_closed()
+        except TimeoutError:
+            logger.warning("shutdown timeout: cutting the remaining connections")
+            for websocket in list(self.clients):
+                reset(websocket.transport)
+            await self._wait_closed()
+        await self._listener.wait_closed()
+
+    async def _wait_closed(self) -> None:
+        assert self._all_closed is not None
+        if self.clients or self._cleanups:
+            await self._all_closed.wait()
+
+    # --- connections ------------------------------------------------------------------
+
+    def route(self, connection: HTTPConnection, request: HTTPRequest, rest: bytes) -> None:
+        """Answer one HTTP request, or hand its connection over to another protocol."""
+        if request.path == "/health":  # answered at once, whatever waits for its turn
+            connection.respond(json_response(http.HTTPStatus.OK, {"status": "ok"}))
+        else:
+            connection.wait(lambda: self._route_in_turn(connection, request, rest))
+
+    def _route_in_turn(self, connection: HTTPConnection, request: HTTPRequest, rest: bytes) -> None:
+        if connection.transport is None or connection.transport.is_closing():
+            return
+        path = request.path
+        if path == WEBSOCKET_PATH:
+            if request.method == "GET":
+                upgrade(self, connection, request, rest)
+            else:
+                response = text_response(http.HTTPStatus.METHOD_NOT_ALLOWED, "Use GET\n")
+                response.headers["Allow"] = "GET"
+                connection.respond(response)
+            return
+        if self.demo is not None and request.method in ("GET", "HEAD"):
+            static = self.demo.get(path)
+            if static is not None:
+                connection.respond(static_response(static, head=request.method == "HEAD"))
+                return
+        connection.respond(text_response(http.HTTPStatus.NOT_FOUND, "Not Found\n"))
+
+    def opened(self, websocket: WebSocketConnection) -> None:
+        """A WebSocket handshake succeeded: its client starts."""
+        self.clients.add(websocket)
+        websocket.client.start_heartbeat(asyncio.get_running_loop().time())
+
+    def closed(self, websocket: WebSocketConnection) -> None:
+        """A WebSocket connection is gone: its client cleans up (hooks, broker)."""
+        task = asyncio.get_running_loop().create_task(self._cleanup(websocket))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleaned)
+
+    async def _cleanup(self, websocket: WebSocketConnection) -> None:
+        code, reason = websocket.close_code
+        try:
+            await websocket.client.cleanup(code, reason)
+        finally:
+            self.clients.discard(websocket)
+            self.connections_closed += 1
+
+    def _cleaned(self, task: asyncio.Task[None]) -> None:
+        self._cleanups.discard(task)
+        if self._all_closed is not None and not self.clients and not self._cleanups:
+            self._all_closed.set()
+
+    def _beat(self, period: float) -> None:
+        """Call the heartbeat of every client whose deadline passed."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for websocket in list(self.clients):
+            client = websocket.client
+            if client.due <= now:
+                client.heartbeat(now)
+        self._heartbeat = loop.call_later(period, self._beat, period)
