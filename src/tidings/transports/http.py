@@ -73,6 +73,7 @@ class HTTPConnection(asyncio.Protocol):
         self._closed = False
         self._keep_alive = False
         """Whether the request being answered lets the connection stay open."""
+        self._eof = False
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -102,7 +103,9 @@ class HTTPConnection(asyncio.Protocol):
         self._next()
 
     def eof_received(self) -> bool | None:
-        return None  # close: a request not complete by now never will be
+        self._eof = True
+        # Requests waiting for their turn are answered, then the connection closes.
+        return True if self._busy or self._queue else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -173,7 +176,7 @@ class HTTPConnection(asyncio.Protocol):
             response.headers["Connection"] = "close"
         self.transport.write(response.serialize())
         self._busy = False
-        if keep_alive:
+        if keep_alive and not (self._eof and not self._queue):
             self._resume()
             self._next()
         else:
