@@ -7,6 +7,7 @@ import typing
 from typing import Any
 
 import pytest
+from msgspec import Raw
 
 from tidings import Error, ErrorCode
 from tidings.protocol import client_pb2
@@ -27,6 +28,8 @@ from tidings.protocol.wire import (
     Command,
     ConnectResult,
     Empty,
+    HistoryResult,
+    Publication,
     Reply,
     SubscribePush,
     SubscribeResult,
@@ -406,3 +409,49 @@ def encoded(codec: Codec, command_id: int, method: Method, request: dict[str, st
         setattr(getattr(message, method), field, value)
     data = message.SerializeToString()
     return bytes([len(data)]) + data
+
+
+# -- payloads in replies: what a JSON client can carry --------------------------------------
+
+
+def _history(*data: bytes) -> HistoryResult:
+    publications = [Publication(data=Raw(d), offset=n + 1) for n, d in enumerate(data)]
+    return HistoryResult(publications=publications, epoch="e", offset=len(data))
+
+
+def test_history_with_a_binary_payload_closes_a_json_session_with_3506() -> None:
+    session = connected()
+    session.receive_text(frame({"id": 2, "history": {"channel": "c"}}))
+    assert isinstance(session.next_event(), CommandReceived)
+    session.reply(_history(b'{"a":1}', b"\x00\xffbinary"))
+    assert session.data_to_send() == []  # nothing that would break the client's framing
+    assert close_code(session.next_event()) == 3506
+
+
+def test_recovered_payloads_lose_raw_newlines_for_a_json_session_only() -> None:
+    stored = SubscribeResult(
+        recovered=True, publications=_history(b'{"a":\n1}', b"{}").publications
+    )
+    session = connected()
+    session.receive_text(frame({"id": 2, "subscribe": {"channel": "c"}}))
+    assert isinstance(session.next_event(), CommandReceived)
+    session.reply(stored)
+    (reply,) = sent(session)
+    assert [p["data"] for p in reply["subscribe"]["publications"]] == [{"a": 1}, {}]
+    assert stored.publications[0].data == Raw(b'{"a":\n1}')  # the broker's copy is untouched
+
+
+def test_a_protobuf_session_carries_binary_payloads_in_history() -> None:
+    session = Session(PROTOBUF)
+    session.receive_binary(
+        encoded(PROTOBUF, 1, Method.CONNECT, {})
+        + encoded(PROTOBUF, 2, Method.HISTORY, {"channel": "c"})
+    )
+    assert isinstance(session.next_event(), CommandReceived)
+    session.reply(ConnectResult(client="c1", version="0"))
+    assert isinstance(session.next_event(), CommandReceived)
+    session.reply(_history(b"\x00\xffbinary"))
+    *_, data = session.data_to_send()
+    reply = client_pb2.Reply()
+    reply.ParseFromString(data[1:])  # one length byte
+    assert reply.history.publications[0].data == b"\x00\xffbinary"

@@ -59,6 +59,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+import msgspec
 from msgspec.structs import astuple
 
 from .codecs import JSON, Codec
@@ -82,6 +83,7 @@ from .wire import (
     PresenceResult,
     PresenceStatsRequest,
     PresenceStatsResult,
+    Publication,
     PublishRequest,
     Push,
     RefreshRequest,
@@ -355,7 +357,16 @@ class Session:
             self._discard(request.channel)
         answer = COMMANDS[type(request)].answer
         assert answer is not None, "a send is never pending"
-        self._output.append(self.codec.encode(answer(event.id, result)))
+        fitted = _fit(self.codec, result)
+        if fitted is None:
+            # A recovered or historical payload the codec cannot carry (binary data
+            # published over Protobuf, for a JSON client): as for a live one, 3506.
+            self._commands.clear()
+            self._commands.append(
+                _close(DISCONNECT_INAPPROPRIATE_PROTOCOL, "a publication's data is not JSON")
+            )
+            return
+        self._output.append(self.codec.encode(answer(event.id, fitted)))
 
     def reply_error(self, error: Error) -> None:
         """Answer the pending command with an error (the connection stays)."""
@@ -465,6 +476,40 @@ class Session:
     def _send_error(self, command_id: int, error: Error) -> None:
         body = ErrorBody(code=error.code, message=error.message, temporary=error.temporary)
         self._output.append(self.codec.encode(Reply(id=command_id, error=body)))
+
+
+def _fit(codec: Codec, result: Result) -> Result | None:
+    """``result`` with the payloads of its publications made fit for ``codec``
+    (the publications are copied only where a payload changes); None if one cannot be."""
+    if isinstance(result, (HistoryResult, SubscribeResult)):
+        publications = _fit_publications(codec, result.publications)
+        if publications is None:
+            return None
+        if publications is not result.publications:
+            result = msgspec.structs.replace(result, publications=publications)
+    elif isinstance(result, ConnectResult) and result.subs:
+        subs = {}
+        for channel, sub in result.subs.items():
+            fitted = _fit(codec, sub)
+            if fitted is None:
+                return None
+            assert isinstance(fitted, SubscribeResult)
+            subs[channel] = fitted
+        result = msgspec.structs.replace(result, subs=subs)
+    return result
+
+
+def _fit_publications(codec: Codec, publications: list[Publication]) -> list[Publication] | None:
+    fitted = publications
+    for index, publication in enumerate(publications):
+        data = codec.payload(publication.data)
+        if data is None:
+            return None
+        if data is not publication.data:
+            if fitted is publications:
+                fitted = list(publications)
+            fitted[index] = msgspec.structs.replace(publication, data=data)
+    return fitted
 
 
 def _close(disconnect: Disconnect, detail: str) -> CloseConnection:
