@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -613,3 +614,60 @@ def test_an_admin_login_works_on_every_worker(
             finally:
                 connection.close()
     assert answers == {0.0: [200] * len(answers[0.0]), 1.0: [200] * len(answers[1.0])}
+
+
+# --- start-up failures: one line with the fix, exit 2 --------------------------------------
+
+
+def test_dash_dash_version_prints_the_version() -> None:
+    result = run_tidings("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"tidings {__version__}")
+
+
+def _start_failure(*args: str) -> str:
+    """The one line ``tidings serve ARGS`` says when it cannot start (exit 2)."""
+    ports = ("--port", str(free_port()), "--api-port", str(free_port()))
+    result = run_tidings("serve", *ports, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("tidings:")]
+    return line
+
+
+def test_an_unreachable_broker_is_one_line_naming_it_without_its_password() -> None:
+    port = free_port()
+    line = _start_failure("--broker", f"redis://:hunter2@127.0.0.1:{port}/0")
+    assert line.startswith(
+        f"tidings: cannot start: cannot reach Redis at redis://:***@127.0.0.1:{port}"
+    )
+    assert "hunter2" not in line
+    assert line.endswith("start it, or check broker.url (--broker)")
+
+
+def test_a_port_in_use_is_one_line_with_the_fix() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_tidings("serve", "--port", str(port), "--api-port", str(free_port()))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "address already in use; stop what uses it, or choose another --port" in result.stderr
+
+
+def test_unloadable_tls_files_are_one_line_naming_them(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate\n")
+    line = _start_failure("--tls-cert", str(cert), "--tls-key", str(tmp_path / "missing.pem"))
+    assert f"cannot load {cert} and {tmp_path / 'missing.pem'}" in line
+    assert line.endswith("check --tls-cert / --tls-key (PEM files)")
+
+
+def test_log_level_debug_adds_the_traceback_of_a_start_up_failure() -> None:
+    port = free_port()
+    result = run_tidings(
+        "serve", "--log-level", "debug", "--broker", f"redis://127.0.0.1:{port}/0",
+        "--port", str(free_port()), "--api-port", str(free_port()),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "cannot reach Redis" in result.stderr

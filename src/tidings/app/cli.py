@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ from typing import Any
 import msgspec
 
 from ..__about__ import __version__
+from ..brokers.base import BrokerUnavailable
 from ..node.auth import make_token
 from ..options import Config, ConfigError
 from .config import load_config
@@ -89,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidings", description="A real-time messaging hub.")
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run the hub")
@@ -102,7 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--dev", action="store_true", help="open everything for local development")
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (debug also prints the traceback of a start-up failure)",
+    )
 
     token = commands.add_parser("token", help="print a connection or subscription JWT")
     token.add_argument("--config", metavar="FILE", help="TOML configuration file (for the secret)")
@@ -152,10 +159,28 @@ def _serve_one(config: Config) -> int:
     )
     try:
         runner(_run(config))
-    except OSError as exc:
+    except CannotStart as exc:
+        logger.debug("start-up failed", exc_info=exc.__cause__)  # the traceback, if asked for
         print(f"tidings: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
+
+
+class CannotStart(Exception):
+    """A start-up failure, said in one line with what to do about it."""
+
+
+def _explain(exc: Exception, config: Config) -> str:
+    """One line for a start-up failure: what failed, why, and the fix."""
+    if isinstance(exc, ConfigError):  # found only when used: the TLS files
+        return f"{exc}; check --tls-cert / --tls-key (PEM files)"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror or exc}; stop what uses it, or choose another --port / --api-port"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return f"{exc.strerror or exc}; check --host (an address of this machine)"
+    if isinstance(exc, BrokerUnavailable):
+        return f"{str(exc).rstrip('.')}; start it, or check broker.url (--broker)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _serve_workers(config: Config) -> int:
@@ -209,7 +234,10 @@ def _shared_admin_secret(config: Config) -> Config:
 
 async def _run(config: Config) -> None:
     hub = Hub(config)
-    await hub.start()
+    try:
+        await hub.start()
+    except Exception as exc:
+        raise CannotStart(_explain(exc, config)) from exc
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -31,6 +31,7 @@ __all__ = [
     "IDEMPOTENCY_TTL",
     "Broker",
     "BrokerEventHandler",
+    "BrokerUnavailable",
     "HistoryOptions",
     "NodeRegistry",
     "PresenceManager",
@@ -45,6 +46,10 @@ IDEMPOTENCY_TTL = 300.0
 
 class UnrecoverablePosition(Exception):
     """The requested stream position belongs to another epoch."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached at start (its message names where it was looked for)."""
 
 
 @dataclass(frozen=True, slots=True)

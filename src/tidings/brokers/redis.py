@@ -25,6 +25,7 @@ import asyncio
 import logging
 import secrets
 import time
+import urllib.parse
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from ..protocol.wire import ClientInfo, Publication, StreamPosition
 from .base import (
     IDEMPOTENCY_TTL,
     BrokerEventHandler,
+    BrokerUnavailable,
     HistoryOptions,
     PresenceStats,
     UnrecoverablePosition,
@@ -334,7 +336,10 @@ class RedisBroker:
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
-        await self.redis.ping()  # fail fast on a wrong URL
+        try:
+            await self.redis.ping()  # fail fast on a wrong URL
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot reach Redis at {_redacted(self.url)}: {exc}") from exc
         for shard in self._shards:
             shard.start()
 
@@ -558,3 +563,12 @@ def _new_epoch() -> str:
 
 def _ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -22,6 +22,7 @@ import ssl
 
 from ..node.client import Context
 from ..node.limits import OriginCheck, TokenBucket
+from ..options import ConfigError
 from ..protocol.codes import DISCONNECT_SHUTDOWN
 from .http import HTTPConnection, HTTPRequest, json_response, static_response, text_response
 from .static import StaticFiles
@@ -102,7 +103,13 @@ class Server:
         if not self.config.tls_cert:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as exc:  # ssl names neither file
+            raise ConfigError(
+                f"tls_cert / tls_key: cannot load {self.config.tls_cert} and "
+                f"{self.config.tls_key}: {exc.strerror or exc}"
+            ) from exc
         return context
 
     async def shutdown(self, timeout: float) -> None:
