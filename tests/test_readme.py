@@ -70,14 +70,17 @@ def dev_hub(workdir: Path, environment: dict[str, str]) -> Iterator[tuple[int, i
             process.terminate()
 
 
-def _wait_for_serving(process: subprocess.Popen[str]) -> None:
+def _wait_for_serving(process: subprocess.Popen[str], count: int = 1) -> None:
+    """Read the server's output until ``count`` processes said they are serving."""
     assert process.stderr is not None
     deadline = time.monotonic() + TIMEOUT
     seen = []
     for line in process.stderr:
         seen.append(line)
         if " serving " in line:
-            return
+            count -= 1
+            if count == 0:
+                return
         if time.monotonic() > deadline:
             break
     raise AssertionError("no 'serving' line:\n" + "".join(seen))
@@ -124,14 +127,21 @@ def _run_shell_line(line: str, workdir: Path, env: dict[str, str]) -> None:
     if not command or command.startswith("make "):
         return  # make run is the dev_hub fixture; make test is this suite
     if command.startswith("tidings serve"):
+        workers = re.search(r"--workers (\d+)", command)
         with subprocess.Popen(
             ["bash", "-c", f"exec {command}"], cwd=workdir, env=env, stderr=subprocess.PIPE,
             text=True,
         ) as process:  # fmt: skip
             try:
-                _wait_for_serving(process)
+                _wait_for_serving(process, int(workers.group(1)) if workers else 1)
             finally:
                 process.terminate()
+                try:
+                    process.wait(TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    message = f"{command}: still running {TIMEOUT} s after SIGTERM"
+                    raise AssertionError(message) from None
         return
     result = subprocess.run(
         ["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True,
