@@ -44,7 +44,7 @@ from ..brokers.base import (
     UnrecoverablePosition,
 )
 from ..options import ChannelOptions
-from ..protocol.codecs import Codec
+from ..protocol.codecs import Codec, fit_publication
 from ..protocol.codes import (
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INSUFFICIENT_STATE,
@@ -610,13 +610,12 @@ class Encodings:
 
 def encode_push(codec: Codec, push: Push) -> bytes | None:
     """A push in ``codec``, its payloads made fit for it; None if one cannot be."""
-    pub = push.pub
-    if pub is not None:
-        data = codec.payload(pub.data)
-        if data is None:
+    if push.pub is not None:
+        pub = fit_publication(codec, push.pub)
+        if pub is None:
             return None
-        if data is not pub.data:
-            push = msgspec.structs.replace(push, pub=msgspec.structs.replace(pub, data=data))
+        if pub is not push.pub:
+            push = msgspec.structs.replace(push, pub=pub)
     return codec.encode(Reply(push=push))
 
 

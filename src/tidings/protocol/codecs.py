@@ -33,9 +33,9 @@ from typing import Final, Protocol
 import msgspec
 
 from . import protobuf
-from .wire import Command, Reply, decode_frame, encode, strip_newlines
+from .wire import Command, Publication, Reply, decode_frame, encode, strip_newlines
 
-__all__ = ["JSON", "PROTOBUF", "Codec", "JSONCodec", "ProtobufCodec"]
+__all__ = ["JSON", "PROTOBUF", "Codec", "JSONCodec", "ProtobufCodec", "fit_publication"]
 
 
 class Codec(Protocol):
@@ -129,3 +129,14 @@ _validate_json = msgspec.json.Decoder(msgspec.Raw).decode
 
 JSON: Final = JSONCodec()
 PROTOBUF: Final = ProtobufCodec()
+
+
+def fit_publication(codec: Codec, publication: Publication) -> Publication | None:
+    """``publication`` with its payload as ``codec`` carries it (a copy only where the
+    payload changes); None if the codec cannot carry it (3506 for the client)."""
+    data = codec.payload(publication.data)
+    if data is None:
+        return None
+    if data is publication.data:
+        return publication
+    return msgspec.structs.replace(publication, data=data)

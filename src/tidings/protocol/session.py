@@ -62,7 +62,7 @@ from typing import Any, Final, cast
 import msgspec
 from msgspec.structs import astuple
 
-from .codecs import JSON, Codec
+from .codecs import JSON, Codec, fit_publication
 from .codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
@@ -479,37 +479,28 @@ class Session:
 
 
 def _fit(codec: Codec, result: Result) -> Result | None:
-    """``result`` with the payloads of its publications made fit for ``codec``
-    (the publications are copied only where a payload changes); None if one cannot be."""
+    """``result`` with the payloads of its publications as ``codec`` carries them (copies
+    only where a payload changes); None if one cannot be carried."""
     if isinstance(result, (HistoryResult, SubscribeResult)):
-        publications = _fit_publications(codec, result.publications)
-        if publications is None:
-            return None
-        if publications is not result.publications:
-            result = msgspec.structs.replace(result, publications=publications)
-    elif isinstance(result, ConnectResult) and result.subs:
-        subs = {}
-        for channel, sub in result.subs.items():
-            fitted = _fit(codec, sub)
+        publications: list[Publication] = []
+        for publication in result.publications:
+            fitted = fit_publication(codec, publication)
             if fitted is None:
                 return None
-            assert isinstance(fitted, SubscribeResult)
-            subs[channel] = fitted
-        result = msgspec.structs.replace(result, subs=subs)
+            publications.append(fitted)
+        if any(new is not old for new, old in zip(publications, result.publications, strict=True)):
+            return msgspec.structs.replace(result, publications=publications)
+    elif isinstance(result, ConnectResult) and result.subs:
+        subs: dict[str, SubscribeResult] = {}
+        for channel, sub in result.subs.items():
+            fitted_sub = _fit(codec, sub)
+            if fitted_sub is None:
+                return None
+            assert isinstance(fitted_sub, SubscribeResult)
+            subs[channel] = fitted_sub
+        if any(subs[channel] is not sub for channel, sub in result.subs.items()):
+            return msgspec.structs.replace(result, subs=subs)
     return result
-
-
-def _fit_publications(codec: Codec, publications: list[Publication]) -> list[Publication] | None:
-    fitted = publications
-    for index, publication in enumerate(publications):
-        data = codec.payload(publication.data)
-        if data is None:
-            return None
-        if data is not publication.data:
-            if fitted is publications:
-                fitted = list(publications)
-            fitted[index] = msgspec.structs.replace(publication, data=data)
-    return fitted
 
 
 def _close(disconnect: Disconnect, detail: str) -> CloseConnection:
