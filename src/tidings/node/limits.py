@@ -57,22 +57,25 @@ class Turns:
         The connection layer's form: a handshake waiting for its turn holds no
         task, only its place in the queue.
         """
-        if self._used < self.per_iteration and not self._waiters:
-            self._used += 1
-            self._schedule()
+        if self._free_turn():
             callback()
         else:
             self._waiters.append(callback)
-            self._schedule()
 
     async def take(self) -> None:
-        if self._used < self.per_iteration and not self._waiters:
-            self._used += 1
-            self._schedule()
+        if self._free_turn():
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(functools.partial(_wake, waiter))
         await waiter
+
+    def _free_turn(self) -> bool:
+        """Use a turn of this iteration if one is free and nobody waits for one."""
+        if self._used < self.per_iteration and not self._waiters:
+            self._used += 1
+            self._schedule()  # the next iteration starts counting anew
+            return True
+        return False
 
     def _schedule(self) -> None:
         if self._next is None:
