@@ -674,10 +674,8 @@ class Admin:
             static = self.files.get("")  # the single-page app handles its own routes
         if static is None:
             raise web.HTTPNotFound(text="admin UI not built (run make)\n")
-        cache = "public, max-age=31536000, immutable" if static.immutable else "no-cache"
-        return web.Response(
-            body=static.body, headers={"Content-Type": static.content_type, "Cache-Control": cache}
-        )
+        headers = {"Content-Type": static.content_type, "Cache-Control": static.cache_control}
+        return web.Response(body=static.body, headers=headers)
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
         who = request.remote or "?"

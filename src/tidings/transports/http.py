@@ -242,12 +242,11 @@ def json_response(status: http.HTTPStatus, value: object) -> Response:
 
 
 def static_response(static: StaticFile, *, head: bool = False) -> Response:
-    cache = "public, max-age=31536000, immutable" if static.immutable else "no-cache"
     headers = Headers(
         [
             ("Content-Type", static.content_type),
             ("Content-Length", str(len(static.body))),
-            ("Cache-Control", cache),
+            ("Cache-Control", static.cache_control),
         ]
     )
     return Response(200, "OK", headers, b"" if head else static.body)

@@ -30,6 +30,10 @@ class StaticFile:
     immutable: bool
     """Content-hashed asset: cache it for good."""
 
+    @property
+    def cache_control(self) -> str:
+        return "public, max-age=31536000, immutable" if self.immutable else "no-cache"
+
 
 class StaticFiles:
     """The files of one built app, by URL path relative to its mount point."""
