@@ -180,7 +180,7 @@ class Server:
         task.add_done_callback(self._cleaned)
 
     async def _cleanup(self, websocket: WebSocketConnection) -> None:
-        code, reason = websocket.close_code
+        code, reason = websocket.close_status
         try:
             await websocket.client.cleanup(code, reason)
         finally:

@@ -356,7 +356,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.server.closed(self)
 
     @property
-    def close_code(self) -> tuple[int, str]:
+    def close_status(self) -> tuple[int, str]:
         """The code the server chose (3008 for a slow client whose close frame never
         went out), else what the peer sent, else 1006."""
         if self.closing is not None:
