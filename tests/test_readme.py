@@ -19,7 +19,7 @@ import os
 import re
 import subprocess
 import sys
-import time
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,16 +73,19 @@ def dev_hub(workdir: Path, environment: dict[str, str]) -> Iterator[tuple[int, i
 def _wait_for_serving(process: subprocess.Popen[str], count: int = 1) -> None:
     """Read the server's output until ``count`` processes said they are serving."""
     assert process.stderr is not None
-    deadline = time.monotonic() + TIMEOUT
+    # A server that goes silent is killed: its output ends, and so does the loop.
+    watchdog = threading.Timer(TIMEOUT, process.kill)
+    watchdog.start()
     seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if " serving " in line:
-            count -= 1
-            if count == 0:
-                return
-        if time.monotonic() > deadline:
-            break
+    try:
+        for line in process.stderr:
+            seen.append(line)
+            if " serving " in line:
+                count -= 1
+                if count == 0:
+                    return
+    finally:
+        watchdog.cancel()
     raise AssertionError("no 'serving' line:\n" + "".join(seen))
 
 
