@@ -1,9 +1,11 @@
-"""End to end: the Django chat example (examples/django) next to a real ``tidings serve``.
+"""End to end: the Django chat example (examples/django), with a real tidings hub.
 
-Nothing is mocked. The module starts ``python -m tidings serve`` with a temporary
-config (the ``chat`` namespace options are read from the example's own
-``tidings.toml``), migrates a temporary SQLite database, creates the user alice
-and starts ``manage.py runserver``. The tests then act as alice's browser with an
+Nothing is mocked. Every test runs twice: with the hub beside Django (``python -m
+tidings serve`` and ``manage.py runserver``), and with the hub mounted in Django's
+ASGI application (``chatsite/asgi_hub.py`` under uvicorn, one port). Each time the
+module writes a temporary tidings config (the ``chat`` namespace options are
+read from the example's own ``tidings.toml``), migrates a temporary SQLite
+database and creates the user alice. The tests then act as alice's browser with an
 aiohttp session (login form, CSRF, /token/, /send/) and as her WebSocket client
 with the unmodified centrifuge-python SDK.
 
@@ -209,11 +211,12 @@ def _manage(args: list[str], env: dict[str, str]) -> None:
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["beside", "mounted"])
 def stack(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("django-example")
+    mounted = request.param == "mounted"
+    tmp = tmp_path_factory.mktemp(f"django-example-{request.param}")
     processes: list[Process] = []
     plugin = _AttachOutputs(processes)
     request.config.pluginmanager.register(plugin)
@@ -221,37 +224,34 @@ def stack(
         ws_port, api_port, site_port = free_port(), free_port(), free_port()
         config = tmp / "tidings.toml"
         config.write_text(_tidings_config())
-        tidings = Process(
-            "tidings",
-            [
-                sys.executable,
-                "-m",
+        if mounted:
+            ws_url = f"ws://127.0.0.1:{site_port}/realtime/connection/websocket"
+            tidings_env = {"CHAT_HUB_CONFIG": str(config), "TIDINGS_HTTP_API_PORT": str(api_port)}
+        else:
+            ws_url = f"ws://127.0.0.1:{ws_port}/connection/websocket"
+            tidings_env = {}
+            hub = Process(
                 "tidings",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(ws_port),
-                "--api-port",
-                str(api_port),
-            ],
-            cwd=tmp,
-            env=_python_env({}),
-            log=tmp / "tidings.log",
-        )
-        processes.append(tidings)
-
-        ws_url = f"ws://127.0.0.1:{ws_port}/connection/websocket"
+                [
+                    *(sys.executable, "-m", "tidings", "serve", "--config", str(config)),
+                    *("--port", str(ws_port), "--api-port", str(api_port)),
+                ],
+                cwd=tmp,
+                env=_python_env({}),
+                log=tmp / "tidings.log",
+            )
+            processes.append(hub)
         api_url = f"http://127.0.0.1:{api_port}/api"
         django_env = _python_env(
             {
-                "DJANGO_DEBUG": "true",  # runserver serves static files only in DEBUG
+                "DJANGO_DEBUG": "true",  # Django serves static files only in DEBUG
                 "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
                 "DJANGO_DB_PATH": str(tmp / "db.sqlite3"),
                 "CHAT_HUB_TOKEN_SECRET": SECRET,
                 "CHAT_HUB_API_URL": api_url,
                 "CHAT_HUB_API_KEY": API_KEY,
                 "CHAT_HUB_WS_URL": ws_url,
+                **tidings_env,
             }
         )
         # Migrate while tidings starts.
@@ -260,16 +260,17 @@ def stack(
             ["createsuperuser", "--noinput", "--username", USER, "--email", f"{USER}@example.com"],
             {**django_env, "DJANGO_SUPERUSER_PASSWORD": PASSWORD},
         )
-        site = Process(
-            "django",
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{site_port}", "--noreload"],
-            cwd=EXAMPLE,
-            env=django_env,
-            log=tmp / "django.log",
-        )
+        if mounted:
+            server = [sys.executable, "-m", "uvicorn", "chatsite.asgi_hub:application"]
+            server += ["--host", "127.0.0.1", "--port", str(site_port)]
+        else:
+            server = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{site_port}"]
+            server += ["--noreload"]
+        site = Process("django", server, cwd=EXAMPLE, env=django_env, log=tmp / "django.log")
         processes.append(site)
-        tidings.wait_http(f"http://127.0.0.1:{ws_port}/health")
+        hub_health = ws_url.replace("ws://", "http://").replace("/connection/websocket", "/health")
         site.wait_http(f"http://127.0.0.1:{site_port}/login/")
+        processes[0].wait_http(hub_health)
         yield Stack(ws_url, api_url, f"http://127.0.0.1:{site_port}", processes)
     finally:
         for process in reversed(processes):

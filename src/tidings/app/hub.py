@@ -9,11 +9,12 @@ HTTP port it opens when ``http_api.enabled``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 
 import msgspec
@@ -39,6 +40,7 @@ from ..node.metrics import Metrics
 from ..node.node import Node
 from ..node.proxy import HTTPProxy
 from ..options import Config
+from ..transports.asgi import ASGIApp, ClientEndpoints
 from ..transports.server import Server
 from ..transports.websocket import WEBSOCKET_PATH
 from .gc_policy import FreezingCollector
@@ -57,10 +59,19 @@ class Hub(ServerAPI):
             await hub.publish("news", {"text": "hello"})
             await hub.serve_forever()
 
+    Or mounted in an ASGI application, on its port (see :meth:`asgi`)::
+
+        hub = Hub(load_config("tidings.toml"))
+        app = FastAPI(lifespan=hub.lifespan)
+        app.mount("/realtime", hub.asgi())
+
     Args:
         config: the configuration (see :func:`tidings.load_config`); defaults deny.
         broker: where publications travel; the in-memory broker by default.
         presence: where presence is kept; the broker by default.
+        api: whether to open the server API's port (``http_api.host``/``port``);
+            by default as ``http_api.enabled`` says, except for a hub mounted in an
+            ASGI application (:meth:`lifespan`), which opens it only when asked.
     """
 
     def __init__(
@@ -69,6 +80,7 @@ class Hub(ServerAPI):
         *,
         broker: Broker | None = None,
         presence: PresenceManager | None = None,
+        api: bool | None = None,
     ) -> None:
         config = config if config is not None else Config()
         broker = broker if broker is not None else make_broker(config.broker)
@@ -99,6 +111,7 @@ class Hub(ServerAPI):
         )
         self.server = Server(context)
         self.api: APIServer | None = None
+        self._open_api = api
         self._heartbeat: asyncio.Task[None] | None = None
         self.collector = FreezingCollector() if self.config.gc_freeze else None
         self._collecting: asyncio.TimerHandle | None = None
@@ -107,13 +120,23 @@ class Hub(ServerAPI):
 
     # --- lifecycle ---------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the node, listen on ``config.host``/``config.port``, start the HTTP API."""
+    async def start(self, *, listen: bool = True) -> None:
+        """Start the node, listen on ``config.host``/``config.port``, start the HTTP API.
+
+        With ``listen=False`` the hub opens no client port: an ASGI server carries
+        its connections (:meth:`asgi`), and the API port opens only if ``api=True``.
+        """
         await self.node.start()
         # Worker processes share the ports (SO_REUSEPORT): the kernel spreads connections.
         reuse_port = self.config.workers > 1
-        await self.server.start(self.config.host, self.config.port, reuse_port=reuse_port)
-        if self.config.http_api.enabled:
+        if listen:
+            await self.server.start(self.config.host, self.config.port, reuse_port=reuse_port)
+        else:
+            self.server.open()
+        open_api = self._open_api
+        if open_api is None:
+            open_api = listen and self.config.http_api.enabled
+        if open_api:
             self.api = APIServer(self, reuse_port=reuse_port)
             try:
                 await self.api.start()
@@ -127,7 +150,10 @@ class Hub(ServerAPI):
             self._collect()
         self._started = True
         self._started_at = time.monotonic()
-        logger.info("tidings listening on %s", self.url)
+        if listen:
+            logger.info("tidings listening on %s", self.url)
+        else:
+            logger.info("tidings started, serving clients through the ASGI application")
 
     async def stop(self) -> None:
         """Stop accepting, close clients with 3001 (flushing their queues), stop the node."""
@@ -155,6 +181,35 @@ class Hub(ServerAPI):
         loop = asyncio.get_running_loop()
         self.collector.tick(loop.time(), len(self.server.clients), self.server.connections_closed)
         self._collecting = loop.call_later(1.0, self._collect)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """The hub running for an ASGI application's lifetime, without its own client port.
+
+        Pass it as FastAPI's or Starlette's ``lifespan=``; ``app`` is ignored.
+        """
+        await self.start(listen=False)
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def asgi(self, *, prefix: str = "", fallback: ASGIApp | None = None) -> ASGIApp:
+        """The client endpoints as an ASGI application.
+
+        It serves ``/connection/websocket`` (and ``/health``) below where it is
+        mounted: with ``app.mount("/realtime", hub.asgi())`` SDKs connect to
+        ``ws://HOST:PORT/realtime/connection/websocket``. The same protocol,
+        limits, hooks and metrics apply as on the hub's own port.
+
+        Args:
+            prefix: the path the endpoints live under when no router sets the
+                scope's ``root_path`` (``"/realtime"`` in front of Django, say).
+            fallback: the application for every other request (Django's).
+                Run as the top-level application, it also starts and stops the
+                hub on ASGI lifespan events (the fallback gets none).
+        """
+        return ClientEndpoints(self.server, self.lifespan, prefix=prefix, fallback=fallback)
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`stop` is called."""

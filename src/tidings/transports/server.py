@@ -19,8 +19,9 @@ import http
 import logging
 import socket
 import ssl
+from typing import Protocol
 
-from ..node.client import Context
+from ..node.client import Client, Context
 from ..node.limits import OriginCheck, TokenBucket
 from ..options import ConfigError
 from ..protocol.codes import DISCONNECT_SHUTDOWN
@@ -29,13 +30,11 @@ from .static import StaticFiles
 from .websocket import (
     WEBSOCKET_PATH,
     Flusher,
-    WebSocketConnection,
-    reset,
     send_buffer_size,
     upgrade,
 )
 
-__all__ = ["Server"]
+__all__ = ["Connection", "Server"]
 
 logger = logging.getLogger("tidings.server")
 
@@ -43,14 +42,34 @@ BACKLOG = 4096
 """A reconnect storm overflows the default 100 (SYN retries: seconds of delay)."""
 
 
+class Connection(Protocol):
+    """An open connection of a client, whichever server shell carries it."""
+
+    client: Client
+
+    @property
+    def close_status(self) -> tuple[int, str]:
+        """The close code and reason, once closed (the client's cleanup reports them)."""
+        ...
+
+    def cut(self) -> None:
+        """End the connection now, without waiting for the peer (shutdown timeout)."""
+        ...
+
+
 class Server:
-    """Accepts connections on the client port and serves each WebSocket as a client."""
+    """Accepts connections on the client port and serves each WebSocket as a client.
+
+    The registry and the heartbeat also serve connections that another server
+    accepted (an ASGI server, :mod:`.asgi`): :meth:`open` starts them without a
+    listening socket.
+    """
 
     def __init__(self, context: Context) -> None:
         self.context = context
         self.config = context.config
-        self.clients: set[WebSocketConnection] = set()
-        """Open WebSocket connections (``connection.client`` is each one's client)."""
+        self.clients: set[Connection] = set()
+        """Open connections (``connection.client`` is each one's client)."""
         self.http_connections: set[HTTPConnection] = set()
         """Connections still speaking HTTP (idle keep-alive ones are closed at shutdown)."""
         self.flusher = Flusher(self.config.client.write_delay)
@@ -76,7 +95,14 @@ class Server:
         assert self._port, "not started"
         return self._port
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`open` was called (even if the server shut down since)."""
+        return self._heartbeat is not None
+
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen on ``host``/``port`` and serve the connections."""
+        self.open()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
             lambda: HTTPConnection(self),
@@ -92,12 +118,15 @@ class Server:
         sndbuf = send_buffer_size(self.config.client.queue_max_size)
         for sock in self._listener.sockets:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+
+    def open(self) -> None:
+        """Start the heartbeat tick: connections may come from now on."""
         options = self.config.client
         # Deadlines are checked this often: late by at most this much.
         period = min(
             1.0, options.ping_interval / 4, options.pong_timeout / 4, options.stale_close_delay / 4
         )
-        self._heartbeat = loop.call_later(period, self._beat, period)
+        self._heartbeat = asyncio.get_running_loop().call_later(period, self._beat, period)
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.tls_cert:
@@ -114,26 +143,27 @@ class Server:
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, close every client with 3001 once its queue is written."""
-        if self._listener is None:
+        if self._heartbeat is None or self.closing:
             return
         self.closing = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        self._listener.close()
-        for connection in list(self.http_connections):
-            connection.close()
+        self._heartbeat.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        for idle in list(self.http_connections):
+            idle.close()
         self._all_closed = asyncio.Event()
-        for websocket in list(self.clients):
-            websocket.client.disconnect(DISCONNECT_SHUTDOWN)
+        for connection in list(self.clients):
+            connection.client.disconnect(DISCONNECT_SHUTDOWN)
         try:
             async with asyncio.timeout(timeout):
                 await self._wait_closed()
         except TimeoutError:
             logger.warning("shutdown timeout: cutting the remaining connections")
-            for websocket in list(self.clients):
-                reset(websocket.transport)
+            for connection in list(self.clients):
+                connection.cut()
             await self._wait_closed()
-        await self._listener.wait_closed()
+        if self._listener is not None:
+            await self._listener.wait_closed()
 
     async def _wait_closed(self) -> None:
         assert self._all_closed is not None
@@ -141,6 +171,18 @@ class Server:
             await self._all_closed.wait()
 
     # --- connections ------------------------------------------------------------------
+
+    def refusal(self, origin: str | None, host: str | None) -> tuple[http.HTTPStatus, str] | None:
+        """Why a handshake is refused (a status and its text), or None to accept it."""
+        if not self.origins.allows(origin, host):
+            logger.warning("handshake refused: origin %r not allowed", origin)
+            return http.HTTPStatus.FORBIDDEN, "Origin not allowed\n"
+        limit = self.config.client.connection_limit
+        if limit and len(self.clients) >= limit:
+            return http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n"
+        if self.connection_rate is not None and not self.connection_rate.take():
+            return http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many new connections\n"
+        return None
 
     def route(self, connection: HTTPConnection, request: HTTPRequest, rest: bytes) -> None:
         """Answer one HTTP request, or hand its connection over to another protocol."""
@@ -168,23 +210,23 @@ class Server:
                 return
         connection.respond(text_response(http.HTTPStatus.NOT_FOUND, "Not Found\n"))
 
-    def opened(self, websocket: WebSocketConnection) -> None:
-        """A WebSocket handshake succeeded: its client starts."""
-        self.clients.add(websocket)
-        websocket.client.start_heartbeat(asyncio.get_running_loop().time())
+    def opened(self, connection: Connection) -> None:
+        """A handshake succeeded: its client starts."""
+        self.clients.add(connection)
+        connection.client.start_heartbeat(asyncio.get_running_loop().time())
 
-    def closed(self, websocket: WebSocketConnection) -> None:
-        """A WebSocket connection is gone: its client cleans up (hooks, broker)."""
-        task = asyncio.get_running_loop().create_task(self._cleanup(websocket))
+    def closed(self, connection: Connection) -> None:
+        """A connection is gone: its client cleans up (hooks, broker)."""
+        task = asyncio.get_running_loop().create_task(self._cleanup(connection))
         self._cleanups.add(task)
         task.add_done_callback(self._cleaned)
 
-    async def _cleanup(self, websocket: WebSocketConnection) -> None:
-        code, reason = websocket.close_status
+    async def _cleanup(self, connection: Connection) -> None:
+        code, reason = connection.close_status
         try:
-            await websocket.client.cleanup(code, reason)
+            await connection.client.cleanup(code, reason)
         finally:
-            self.clients.discard(websocket)
+            self.clients.discard(connection)
             self.connections_closed += 1
 
     def _cleaned(self, task: asyncio.Task[None]) -> None:
@@ -196,8 +238,8 @@ class Server:
         """Call the heartbeat of every client whose deadline passed."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for websocket in list(self.clients):
-            client = websocket.client
+        for connection in list(self.clients):
+            client = connection.client
             if client.due <= now:
                 client.heartbeat(now)
         self._heartbeat = loop.call_later(period, self._beat, period)

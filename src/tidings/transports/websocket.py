@@ -62,8 +62,11 @@ __all__ = [
     "WEBSOCKET_PATH",
     "Flusher",
     "WebSocketConnection",
+    "codec_of",
+    "coalesce",
     "frame",
     "reset",
+    "select_subprotocol",
     "send_buffer_size",
     "upgrade",
 ]
@@ -108,8 +111,12 @@ class _ServerProtocol(ServerProtocol):
     """
 
     def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
-        """Protobuf if offered, else JSON if offered, else none (JSON) rather than 400."""
-        return next((name for name in SUBPROTOCOLS if name in subprotocols), None)
+        return select_subprotocol(subprotocols)
+
+
+def select_subprotocol(offered: Sequence[str]) -> Subprotocol | None:
+    """Protobuf if offered, else JSON if offered, else none (JSON) rather than 400."""
+    return next((name for name in SUBPROTOCOLS if name in offered), None)
 
 
 _OFFERED = list(SUBPROTOCOLS)  # one list for every connection's protocol
@@ -128,20 +135,11 @@ def codec_of(subprotocol: Subprotocol | None, target: str) -> Codec:
 def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, rest: bytes) -> None:
     """Answer a WebSocket handshake; on success the connection becomes a WebSocket."""
     headers = request.headers
-    if not server.origins.allows(headers.get("Origin"), headers.get("Host")):
-        logger.warning("handshake refused: origin %r not allowed", headers.get("Origin"))
-        connection.respond(text_response(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n"))
+    refusal = server.refusal(headers.get("Origin"), headers.get("Host"))
+    if refusal is not None:
+        connection.respond(text_response(*refusal))
         return
     options = server.config.client
-    if options.connection_limit and len(server.clients) >= options.connection_limit:
-        refusal = "Too many connections\n"
-    elif server.connection_rate is not None and not server.connection_rate.take():
-        refusal = "Too many new connections\n"
-    else:
-        refusal = ""
-    if refusal:
-        connection.respond(text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, refusal))
-        return
     # state=OPEN: the request was parsed already; the protocol reads frames from the start.
     protocol = _ServerProtocol(
         subprotocols=_OFFERED,
@@ -385,6 +383,9 @@ class WebSocketConnection(asyncio.Protocol):
             metrics.bytes_sent.inc(size)
             self._start_close(disconnect, CLOSE_TIMEOUT)
 
+    def cut(self) -> None:
+        reset(self.transport)
+
     def _start_close(self, disconnect: Disconnect, timeout: float) -> None:
         """No more data from now on: a close frame, and a deadline for the peer's."""
         self.closing = disconnect
@@ -440,8 +441,9 @@ class WebSocketConnection(asyncio.Protocol):
                 self.transport.close()
 
 
-def _frames(pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
-    """Coalesce messages into frames of at most :data:`MAX_FRAME_SIZE` bytes."""
+def coalesce(pending: list[bytes], codec: Codec) -> list[bytes]:
+    """Join messages into as few payloads as the codec allows, each of at most
+    :data:`MAX_FRAME_SIZE` bytes (a longer message stays alone)."""
     out: list[bytes] = []
     start = 0
     while start < len(pending):
@@ -449,6 +451,12 @@ def _frames(pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
         while end < len(pending) and size + len(pending[end]) < MAX_FRAME_SIZE:
             size += len(pending[end]) + 1
             end += 1
-        out.append(frame(codec.join(pending[start:end]), codec.binary))
+        out.append(codec.join(pending[start:end]))
         start = end
-    return b"".join(out), len(out)
+    return out
+
+
+def _frames(pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
+    """Coalesce messages into frames: the bytes to write and how many frames."""
+    payloads = coalesce(pending, codec)
+    return b"".join([frame(payload, codec.binary) for payload in payloads]), len(payloads)
