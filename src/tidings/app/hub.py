@@ -229,6 +229,7 @@ class Hub(ServerAPI):
 
     @property
     def port(self) -> int:
+        """The client port listened on (the one the system picked when 0 was asked)."""
         return self.server.port
 
     @property
@@ -255,26 +256,32 @@ class Hub(ServerAPI):
         return hook
 
     def on_refresh(self, hook: RefreshHook) -> RefreshHook:
+        """Register the refresh hook: extends a connection whose token expires."""
         self.hooks.refresh = hook
         return hook
 
     def on_subscribe(self, hook: SubscribeHook) -> SubscribeHook:
+        """Register the subscribe hook: allows, refuses or amends a subscription."""
         self.hooks.subscribe = hook
         return hook
 
     def on_publish(self, hook: PublishHook) -> PublishHook:
+        """Register the publish hook: allows, refuses or rewrites a client's publication."""
         self.hooks.publish = hook
         return hook
 
     def on_rpc(self, hook: RPCHook) -> RPCHook:
+        """Register the RPC hook: answers a client's ``rpc`` command."""
         self.hooks.rpc = hook
         return hook
 
     def on_unsubscribe(self, hook: UnsubscribeHook) -> UnsubscribeHook:
+        """Register the unsubscribe hook: told when a client leaves a channel."""
         self.hooks.unsubscribe = hook
         return hook
 
     def on_disconnect(self, hook: DisconnectHook) -> DisconnectHook:
+        """Register the disconnect hook: told when a client's connection ends."""
         self.hooks.disconnect = hook
         return hook
 
