@@ -60,26 +60,53 @@ class ChannelOptions(_Options, frozen=True):
     """What a channel (or every channel of a namespace) offers and allows."""
 
     presence: bool = False
+    """Keep who is subscribed, for the ``presence`` and ``presence_stats`` calls
+    (of clients and of the server API)."""
     join_leave: bool = False
+    """Publish a join/leave event when a client subscribes/unsubscribes; a subscriber
+    gets them when it asks (``join_leave`` in its subscribe) and may read presence."""
     force_push_join_leave: bool = False
+    """Push the join/leave events (of ``join_leave``) to every subscriber, asked or not."""
     history_size: Limit = 0
     """Publications kept per channel (0: no history)."""
     history_ttl: Delay = 0.0
     """Seconds history is kept (0: no history)."""
     force_recovery: bool = False
+    """Make every subscription recoverable: on resubscribe a client gets the
+    publications it missed from history (needs history)."""
     force_positioning: bool = False
+    """Make every subscription positioned: its client gets the stream position, and
+    one that may have missed publications is unsubscribed (2500) or disconnected (3010)
+    to subscribe again (needs history)."""
     allow_subscribe_for_client: bool = False
+    """Authenticated clients may subscribe without a subscription token."""
     allow_subscribe_for_anonymous: bool = False
+    """Anonymous clients (no user) may subscribe without a subscription token too
+    (with ``allow_subscribe_for_client``)."""
     allow_publish_for_subscriber: bool = False
+    """Clients subscribed to the channel may publish to it."""
     allow_publish_for_client: bool = False
+    """Authenticated clients may publish, subscribed or not."""
     allow_publish_for_anonymous: bool = False
+    """Anonymous clients (no user) may publish too (with ``allow_publish_for_client``
+    or ``_for_subscriber``)."""
     allow_history_for_subscriber: bool = False
+    """Clients subscribed to the channel may read its history."""
     allow_history_for_client: bool = False
+    """Authenticated clients may read history, subscribed or not."""
     allow_history_for_anonymous: bool = False
+    """Anonymous clients (no user) may read history too (with ``allow_history_for_client``
+    or ``_for_subscriber``)."""
     allow_presence_for_subscriber: bool = False
+    """Clients subscribed to the channel may read its presence and presence stats."""
     allow_presence_for_client: bool = False
+    """Authenticated clients may read presence and presence stats, subscribed or not."""
     allow_presence_for_anonymous: bool = False
+    """Anonymous clients (no user) may read presence too (with ``allow_presence_for_client``
+    or ``_for_subscriber``)."""
     allow_user_limited_channels: bool = False
+    """A channel name with ``#`` lists its users after it: ``dialog#42,43`` is only for
+    users 42 and 43, who may subscribe to it without a token."""
 
     @property
     def history_enabled(self) -> bool:
@@ -90,18 +117,32 @@ class ClientOptions(_Options, frozen=True):
     """Per-connection settings (``[client]``)."""
 
     ping_interval: Seconds = 25.0
+    """Seconds between the server's pings to a client (the first one is randomized);
+    also sent to the client, which closes the connection when pings stop coming."""
     pong_timeout: Seconds = 8.0
+    """Seconds a client has to answer a ping; then it is disconnected with 3012
+    (less than ``ping_interval``)."""
     stale_close_delay: Seconds = 10.0
+    """Seconds a new connection has to send ``connect``; then it is closed with 3502."""
     expired_close_delay: Delay = 25.0
+    """Seconds of grace after a connection's token expires, for the client to refresh
+    it, before it is closed with 3005 (without a refresh hook)."""
     channel_limit: Positive = 128
+    """Channels one connection may be subscribed to; more get error 106."""
     channel_max_length: Positive = 255
+    """Longest channel name, in characters; longer ones get error 107."""
     queue_max_size: Positive = 1024 * 1024
+    """Bytes a client may have waiting to be sent; a client that falls further behind
+    is disconnected with 3008 (slow)."""
     write_delay: Delay = 0.005
     """Writes to clients happen at most this often (seconds): under load, messages
     gather into one frame and one system call per client; when idle, nothing waits
     (0: each message is written at once)."""
     max_message_size: Positive = 65536
+    """Largest message a client may send, in bytes; a larger one closes the connection
+    with 1009."""
     allow_anonymous_connect_without_token: bool = False
+    """Accept connections without a token, as anonymous clients (user ``""``)."""
     connection_limit: Limit = 100_000
     """Connections per node; more are refused at the handshake with HTTP 503 (0: no limit)."""
     user_connection_limit: Limit = 0
@@ -117,14 +158,19 @@ class HTTPAPIOptions(_Options, frozen=True):
     """The internal HTTP port: server API, metrics, readiness (``[http_api]``)."""
 
     enabled: bool = True
+    """Open the API port (a ``Hub`` mounted in an ASGI application opens it only when
+    asked)."""
     host: str = "127.0.0.1"
+    """Address the API port listens on; keep it internal."""
     port: Port = 9000
+    """The API port."""
     key: str = ""
     """The API key; without one (and without ``insecure``) every API call gets 401.
     A configured key is always checked, ``insecure`` or not."""
     insecure: bool = False
     """Accept API calls without a key when no ``key`` is configured (``--dev`` sets it)."""
     max_body_size: Positive = 1024 * 1024
+    """Largest request body, in bytes; larger ones get HTTP 413."""
 
 
 class BrokerOptions(_Options, frozen=True):
@@ -135,24 +181,41 @@ class BrokerOptions(_Options, frozen=True):
     prefix: str = "tidings"
     """Prefix of every Redis key and channel, to share one Redis between hubs."""
     pubsub_shards: Positive = 4
+    """Redis pub/sub connections per node, channels spread over them by hash."""
     presence_ttl: Seconds = 60.0
     """A node's clients vanish from presence this long after the node dies."""
     presence_update_interval: Seconds = 25.0
+    """Seconds between a node's refreshes of its clients' presence (less than
+    ``presence_ttl``)."""
     history_meta_ttl: Seconds = 30 * 24 * 3600.0
+    """Seconds a channel's stream position (epoch and offset) is kept in Redis after
+    its last publication; then the channel starts a new epoch."""
     node_info_interval: Seconds = 3.0
+    """Seconds between a node's announcements of itself to the others; a node silent
+    for three of them is dropped from the ``info`` API."""
 
 
 class ProxyOptions(_Options, frozen=True):
     """HTTP endpoints answering hooks, for backends not in Python (``[proxy]``)."""
 
     connect_endpoint: str = ""
+    """URL answering connect (Centrifugo's connect proxy); empty: none."""
     refresh_endpoint: str = ""
+    """URL asked to extend a connection whose token expires (refresh proxy)."""
     subscribe_endpoint: str = ""
+    """URL deciding subscriptions without a token (subscribe proxy); replaces the
+    ``allow_subscribe_*`` options."""
     publish_endpoint: str = ""
+    """URL deciding clients' publications (publish proxy); replaces the
+    ``allow_publish_*`` options."""
     rpc_endpoint: str = ""
+    """URL answering clients' ``rpc`` calls (RPC proxy)."""
     unsubscribe_endpoint: str = ""
+    """URL told of every ended subscription (tidings' own; its answer is ignored)."""
     disconnect_endpoint: str = ""
+    """URL told of every ended connection (tidings' own; its answer is ignored)."""
     timeout: Seconds = 1.0
+    """Seconds a proxy request may take; a failed or late answer is error 100."""
     http_headers: list[str] = []
     """Headers of the client's WebSocket handshake forwarded to the connect endpoint."""
 
@@ -161,10 +224,12 @@ class AdminOptions(_Options, frozen=True):
     """The admin UI on the API port (``[admin]``); off without a password."""
 
     password: str = ""
+    """The admin UI's password; no admin UI without one (``--dev`` sets ``admin``)."""
     secret: str = ""
     """Signs session cookies; random when empty (logins end on restart). With
     ``workers > 1``, ``tidings serve`` draws one for all its workers."""
     session_ttl: Seconds = 8 * 3600.0
+    """Seconds an admin login lasts."""
 
 
 class Config(_Options, frozen=True):
@@ -175,19 +240,29 @@ class Config(_Options, frozen=True):
     """
 
     host: str = "127.0.0.1"
+    """Address the client port listens on (WebSocket ``/connection/websocket``,
+    ``GET /health``)."""
     port: Port = 8000
+    """The client port."""
     dev: bool = False
+    """Open everything for local development (applied by :func:`load_config`):
+    anonymous clients, every channel permission, presence, join/leave and history,
+    the demo app, any origin, the API without a key (unless one is set) and the admin
+    UI with password ``admin``. Options set explicitly still win."""
     allowed_origins: list[str] = []
     """Origins allowed to open WebSockets (``*`` wildcards). Empty: requests without an
     Origin header (non-browser clients) and same-host pages only. Others get HTTP 403."""
     tls_cert: str = ""
+    """Path of the PEM certificate (chain): with ``tls_key``, serve ``wss://`` directly,
+    without a proxy in front."""
     tls_key: str = ""
-    """PEM files: serve ``wss://`` directly, without a proxy in front."""
+    """Path of the PEM private key of ``tls_cert``."""
     demo: bool = False
     """Serve the demo app on the WebSocket port (``--dev`` turns it on)."""
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
     """Processes sharing the ports (needs a shared broker such as Redis)."""
     log_level: str = "info"
+    """``debug``, ``info``, ``warning``, ``error`` or ``critical``."""
     log_format: str = "text"
     """``text`` or ``json`` (one JSON object per line)."""
     shutdown_timeout: Delay = 10.0
@@ -198,10 +273,15 @@ class Config(_Options, frozen=True):
     process-wide, so it is off for an embedded ``Hub``; ``tidings serve`` turns it on
     unless the configuration sets it."""
     token_hmac_secret_key: str = ""
+    """Secret of HS256/384/512 connection and subscription tokens (JWT)."""
     token_rsa_public_key: str = ""
+    """PEM public key of RS256/384/512 tokens."""
     token_ecdsa_public_key: str = ""
+    """PEM public key of ES256/384/512 tokens."""
     token_audience: str = ""
+    """When set, tokens must carry this ``aud`` claim."""
     token_issuer: str = ""
+    """When set, tokens must carry this ``iss`` claim."""
     history_max_publication_limit: Limit = 300
     """Most publications one history call returns (0: positions only)."""
     client: ClientOptions = ClientOptions()
@@ -212,6 +292,9 @@ class Config(_Options, frozen=True):
     channel: ChannelOptions = ChannelOptions()
     """Options of channels without a namespace (top-level keys in the file)."""
     namespaces: dict[str, ChannelOptions] = {}
+    """Channel options by namespace: channels ``NAME:...`` take those of
+    ``[namespaces.NAME]`` (nothing is inherited from the top level); a channel of
+    an unknown namespace gets error 102."""
 
     def __post_init__(self) -> None:
         _check_bounds(self, _type_info(), "")

@@ -1216,6 +1216,20 @@ async def test_exclude_client_skips_the_named_client_but_not_other_subscribers(
 # ======================================================================================
 
 
+async def test_the_openapi_schemas_carry_the_class_and_field_docstrings(
+    make_hub: HubFactory,
+) -> None:
+    hub = await api_hub(make_hub)
+    _, _, body = await http(hub, "GET", "/api/openapi.json")
+    schemas = json.loads(body)["components"]["schemas"]
+    position = schemas["StreamPosition"]
+    assert position["description"].startswith("A place in a channel's")
+    assert "epoch" in position["properties"]["epoch"]["description"]
+    # A field inherited from a base struct keeps its docstring too.
+    publish = schemas["PublishRequest"]["properties"]
+    assert "5 minutes" in publish["idempotency_key"]["description"]
+
+
 async def test_the_openapi_description_is_served_and_lists_every_method(
     make_hub: HubFactory,
 ) -> None:

@@ -12,13 +12,16 @@ a missing or wrong key gets HTTP 401 with an empty body.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import functools
 import hmac
+import inspect
 import logging
 import operator
 import secrets
+import textwrap
 import time
 import types
 import typing
@@ -55,60 +58,101 @@ class _PublishFields(_Request, kw_only=True):
     """What publish and broadcast share."""
 
     data: Raw = NO_DATA
+    """The JSON payload subscribers get (this or ``b64data`` is required)."""
     b64data: str = ""
+    """The payload in base64; it must decode to JSON (clients here speak JSON)."""
     skip_history: bool = False
+    """Deliver without keeping the publication in the channel's history."""
     tags: dict[str, str] | None = None
+    """String key-value pairs sent with the publication; subscription filters match on them."""
     idempotency_key: str = ""
+    """A publication repeating the key of one in the last 5 minutes is not published
+    again (the first one's position is returned)."""
     exclude_client: str = ""
+    """A client ID that does not get this publication (say, its author)."""
 
 
 class PublishRequest(_PublishFields, kw_only=True):
+    """Publish to one channel."""
+
     channel: str
 
 
 class BroadcastRequest(_PublishFields, kw_only=True):
+    """Publish the same payload to several channels."""
+
     channels: list[str]
 
 
 class SubscribeRequest(_Request):
+    """Subscribe a user's connections to a channel (server-side subscription)."""
+
     user: str
     channel: str
     info: Raw = NO_DATA
+    """JSON attached to the subscription (``chan_info``)."""
     b64info: str = ""
+    """``info`` in base64 (of JSON)."""
     client: str = ""
+    """Only this connection of the user."""
     session: str = ""
+    """Accepted for compatibility with Centrifugo; unused."""
     data: Raw = NO_DATA
+    """JSON sent to the client with the subscription."""
     b64data: str = ""
+    """``data`` in base64 (of JSON)."""
     recover_since: StreamPosition | None = None
+    """Recover the publications after this position."""
 
 
 class UnsubscribeRequest(_Request):
+    """Unsubscribe a user's connections from a channel (unsubscribe code 2000)."""
+
     user: str
     channel: str
     client: str = ""
+    """Only this connection of the user."""
     session: str = ""
+    """Accepted for compatibility with Centrifugo; unused."""
 
 
 class DisconnectCode(Struct):
+    """A close code and reason."""
+
     code: int = 0
+    """3000-4999; codes 3500-3999 and 4500-4999 tell clients not to reconnect."""
     reason: str = ""
+    """At most 123 bytes."""
 
 
 class DisconnectRequest(_Request):
+    """Close a user's connections."""
+
     user: str
     client: str = ""
+    """Only this connection of the user."""
     session: str = ""
+    """Accepted for compatibility with Centrifugo; unused."""
     whitelist: list[str] = []
+    """Client IDs to keep connected."""
     disconnect: DisconnectCode | None = None
+    """The close code and reason; by default 3503 (force disconnect, no reconnect)."""
 
 
 class RefreshRequest(_Request):
+    """Extend (or end) a user's connections, as a token refresh would."""
+
     user: str
     client: str = ""
+    """Only this connection of the user."""
     session: str = ""
+    """Accepted for compatibility with Centrifugo; unused."""
     expired: bool = False
+    """End the connections (3005) instead."""
     expire_at: int | None = None
+    """New expiry (Unix time; 0: never)."""
     info: Raw = NO_DATA
+    """New connection info (``conn_info``)."""
 
 
 class ChannelRequest(_Request):
@@ -116,14 +160,23 @@ class ChannelRequest(_Request):
 
 
 class HistoryRequest(_Request):
+    """Read a channel's history."""
+
     channel: str
     limit: int = 0
+    """Most publications to return: 0 gives only the stream position, -1 up to
+    ``history_max_publication_limit``."""
     since: StreamPosition | None = None
+    """Only publications after this position."""
     reverse: bool = False
+    """Newest first."""
 
 
 class ChannelsRequest(_Request):
+    """List the channels with subscribers on this node."""
+
     pattern: str = ""
+    """A glob (``*``, ``?``, ``[...]``, ``{a,b}``) channel names must match; empty: all."""
 
 
 class InfoRequest(_Request):
@@ -131,19 +184,29 @@ class InfoRequest(_Request):
 
 
 class BatchRequest(_Request):
+    """Several API calls in one request."""
+
     commands: list[dict[str, Raw]]
+    """Each ``{"<method>": {...request...}}``."""
     parallel: bool = False
+    """Run the commands concurrently rather than in order."""
 
 
 # --- results -------------------------------------------------------------------------
 
 
 class PublishResult(_Result):
+    """Where the publication went in the channel's stream."""
+
     offset: int = 0
+    """Its offset (0 when the channel keeps no history)."""
     epoch: str = ""
 
 
 class ErrorBody(Struct):
+    """Why a call failed: a client protocol error code (107 bad request, 102 unknown
+    channel, 108 not available, ...) and its message."""
+
     code: int
     message: str
 
@@ -171,13 +234,19 @@ class PresenceStatsResult(Struct):
 
 
 class HistoryResult(Struct):
+    """Publications and the stream's current position."""
+
     publications: list[Publication]
     offset: int
+    """Offset of the stream's last publication."""
     epoch: str
 
 
 class ChannelInfo(Struct):
+    """One channel of the ``channels`` answer."""
+
     num_clients: int
+    """Subscribers of the channel on this node."""
 
 
 class ChannelsResult(Struct):
@@ -545,6 +614,8 @@ def _schema_twin(kind: Any, twins: dict[type, Any]) -> Any:
 
     The wire types default payloads to the :data:`NO_DATA` instance (``omit_defaults``
     needs that identity), but msgspec cannot write a ``Raw`` default into a schema.
+    The twin keeps the docstrings, which msgspec writes as descriptions: the class's,
+    and each field's (the string under it in the source, as :func:`_field_docs` finds).
     """
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if args:
@@ -557,8 +628,11 @@ def _schema_twin(kind: Any, twins: dict[type, Any]) -> Any:
     if kind not in twins:
         twins[kind] = None  # recursion guard; no wire type refers to itself
         fields: list[Any] = []
+        docs = _field_docs(kind)
         for info in msgspec.structs.fields(kind):
             field_type = _schema_twin(info.type, twins)
+            if info.name in docs:
+                field_type = typing.Annotated[field_type, msgspec.Meta(description=docs[info.name])]
             if info.default is NO_DATA:
                 absent = msgspec.field(default_factory=lambda: NO_DATA)
                 fields.append((info.encode_name, field_type, absent))
@@ -569,8 +643,39 @@ def _schema_twin(kind: Any, twins: dict[type, Any]) -> Any:
                 fields.append((info.encode_name, field_type, default))
             else:
                 fields.append((info.encode_name, field_type))
-        twins[kind] = msgspec.defstruct(kind.__name__, fields, kw_only=True)
+        twin = msgspec.defstruct(kind.__name__, fields, kw_only=True)
+        twin.__doc__ = kind.__doc__
+        twins[kind] = twin
     return twins[kind]
+
+
+@functools.cache
+def _field_docs(kind: type[Struct]) -> dict[str, str]:
+    """Field name -> the docstring under the field, in ``kind`` and the Structs it extends.
+
+    Python keeps no field docstrings at run time: they are read from the source (none
+    when it is not available).
+    """
+    docs: dict[str, str] = {}
+    for cls in reversed(kind.__mro__):  # a subclass's docstring wins
+        if not (issubclass(cls, Struct) and cls is not Struct):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(cls))
+        except (OSError, TypeError):
+            continue
+        (node,) = ast.parse(source).body
+        assert isinstance(node, ast.ClassDef)
+        for field, after in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[field.target.id] = inspect.cleandoc(after.value.value)
+    return docs
 
 
 def _operation(name: str, request: Any, response: Any) -> dict[str, Any]:

@@ -79,12 +79,18 @@ class Publisher(_Base):
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
     ) -> StreamPosition:
-        """Publish ``data`` (JSON-serialisable) to ``channel``; return its position."""
+        """Publish ``data`` (JSON-serialisable) to ``channel``; return its position.
+
+        ``tags`` travel with the publication (subscription filters match on them); a
+        publication repeating the ``idempotency_key`` of one in the last five minutes is
+        not published again (the first one's position is returned).
+        """
         keys, args = self._script_call(channel, data, tags, idempotency_key)
         reply: bytes = self._script(keys=keys, args=args)
         return parse_position(reply)
 
     def close(self) -> None:
+        """Close the Redis connections (also done by leaving a ``with`` block)."""
         self.redis.close()
 
     def __enter__(self) -> Publisher:
@@ -115,11 +121,18 @@ class AsyncPublisher(_Base):
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
     ) -> StreamPosition:
+        """Publish ``data`` (JSON-serialisable) to ``channel``; return its position.
+
+        ``tags`` travel with the publication (subscription filters match on them); a
+        publication repeating the ``idempotency_key`` of one in the last five minutes is
+        not published again (the first one's position is returned).
+        """
         keys, args = self._script_call(channel, data, tags, idempotency_key)
         reply: bytes = await self._script(keys=keys, args=args)
         return parse_position(reply)
 
     async def close(self) -> None:
+        """Close the Redis connections (also done by leaving an ``async with`` block)."""
         await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncPublisher:

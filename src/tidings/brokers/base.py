@@ -62,8 +62,12 @@ class HistoryOptions:
 
 @dataclass(frozen=True, slots=True)
 class PresenceStats:
+    """How many are present in a channel (the ``presence_stats`` answer)."""
+
     num_clients: int
+    """Connections subscribed to the channel."""
     num_users: int
+    """Distinct users among them (anonymous clients count as one user, ``""``)."""
 
     @classmethod
     def of(cls, clients: Mapping[str, ClientInfo]) -> PresenceStats:

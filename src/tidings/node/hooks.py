@@ -83,24 +83,35 @@ class RefreshEvent:
 
 @dataclass(frozen=True, slots=True)
 class RefreshReply:
+    """What a refresh hook decides: a new expiry, or the end of the connection."""
+
     expire_at: int = 0
-    """New expiry (Unix time); 0: never expire."""
+    """New expiry (Unix time, in the future); 0: never expire."""
     expired: bool = False
     """Close the connection (3005) instead."""
 
 
 @dataclass(frozen=True, slots=True)
 class SubscribeEvent:
+    """A client asked to subscribe without a subscription token (the hook decides)."""
+
     client: str
+    """The connection's ID."""
     user: str
+    """The user ID (``""`` for an anonymous client)."""
     channel: str
+    """The channel to subscribe to."""
     data: Any
+    """The subscribe command's ``data`` as JSON values (``None`` when absent; bytes
+    when a Protobuf client sent something other than JSON)."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
 
 
 @dataclass(frozen=True, slots=True)
 class SubscribeReply:
+    """What a subscribe hook may attach to an accepted subscription."""
+
     info: Any = None
     """Channel info of this subscriber (``chan_info``)."""
     data: Any = None
@@ -109,27 +120,45 @@ class SubscribeReply:
 
 @dataclass(frozen=True, slots=True)
 class PublishEvent:
+    """A client publishes to a channel (the hook decides, and may rewrite it)."""
+
     client: str
+    """The connection's ID."""
     user: str
+    """The user ID (``""`` for an anonymous client)."""
     channel: str
+    """The channel to publish to."""
     data: Any
+    """What the client publishes, as JSON values (bytes when a Protobuf client sent
+    something other than JSON)."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
 
 
 @dataclass(frozen=True, slots=True)
 class PublishReply:
+    """What a publish hook may change about an accepted publication."""
+
     data: Any = None
     """Publish this instead of the client's data (``None``: unchanged)."""
     skip_history: bool = False
+    """Deliver the publication to subscribers without keeping it in the channel's
+    history."""
 
 
 @dataclass(frozen=True, slots=True)
 class RPCEvent:
+    """A client sent ``rpc``; the hook's return value (JSON-serialisable) is the answer."""
+
     client: str
+    """The connection's ID."""
     user: str
+    """The user ID (``""`` for an anonymous client)."""
     method: str
+    """The ``method`` the client named (may be empty)."""
     data: Any
+    """The call's ``data`` as JSON values (``None`` when absent; bytes when a Protobuf
+    client sent something other than JSON)."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
 

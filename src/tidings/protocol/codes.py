@@ -42,18 +42,35 @@ class ErrorCode:
     """Codes of ``Reply.error``: the command failed, the connection stays."""
 
     INTERNAL = 100
+    """Something went wrong in the server, not the client's fault; temporary: the
+    client may retry."""
     UNAUTHORIZED = 101
+    """The request is not authorized."""
     UNKNOWN_CHANNEL = 102
+    """The channel does not exist: usually its namespace is not configured."""
     PERMISSION_DENIED = 103
+    """Access to the resource is not allowed."""
     METHOD_NOT_FOUND = 104
+    """The command's method does not exist (or, for ``rpc``, nothing answers it)."""
     ALREADY_SUBSCRIBED = 105
+    """The client is already subscribed to the channel."""
     LIMIT_EXCEEDED = 106
+    """A limit was exceeded, such as ``client.channel_limit``."""
     BAD_REQUEST = 107
+    """The request is malformed: say, an invalid or too long channel name."""
     NOT_AVAILABLE = 108
+    """The feature is not enabled, such as history or presence in a channel
+    without it."""
     TOKEN_EXPIRED = 109
+    """The connection or subscription token has expired; SDKs fetch a new one and
+    retry."""
     EXPIRED = 110
+    """The connection has expired (no token involved)."""
     TOO_MANY_REQUESTS = 111
+    """Rate limited (``client.command_rate_limit``); temporary: the client may retry."""
     UNRECOVERABLE_POSITION = 112
+    """The stream no longer holds the publications since the position asked for
+    (history evicted, or a new epoch): recovery is not possible."""
 
 
 _MESSAGES = {

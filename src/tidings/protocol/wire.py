@@ -121,8 +121,15 @@ class PresenceStatsRequest(_Wire):
 
 
 class StreamPosition(_Wire):
+    """A place in a channel's publication stream (its history)."""
+
     offset: Uint64 = 0
+    """Offset of the last publication up to this place (publications are numbered
+    from 1; 0: none)."""
     epoch: str = ""
+    """Names one life of the stream: a stream whose position was lost
+    (``broker.history_meta_ttl`` passed, Redis flushed, the memory broker's process
+    restarted) starts a new epoch, and offsets of the old one no longer apply."""
 
 
 class HistoryRequest(_Wire):
@@ -188,17 +195,33 @@ METHODS = tuple(name for name in Command.__struct_fields__ if name != "id")
 
 
 class ClientInfo(_Wire):
+    """Who a client is, as others see it: in presence, join/leave events and the
+    publications it sends."""
+
     user: str
+    """The user ID (``""`` for an anonymous client)."""
     client: str
+    """The connection's unique ID."""
     conn_info: Raw = NO_DATA
+    """Application JSON attached to the connection (the token's ``info`` claim, or
+    the connect hook's ``info``)."""
     chan_info: Raw = NO_DATA
+    """Application JSON attached to this subscription (the subscription token's
+    ``info`` claim, or the subscribe hook's ``info``)."""
 
 
 class Publication(_Wire):
+    """A message published to a channel, as subscribers and history get it."""
+
     data: Raw
+    """The application's JSON payload, as published."""
     info: ClientInfo | None = None
+    """The publishing client, when a client published it (not the server API)."""
     offset: Uint64 = 0
+    """Its offset in the channel's stream (0 when the channel keeps no history)."""
     tags: dict[str, str] | None = None
+    """String key-value pairs given by the publisher; subscription filters (``tf``)
+    match on them."""
 
 
 class SubscribeResult(_Wire):
