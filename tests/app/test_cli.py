@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -23,7 +24,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tidings import Config, __version__, load_config
-from tidings.app.cli import _shared_admin_secret, main
+from tidings.app.cli import _parser, _shared_admin_secret, main
 from tidings.node.auth import InvalidToken, TokenVerifier
 from tidings.options import AdminOptions, BrokerOptions
 
@@ -671,3 +672,125 @@ def test_log_level_debug_adds_the_traceback_of_a_start_up_failure() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "Traceback" in result.stderr and "cannot reach Redis" in result.stderr
+
+
+# -- check-config, gen-config, help ---------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_check_config_says_config_ok_and_exits_0(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f'token_hmac_secret_key = "{SECRET}"\n')
+    result = run_tidings("check-config", str(path))
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{path}: config ok\n", "")
+
+
+def test_check_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, 'port = 99999\nbogus = 1\n[client]\nping_interval = "x"\nchannel_limit = 0\n'
+    )
+    result = run_tidings("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"tidings: {path}: error: port must be at most 65535, got 99999",
+        f"tidings: {path}: error: unknown option bogus",
+        f"tidings: {path}: error: client.ping_interval: expected a duration such as 25, '25s',"
+        " '500ms' or '1m30s', got 'x'",
+        f"tidings: {path}: error: client.channel_limit must be at least 1, got 0",
+        f"{path}: 4 problems",
+    ]
+
+
+def test_check_config_of_a_centrifugo_file_names_each_unsupported_key() -> None:
+    path = DATA / "centrifugo_v6.json"
+    result = run_tidings("check-config", str(path))
+    assert result.returncode == 0
+    assert result.stdout == f"{path}: config ok (9 warnings)\n"
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 9
+    assert warnings[0] == (
+        f"tidings: {path}: warning: client.token.jwks_public_endpoint: not supported by tidings,"
+        " ignored"
+    )
+
+
+def test_check_config_lists_warnings_with_the_problems_of_a_centrifugo_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "centrifugo.yaml"
+    path.write_text("client:\n  concurrency: 4\n  ping_interval: 25\nadmin:\n  enabld: true\n")
+    result = run_tidings("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tidings: {path}: warning: client.concurrency: not supported by tidings, ignored",
+        f"tidings: {path}: error: client.ping_interval: a number is nanoseconds for Centrifugo:"
+        " write a duration string such as '25s'",
+        f"tidings: {path}: error: unknown Centrifugo v6 option admin.enabld (the file is read as"
+        " a Centrifugo v6 configuration because of its key client.concurrency)",
+        f"{path}: 2 problems",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("missing.toml", None, "cannot read config file"),
+        ("broken.json", "{", "invalid JSON"),
+        ("pair.toml", "[client]\nping_interval = 5\npong_timeout = 5\n", "client.ping_interval"),
+    ],
+)
+def test_check_config_of_an_unreadable_or_inconsistent_file_exits_2(
+    tmp_path: Path, name: str, text: str | None, message: str
+) -> None:
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    result = run_tidings("check-config", str(path))
+    assert result.returncode == 2
+    assert f"tidings: {path}: error: " in result.stderr
+    assert message in result.stderr
+
+
+def test_gen_config_prints_every_option_at_its_default_and_loads_back(tmp_path: Path) -> None:
+    result = run_tidings("gen-config")
+    assert (result.returncode, result.stderr) == (0, "")
+    path = tmp_path / "generated.toml"
+    path.write_text(result.stdout)
+    assert load_config(path, env={}) == Config()
+    assert run_tidings("check-config", str(path)).returncode == 0
+    listed = set(re.findall(r"^(?:# )?(\w+) = ", result.stdout, re.MULTILINE))
+    for info in msgspec.structs.fields(Config):
+        if isinstance(info.type, type) and issubclass(info.type, msgspec.Struct):
+            assert set(info.type.__struct_fields__) <= listed, info.name
+        elif info.name != "namespaces":
+            assert info.name in listed
+
+
+def test_gen_config_puts_each_description_of_options_py_above_its_option() -> None:
+    text = run_tidings("gen-config").stdout
+    assert "# Seconds a stop waits for clients to take their last messages (0: none).\n" in text
+    assert "shutdown_timeout = 10.0  # seconds\n" in text
+
+
+def test_every_flag_and_command_has_help() -> None:
+    parser = _parser()
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                if not choice.help:
+                    missing.append(choice.dest)
+            for name, command in action.choices.items():
+                for sub in command._actions:
+                    if not isinstance(sub, argparse._HelpAction) and not sub.help:
+                        missing.append(f"{name} {sub.dest}")
+        elif not action.help:
+            missing.append(action.dest)
+    assert missing == []
+
+
+def test_the_usage_lists_check_config_and_gen_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert "check-config" in out and "gen-config" in out

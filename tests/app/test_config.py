@@ -11,6 +11,7 @@ import msgspec.inspect
 import pytest
 
 from tidings import ChannelOptions, ClientOptions, Config, ConfigError, load_config
+from tidings.app.config import ConfigProblems
 from tidings.options import AdminOptions, BrokerOptions, HTTPAPIOptions, ProxyOptions
 
 ALLOW_OPTIONS = sorted(
@@ -1023,3 +1024,36 @@ def test_dev_mode_does_not_change_non_channel_options() -> None:
     assert config.port == 8000
     assert config.token_hmac_secret_key == ""
     assert config.client.ping_interval == 25.0
+
+
+# -- every problem at once, Go durations ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("1m30s", 90.0), ("1h2m", 3720.0), ("250us", 0.00025), ("1.5h", 5400.0)]
+)
+def test_durations_accept_go_durations(tmp_path: Path, value: str, seconds: float) -> None:
+    config = load_text(tmp_path, f'shutdown_timeout = "{value}"\n')
+    assert config.shutdown_timeout == pytest.approx(seconds)
+
+
+def test_every_problem_of_a_file_is_in_the_error(tmp_path: Path) -> None:
+    text = 'port = "eighty"\nbogus = 1\nhistory_size = -1\n[client]\npong_timeout = "soon"\n'
+    with pytest.raises(ConfigProblems) as caught:
+        load_text(tmp_path, text)
+    assert caught.value.problems == [
+        "port: Expected `int`, got `str`",
+        "unknown option bogus",
+        "history_size must be at least 0, got -1",
+        "client.pong_timeout: expected a duration such as 25, '25s', '500ms' or '1m30s', got"
+        " 'soon'",
+    ]
+    assert str(caught.value) == f"{tmp_path / 'tidings.toml'}: " + "; ".join(caught.value.problems)
+
+
+def test_options_that_need_each_other_are_checked_together(tmp_path: Path) -> None:
+    text = (
+        'workers = 2\ntls_cert = "c.pem"\ntls_key = "k.pem"\n[broker]\nurl = "redis://r:6379/0"\n'
+    )
+    config = load_text(tmp_path, text)
+    assert (config.workers, config.tls_key) == (2, "k.pem")

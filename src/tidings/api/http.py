@@ -12,16 +12,13 @@ a missing or wrong key gets HTTP 401 with an empty body.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import base64
 import functools
 import hmac
-import inspect
 import logging
 import operator
 import secrets
-import textwrap
 import time
 import types
 import typing
@@ -33,6 +30,7 @@ from aiohttp import web
 from msgspec import Raw, Struct
 
 from ..__about__ import __version__
+from .._docstrings import field_docs
 from ..protocol.codes import Disconnect, Error, ErrorCode
 from ..protocol.wire import NO_DATA, ClientInfo, Publication, StreamPosition
 from ..transports.static import StaticFiles
@@ -615,7 +613,7 @@ def _schema_twin(kind: Any, twins: dict[type, Any]) -> Any:
     The wire types default payloads to the :data:`NO_DATA` instance (``omit_defaults``
     needs that identity), but msgspec cannot write a ``Raw`` default into a schema.
     The twin keeps the docstrings, which msgspec writes as descriptions: the class's,
-    and each field's (the string under it in the source, as :func:`_field_docs` finds).
+    and each field's (the string under it in the source: :func:`.field_docs`).
     """
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if args:
@@ -628,7 +626,7 @@ def _schema_twin(kind: Any, twins: dict[type, Any]) -> Any:
     if kind not in twins:
         twins[kind] = None  # recursion guard; no wire type refers to itself
         fields: list[Any] = []
-        docs = _field_docs(kind)
+        docs = field_docs(kind)
         for info in msgspec.structs.fields(kind):
             field_type = _schema_twin(info.type, twins)
             if info.name in docs:
@@ -647,35 +645,6 @@ def _schema_twin(kind: Any, twins: dict[type, Any]) -> Any:
         twin.__doc__ = kind.__doc__
         twins[kind] = twin
     return twins[kind]
-
-
-@functools.cache
-def _field_docs(kind: type[Struct]) -> dict[str, str]:
-    """Field name -> the docstring under the field, in ``kind`` and the Structs it extends.
-
-    Python keeps no field docstrings at run time: they are read from the source (none
-    when it is not available).
-    """
-    docs: dict[str, str] = {}
-    for cls in reversed(kind.__mro__):  # a subclass's docstring wins
-        if not (issubclass(cls, Struct) and cls is not Struct):
-            continue
-        try:
-            source = textwrap.dedent(inspect.getsource(cls))
-        except (OSError, TypeError):
-            continue
-        (node,) = ast.parse(source).body
-        assert isinstance(node, ast.ClassDef)
-        for field, after in zip(node.body, node.body[1:], strict=False):
-            if (
-                isinstance(field, ast.AnnAssign)
-                and isinstance(field.target, ast.Name)
-                and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)
-            ):
-                docs[field.target.id] = inspect.cleandoc(after.value.value)
-    return docs
 
 
 def _operation(name: str, request: Any, response: Any) -> dict[str, Any]:

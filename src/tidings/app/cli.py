@@ -1,4 +1,4 @@
-"""The command line: ``tidings serve``, ``tidings token``, ``tidings version``."""
+"""The command line: ``tidings serve``, ``token``, ``check-config``, ``gen-config``, ``version``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..__about__ import __version__
 from ..brokers.base import BrokerUnavailable
 from ..node.auth import make_token
 from ..options import Config, ConfigError
-from .config import load_config
+from .config import ConfigProblems, generate_config, load_config, read_config
 from .hub import Hub
 from .logs import configure_logging
 
@@ -66,6 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"tidings {__version__}")
         return 0
+    if args.command == "gen-config":
+        print(generate_config(), end="")
+        return 0
+    if args.command == "check-config":
+        return _check_config(args.file)
     for flag in _PORT_FLAGS:
         port = getattr(args, flag, None)
         if port is not None and not 1 <= port <= 65535:
@@ -78,14 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides[key] = getattr(args, flag)
     if getattr(args, "dev", False):
         overrides["dev"] = True
-    defaults = _SERVE_DEFAULTS if args.command == "serve" else None
+    if args.command == "token":
+        try:
+            config = load_config(args.config, overrides=overrides)
+        except ConfigError as exc:
+            print(f"tidings: configuration error: {exc}", file=sys.stderr)
+            return 2
+        return _token(config, args)
     try:
-        config = load_config(args.config, overrides=overrides, defaults=defaults)
+        config, warnings = read_config(args.config, overrides=overrides, defaults=_SERVE_DEFAULTS)
     except ConfigError as exc:
         print(f"tidings: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "token":
-        return _token(config, args)
+    if warnings:  # keys of a Centrifugo file tidings does not support, in the log's format
+        configure_logging(config.log_level, config.log_format)
+        for warning in warnings:
+            logging.getLogger("tidings.config").warning("%s", warning)
     return _serve(config)
 
 
@@ -95,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run the hub")
-    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="WebSocket port (default 8000)")
     serve.add_argument("--api-port", type=int, help="server API / metrics port (default 9000)")
@@ -112,13 +125,51 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     token = commands.add_parser("token", help="print a connection or subscription JWT")
-    token.add_argument("--config", metavar="FILE", help="TOML configuration file (for the secret)")
+    token.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + " (for the secret)")
     token.add_argument("--user", required=True, help="user id (the sub claim)")
     token.add_argument("--ttl", type=float, help="seconds until the token expires")
     token.add_argument("--channel", help="make a subscription token for this channel")
 
+    check = commands.add_parser(
+        "check-config",
+        help="check a configuration file: 'config ok', or every problem (exit 2)",
+        description="Load FILE as `tidings serve --config FILE` would (with the TIDINGS_*"
+        " environment) and list every problem, and every Centrifugo key tidings ignores.",
+    )
+    check.add_argument("file", metavar="FILE", help=_CONFIG_HELP)
+    commands.add_parser(
+        "gen-config", help="print a TOML configuration with every option at its default"
+    )
     commands.add_parser("version", help="print the version")
     return parser
+
+
+_CONFIG_HELP = (
+    "configuration file: tidings' own or a Centrifugo v6 one, in TOML, JSON (.json) or"
+    " YAML (.yaml, .yml)"
+)
+
+
+def _check_config(path: str) -> int:
+    """``tidings check-config FILE``: 'config ok' (exit 0), or every problem (exit 2)."""
+    try:
+        _, warnings = read_config(path, defaults=_SERVE_DEFAULTS)
+    except ConfigProblems as exc:
+        problems, warnings = exc.problems, exc.warnings
+    except ConfigError as exc:  # the file cannot be read, or two options disagree
+        problems, warnings = [str(exc).removeprefix(f"{path}: ")], []
+    else:
+        problems = []
+    for warning in warnings:
+        print(f"tidings: {path}: warning: {warning}", file=sys.stderr)
+    for problem in problems:
+        print(f"tidings: {path}: error: {problem}", file=sys.stderr)
+    if problems:
+        count = len(problems)
+        print(f"{path}: {count} problem{'s' if count > 1 else ''}", file=sys.stderr)
+        return 2
+    print(f"{path}: config ok" + (f" ({len(warnings)} warnings)" if warnings else ""))
+    return 0
 
 
 def _token(config: Config, args: argparse.Namespace) -> int:

@@ -1,9 +1,18 @@
-"""Configuration: defaults, one TOML file, ``TIDINGS_*`` environment overrides, CLI flags.
+"""Configuration: defaults, one file, ``TIDINGS_*`` environment overrides, CLI flags.
 
-The schema (option names, defaults, bounds) is :mod:`tidings.options`. Channel
-options for channels without a namespace sit at the top level, as in Centrifugo
-v5; each ``[namespaces.NAME]`` table holds the full set for channels
-``NAME:...`` (a namespace does not inherit the top level).
+The schema (option names, defaults, bounds) is :mod:`tidings.options`. The file is
+TOML, JSON (``.json``) or YAML (``.yaml``, ``.yml``), in one of two layouts:
+
+- tidings' own: channel options for channels without a namespace sit at the top
+  level, as in Centrifugo v5; each ``[namespaces.NAME]`` table holds the full set
+  for channels ``NAME:...`` (a namespace does not inherit the top level);
+- Centrifugo v6's nested one (``client.token.hmac_secret_key``,
+  ``channel.namespaces``, ...), told apart by its keys and translated by
+  :mod:`tidings.app.centrifugo`, which warns about every key tidings does not support.
+
+Every problem of a file is reported at once (:class:`ConfigProblems`), except those
+between options (``client.ping_interval`` against ``client.pong_timeout``), which
+``Config`` checks once each option is valid.
 
 Defaults deny. ``dev=True`` opens everything for local development: anonymous
 connections, subscribe/publish/presence/history for everyone, history with
@@ -12,21 +21,39 @@ recovery, presence and join/leave on every channel. A config file still wins.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
+import logging
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import yaml  # type: ignore[import-untyped]
 
+from .._docstrings import field_docs
 from ..options import ChannelOptions, Config, ConfigError, bound_message
 
-__all__ = ["load_config"]
+__all__ = ["ConfigProblems", "generate_config", "load_config", "parse_duration", "read_config"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("tidings.config")
+
+
+class ConfigProblems(ConfigError):
+    """Every problem found in a configuration, each naming its option."""
+
+    def __init__(self, source: str, problems: list[str], warnings: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+        self.warnings = warnings
+        """Keys of a Centrifugo file tidings does not support (see :func:`read_config`)."""
 
 
 CHANNEL_OPTION_NAMES = frozenset(ChannelOptions.__struct_fields__)
@@ -59,7 +86,20 @@ _DURATIONS = frozenset(
         "admin.session_ttl",
     }
 )
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_CHANNEL_DURATIONS = frozenset({"history_ttl"})
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_ONE_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+"""``25``, ``"25s"``, ``" 40 s "``: a number of seconds, or of one unit."""
+_GO_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
+"""``"1m30s"``, ``"1h2m"``, ``"250us"``: Go's ``time.ParseDuration`` (Centrifugo's), unsigned."""
 
 
 def load_config(
@@ -81,36 +121,101 @@ def load_config(
     environment and ``overrides`` still win over them (``tidings serve`` turns
     ``gc_freeze`` on this way).
 
+    The file may be a Centrifugo v6 configuration (see the module docstring): each
+    key of it that tidings does not support is logged as a warning of the
+    ``tidings.config`` logger (:func:`read_config` returns them instead).
+
     Raises:
-        ConfigError: naming the file (or the variable) and the option that is wrong.
+        ConfigError: naming the file (or the variable) and the option that is wrong;
+            :class:`ConfigProblems` lists every problem of the file.
     """
+    config, warnings = read_config(path, env=env, overrides=overrides, defaults=defaults)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return config
+
+
+def read_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> tuple[Config, list[str]]:
+    """:func:`load_config`, returning the warnings about the file instead of logging them."""
+    # centrifugo reads durations with this module's parser: imported here, not at the top
+    from . import centrifugo
+
     data: dict[str, Any] = {}
     source = "configuration"
+    warnings: list[str] = []
+    problems: list[str] = []
+    origins: dict[str, str] = {}
     if path is not None:
         source = str(path)
-        try:
-            with open(path, "rb") as file:
-                data = tomllib.load(file)
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        data = _read_file(path)
+        marker = centrifugo.marker(data)
+        if marker is not None:
+            translation = centrifugo.translate(data, marker)
+            data, warnings = translation.options, translation.warnings
+            problems, origins = translation.problems, translation.origins
     for key, value in (defaults or {}).items():
         _set_default(data, key, value)
     for key, value in _from_env(os.environ if env is None else env).items():
         _set_dotted(data, key, value)
+        origins.pop(key, None)
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    return _build(data, source)
+        origins.pop(key, None)
+    for key, problem in _problems(data):
+        origin = origins.get(key)
+        problems.append(problem if origin is None else f"{problem} (from {origin})")
+    if not problems:
+        try:
+            return _convert_config(dict(data)), warnings
+        except ConfigError as exc:  # between options: once each is valid
+            problems.append(str(exc))
+    raise ConfigProblems(source, problems, warnings)
 
 
-def _build(data: dict[str, Any], source: str) -> Config:
+_FORMATS = {".json": "JSON", ".yaml": "YAML", ".yml": "YAML"}
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    """The file's contents as a mapping: TOML, or JSON / YAML by the file's extension."""
+    kind = _FORMATS.get(Path(path).suffix.lower(), "TOML")
     try:
-        return _convert_config(dict(data))
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        with open(path, "rb") as file:
+            raw = file.read()
+        if kind == "TOML":
+            return tomllib.loads(raw.decode())
+        data = json.loads(raw) if kind == "JSON" else yaml.safe_load(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: invalid {kind}: {exc}") from None
+    if data is None:  # an empty YAML file
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object of options")
+    bad = next(_non_string_keys(data), None)
+    if bad is not None:
+        raise ConfigError(f"{path}: option names are strings, got {bad!r}")
+    return data
+
+
+def _non_string_keys(value: Any) -> Iterator[Any]:
+    """Keys YAML read as something else than a string (``1:``, ``yes:``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield key
+            yield from _non_string_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _non_string_keys(item)
 
 
 def _convert_config(data: dict[str, Any]) -> Config:
@@ -202,11 +307,115 @@ def _parse_durations(data: dict[str, Any], prefix: str) -> None:
             data[key] = _duration(dotted, value)
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in ``25``, ``"25s"``, ``"500ms"`` or Go's ``"1m30s"``.
+
+    Raises:
+        ValueError: for anything else (negative durations included).
+    """
+    match = _ONE_DURATION.fullmatch(text)
+    if match:
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if _GO_DURATION.fullmatch(text):
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+        return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    raise ValueError(f"not a duration: {text!r}")
+
+
 def _duration(key: str, text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
-    if not match:
-        raise ConfigError(f"{key}: expected a duration such as 25, '25s' or '500ms', got {text!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ConfigError(
+            f"{key}: expected a duration such as 25, '25s', '500ms' or '1m30s', got {text!r}"
+        ) from None
+
+
+# -- every problem at once --------------------------------------------------------------------
+
+
+def _unchecked_config() -> type[msgspec.Struct]:
+    """``Config``'s fields without the checks between them (``Config.__post_init__``).
+
+    Each option is converted alone into it, so that one wrong option does not hide
+    the others, and an option that needs another (``workers`` needs a broker) is
+    not refused for lack of it.
+    """
+    fields: list[tuple[str, Any, Any]] = []
+    for info in msgspec.structs.fields(Config):
+        if info.name in ("channel", "namespaces"):
+            continue  # read apart: at the top level, and per namespace
+        default = (
+            info.default
+            if info.default is not msgspec.NODEFAULT
+            else msgspec.field(default_factory=info.default_factory)
+        )
+        fields.append((info.name, info.type, default))
+    return msgspec.defstruct(
+        "UncheckedConfig", fields, kw_only=True, forbid_unknown_fields=True, frozen=True
+    )
+
+
+_UNCHECKED = _unchecked_config()
+_TABLES = frozenset(
+    info.name
+    for info in msgspec.structs.fields(Config)
+    if isinstance(info.type, type) and issubclass(info.type, msgspec.Struct)
+    if info.name != "channel"  # its options sit at the top level
+)
+"""The ``[tables]`` of a tidings file."""
+
+
+def _problems(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(option, message) for every option of ``data`` that is wrong by itself."""
+    problems: list[tuple[str, str]] = []
+
+    def check(kind: type[Any], item: dict[str, Any], where: str, key: str) -> None:
+        """Convert ``item``, which holds the one option ``key``."""
+        try:
+            item = _with_durations(item, where, channel=kind is ChannelOptions)
+            msgspec.convert(item, kind, strict=True)
+        except ConfigError as exc:
+            problems.append((key, str(exc)))
+        except msgspec.ValidationError as exc:
+            problems.append((key, _readable(str(exc), where, item)))
+
+    for name, value in data.items():
+        if name == "channel":
+            problems.append(
+                (name, "put channel options at the top level, not in a [channel] table")
+            )
+        elif name in CHANNEL_OPTION_NAMES:
+            check(ChannelOptions, {name: value}, "", name)
+        elif name == "namespaces":
+            if not isinstance(value, dict):
+                problems.append((name, "namespaces must be a table of [namespaces.NAME] tables"))
+                continue
+            for namespace, options in value.items():
+                where = f"namespaces.{namespace}."
+                if not isinstance(options, dict):
+                    problems.append((where[:-1], f"namespaces.{namespace} must be a table"))
+                    continue
+                for option, item in options.items():
+                    check(ChannelOptions, {option: item}, where, where + option)
+        elif name in _TABLES and isinstance(value, dict):
+            for option, item in value.items():
+                check(_UNCHECKED, {name: {option: item}}, "", f"{name}.{option}")
+        else:
+            check(_UNCHECKED, {name: value}, "", name)
+    return problems
+
+
+def _with_durations(item: dict[str, Any], where: str, *, channel: bool) -> dict[str, Any]:
+    """A copy of ``item`` with its duration strings read (a ``ConfigError`` if bad)."""
+    item = copy.deepcopy(item)
+    if channel:
+        for key in _CHANNEL_DURATIONS & set(item):
+            if isinstance(item[key], str):
+                item[key] = _duration(where + key, item[key])
+    else:
+        _parse_durations(item, where)
+    return item
 
 
 def _known_keys() -> dict[str, tuple[str, bool]]:
@@ -280,3 +489,69 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             table = ".".join(parents[: index + 1])
             raise ConfigError(f"{table} must be a table to set {key}")
     data[last] = value
+
+
+# -- a configuration file with every option -------------------------------------------------------
+
+_LEFT_UNSET = {"gc_freeze": "unset: `tidings serve` turns it on, an embedded Hub leaves it off"}
+"""Options whose default depends on who runs the hub: listed, but commented out."""
+
+
+def generate_config() -> str:
+    """A TOML configuration with every option at its default, under its description.
+
+    The descriptions are the docstrings of the options' attributes in
+    :mod:`tidings.options`; an option that has none is listed with its default only.
+    The result loads back as the defaults (``Config()``).
+    """
+    lines = [
+        "# tidings configuration: every option at its default (`tidings gen-config`).",
+        "# Durations are seconds, or strings such as '25s', '500ms', '1m30s'.",
+    ]
+    tables = [info for info in msgspec.structs.fields(Config) if info.name in _TABLES]
+    for info in msgspec.structs.fields(Config):
+        if info.name not in _TABLES and info.name not in ("channel", "namespaces"):
+            lines += _option_lines(info, "", field_docs(Config))
+    lines += ["", "# Options of channels without a namespace: top-level keys, before any [table]."]
+    for info in msgspec.structs.fields(ChannelOptions):
+        lines += _option_lines(info, "", field_docs(ChannelOptions))
+    for table in tables:
+        kind = table.type
+        assert isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+        summary = (kind.__doc__ or "").strip().splitlines()[0]
+        lines += ["", f"# {summary}", f"[{table.name}]"]
+        for info in msgspec.structs.fields(kind):
+            lines += _option_lines(info, f"{table.name}.", field_docs(kind))
+    lines += [
+        "",
+        "# Namespaces: channels 'NAME:...' take the options of [namespaces.NAME], the same",
+        "# as the channel options above (none is inherited from the top level).",
+        "# [namespaces.chat]",
+        "# presence = true",
+        "# allow_subscribe_for_client = true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _option_lines(info: msgspec.structs.FieldInfo, prefix: str, docs: dict[str, str]) -> list[str]:
+    lines = [""] if info.name in docs else []
+    lines += [f"# {line}".rstrip() for line in docs.get(info.name, "").splitlines()]
+    default = info.default if info.default is not msgspec.NODEFAULT else info.default_factory()
+    line = f"{info.name} = {_toml_value(default)}"
+    if prefix + info.name in _DURATIONS or (not prefix and info.name in _CHANNEL_DURATIONS):
+        line += "  # seconds"
+    if info.name in _LEFT_UNSET:
+        line = f"# {line}  ({_LEFT_UNSET[info.name]})"
+    return [*lines, line]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
