@@ -12,7 +12,9 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
-from ..conftest import HubFactory
+from tidings import make_token
+
+from ..conftest import SECRET, HubFactory
 from ..wsclient import closed_with
 
 TIMEOUT = 5.0
@@ -105,6 +107,18 @@ async def test_the_connect_endpoint_authenticates_a_client_without_a_token(
         assert request["transport"] == "websocket" and request["protocol"] == "json"
         assert backend.headers["connect"]["Cookie"] == "session=abc"
         assert [c.user for c in hub.node.clients()] == ["56"]
+
+
+async def test_a_client_with_a_token_is_not_sent_to_the_connect_endpoint(
+    make_hub: HubFactory, backend: Backend
+) -> None:
+    backend.answers["connect"] = {"result": {"user": "from-the-endpoint"}}
+    hub = await make_hub(**proxy_options(backend, "connect"))
+    async with connect(hub.url) as ws:
+        reply = await command(ws, 1, connect={"token": make_token(SECRET, "42")})
+        assert "connect" in reply, reply
+        assert "connect" not in backend.requests
+        assert [c.user for c in hub.node.clients()] == ["42"]
 
 
 async def test_an_error_from_the_connect_endpoint_reaches_the_client(

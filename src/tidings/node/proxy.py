@@ -118,7 +118,11 @@ class HTTPProxy:
             await self._session.close()
             self._session = None
 
-    async def connect(self, event: ConnectEvent) -> ConnectReply:
+    async def connect(self, event: ConnectEvent) -> ConnectReply | None:
+        if event.token:
+            # As in Centrifugo: a connection token authenticates on its own, and the
+            # endpoint (whose answer may lack a user) is for clients without one.
+            return None
         body = {
             "client": event.client,
             **_common(event),
