@@ -2,6 +2,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 # The front-end (demo app and admin UI): sources in web/, built by vite into package data
 # (src/tidings/web/<app>/, not committed). Rebuilt when missing or older than its sources.
@@ -11,13 +12,22 @@ WEB_DEPS := web/node_modules/.installed
 WEB_BUILT := src/tidings/web/.built
 WEB_APPS := src/tidings/web/demo/index.html src/tidings/web/admin/index.html
 
-.PHONY: install web run test lint types check clean clean-web
+HAVE_NPM := $(shell command -v $(NPM) 2>/dev/null)
+
+.PHONY: install web run run-web test lint types check docs clean clean-web
+
+# Running the hub needs the package alone; the tests and tools need the test and docs extras.
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
@@ -40,23 +50,42 @@ $(E2E_JS_DEPS): tests/e2e/js/package.json tests/e2e/js/package-lock.json
 web: $(WEB_BUILT)
 	@for f in $(WEB_APPS); do test -f $$f || { rm -f $(WEB_BUILT); $(MAKE) --no-print-directory $(WEB_BUILT); break; }; done
 
-run: install web
+# Without npm the hub still runs, without the web apps unless they were built before.
+ifeq ($(HAVE_NPM),)
+run-web:
+	@for f in $(WEB_APPS); do test -f $$f || { echo "make: $(NPM) not found: the demo and admin UI are not built; install Node >= 20.19 to get them"; break; }; done
+else
+run-web: web
+endif
+
+run: $(RUN_STAMP) run-web
 	$(BIN)/tidings serve --dev
 
 test: install web $(E2E_JS_DEPS)
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check setup.py src tests examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# The fast tests (under a minute), on every core (pytest-xdist): without the tests marked
+# slow, browser, e2e or soak (see tests/conftest.py). `make test` runs them all, one by one.
+check: install web
+	$(BIN)/ruff check setup.py src tests examples
+	$(BIN)/python -m pytest -q -n auto -m "not slow and not browser and not e2e and not soak"
+
+# The documentation site (mkdocs.yml), into site/, with warnings as errors; `make test`
+# builds it too (tests/test_docs.py). The variable silences mkdocs-material's banner.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: install
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check setup.py src tests examples
+	$(BIN)/ruff format --check setup.py src tests
 
 types: install
 	$(BIN)/mypy
 
 clean: clean-web
-	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
 
 clean-web:
 	rm -rf src/tidings/web web/node_modules

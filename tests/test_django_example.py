@@ -45,6 +45,8 @@ from centrifuge import (
 
 from .conftest import free_port
 
+pytestmark = pytest.mark.slow  # left out of `make check`
+
 try:
     import django  # noqa: F401 - the example's own dependency, run in subprocesses
 except ImportError:  # pragma: no cover - depends on the environment

@@ -58,6 +58,8 @@ from .snippets import (
     snippet_environment,
 )
 
+pytestmark = pytest.mark.slow  # left out of `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]

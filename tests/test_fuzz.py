@@ -64,6 +64,8 @@ from tidings.protocol.wire import (
     decode_frame,
 )
 
+pytestmark = pytest.mark.slow  # left out of `make check`
+
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_TARGET = ROOT / "fuzz" / "fuzz_decode.py"
 

@@ -614,6 +614,7 @@ async def answer_to(ws: ClientConnection, command_id: int) -> dict[str, Any]:
     ns2=namespace_options,
     scenario=clients,
 )
+@pytest.mark.slow
 def test_no_client_ever_receives_a_publication_of_a_channel_it_may_not_subscribe_to(
     top: dict[str, bool],
     ns1: dict[str, bool],

@@ -576,6 +576,7 @@ async def test_refresh_with_expired_closes_the_connection_with_3005(make_hub: Hu
     assert await ws.closed() == (3005, "connection expired")
 
 
+@pytest.mark.slow
 async def test_refresh_with_expire_at_extends_a_connection_whose_token_expires(
     make_hub: HubFactory,
 ) -> None:
@@ -1216,6 +1217,7 @@ async def test_exclude_client_skips_the_named_client_but_not_other_subscribers(
 # ======================================================================================
 
 
+@pytest.mark.slow
 async def test_the_openapi_schemas_carry_the_class_and_field_docstrings(
     make_hub: HubFactory,
 ) -> None:
@@ -1261,6 +1263,7 @@ async def test_the_openapi_description_is_served_and_lists_every_method(
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_no_server_error_and_every_response_conforms_to_the_schema(
     make_hub: HubFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

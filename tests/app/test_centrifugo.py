@@ -484,6 +484,7 @@ class Publications(SubscriptionEventHandler):
         self.queue.put_nowait(ctx)
 
 
+@pytest.mark.slow
 async def test_serve_with_the_centrifugo_fixture_accepts_a_client_with_an_hmac_token(
     tmp_path: Path, redis_url: str
 ) -> None:

@@ -30,6 +30,8 @@ from tidings.options import AdminOptions, BrokerOptions
 
 from ..conftest import free_port
 
+pytestmark = pytest.mark.slow  # left out of `make check`
+
 SECRET = "cli-test-secret-that-is-long-enough-for-hs256"
 ENV_SECRET = "secret-from-the-environment-long-enough-for-hs256"
 TIDINGS = str(Path(sys.executable).with_name("tidings"))

@@ -19,6 +19,15 @@ from tidings.app.gc_policy import FreezingCollector
 from ..conftest import HubFactory, eventually
 from ..wsclient import receive
 
+pytestmark = pytest.mark.slow  # left out of `make check`
+
+
+@pytest.fixture(autouse=True)
+def thawed() -> None:
+    """The suite freezes what survives each test (``tests/conftest.py``); these tests
+    watch the freeze count, so they start from none."""
+    gc.unfreeze()
+
 
 class Node:
     """A reference cycle, like a closed connection's objects."""

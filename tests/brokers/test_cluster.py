@@ -27,6 +27,8 @@ from tidings import Error, Hub, RedisBroker, load_config, make_token
 
 from ..conftest import SECRET, HubFactory, RedisServer, clean_environment, free_port
 
+pytestmark = pytest.mark.slow  # left out of `make check`
+
 WAIT = 5.0
 """Bound of every single wait."""
 STARTUP = 20.0

@@ -477,6 +477,7 @@ async def test_adding_the_same_client_twice_counts_it_once(peers: PeerFactory) -
     assert (stats.num_clients, stats.num_users) == (1, 1)
 
 
+@pytest.mark.slow
 async def test_presence_that_is_not_refreshed_expires_after_presence_ttl(
     peers: PeerFactory,
 ) -> None:
@@ -515,6 +516,7 @@ async def test_a_heartbeat_lists_the_node_everywhere_until_it_is_forgotten(
     await a.forget_node("never-seen")
 
 
+@pytest.mark.slow
 async def test_a_node_that_stops_heartbeating_disappears_after_its_ttl(
     peers: PeerFactory,
 ) -> None:
@@ -529,6 +531,7 @@ async def test_a_node_that_stops_heartbeating_disappears_after_its_ttl(
 # -- Redis going away ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_subscribe_and_publish_raise_instead_of_hanging_while_redis_is_down(
     peers: PeerFactory, restore_redis: RedisServer
 ) -> None:
@@ -610,6 +613,7 @@ async def test_a_subscribe_that_failed_while_redis_was_down_is_not_routed_once_i
     assert counts[a.keys.pubsub("failed").encode()] == 0
 
 
+@pytest.mark.slow
 async def test_closing_a_broker_while_its_shards_connect_does_not_hang(redis_url: str) -> None:
     for spins in range(12):  # close() at different points of the shards' connecting
         broker = RedisBroker(redis_url, shards=4)

@@ -729,6 +729,7 @@ async def test_the_disconnect_hook_gets_the_code_of_a_server_disconnect_once(
         assert bystander.close_code is None
 
 
+@pytest.mark.slow
 async def test_the_disconnect_hook_gets_3012_once_when_a_ping_goes_unanswered(
     make_hub: HubFactory,
 ) -> None:
@@ -804,6 +805,7 @@ async def test_the_disconnect_hook_is_not_called_for_connections_that_never_conn
 # --- refresh -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_refresh_hook_extending_the_connection_keeps_it_past_its_token_expiry(
     make_hub: HubFactory,
 ) -> None:
@@ -823,6 +825,7 @@ async def test_a_refresh_hook_extending_the_connection_keeps_it_past_its_token_e
     assert (event.client, event.user) == (result["client"], "paul")
 
 
+@pytest.mark.slow
 async def test_a_refresh_hook_replying_expired_closes_the_connection_with_3005(
     make_hub: HubFactory,
 ) -> None:
@@ -839,6 +842,7 @@ async def test_a_refresh_hook_replying_expired_closes_the_connection_with_3005(
     assert [e.code for e in disconnects.events] == [3005]
 
 
+@pytest.mark.slow
 async def test_a_refresh_hook_replying_an_expiry_in_the_past_closes_the_connection_with_3005(
     make_hub: HubFactory,
 ) -> None:

@@ -197,6 +197,7 @@ async def test_user_connection_limit_closes_the_extra_connection_with_3504_only(
     await other.close()
 
 
+@pytest.mark.slow
 async def test_connection_rate_limit_refuses_a_burst_with_503_and_later_connections_pass(
     make_hub: HubFactory,
 ) -> None:
@@ -238,6 +239,7 @@ async def test_a_command_flood_gets_error_111_then_closes_with_3013(make_hub: Hu
     assert all(m["error"]["temporary"] for m in answered if "error" in m)
 
 
+@pytest.mark.slow
 async def test_a_refused_command_is_retried_successfully_once_the_rate_allows(
     make_hub: HubFactory,
 ) -> None:
@@ -257,6 +259,7 @@ async def test_a_refused_command_is_retried_successfully_once_the_rate_allows(
     await ws.close()
 
 
+@pytest.mark.slow
 async def test_a_client_under_command_rate_limit_is_never_refused_even_next_to_a_flooder(
     make_hub: HubFactory,
 ) -> None:

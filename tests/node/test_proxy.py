@@ -143,6 +143,7 @@ async def test_a_disconnect_from_the_connect_endpoint_closes_with_its_code(
 
 
 @pytest.mark.parametrize("failure", [500, "slow"])
+@pytest.mark.slow
 async def test_a_failing_or_slow_backend_gives_error_100(
     make_hub: HubFactory, backend: Backend, failure: Any
 ) -> None:

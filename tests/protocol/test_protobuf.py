@@ -738,6 +738,7 @@ def structs(wire_type: type[Struct], descriptor: Descriptor, strict: bool) -> Se
 
 @SETTINGS
 @given(replies=st.lists(structs(Reply, sdk.Reply.DESCRIPTOR, False), min_size=1, max_size=3))
+@pytest.mark.slow
 def test_any_reply_parses_with_the_sdk_classes_to_its_values(replies: list[Reply]) -> None:
     parsed = sdk_replies(b"".join(encode_reply(reply) for reply in replies))
     assert [message_to_plain(p) for p in parsed] == [wire_to_plain(r) for r in replies]
@@ -745,6 +746,7 @@ def test_any_reply_parses_with_the_sdk_classes_to_its_values(replies: list[Reply
 
 @SETTINGS
 @given(reply=structs(Reply, ours.Reply.DESCRIPTOR, True))
+@pytest.mark.slow
 def test_every_field_of_every_reply_is_encoded(reply: Reply) -> None:
     """Strict: a wire field without a protobuf field, or one the encoder forgets, fails."""
     encoded = encode_reply(reply)
@@ -756,6 +758,7 @@ def test_every_field_of_every_reply_is_encoded(reply: Reply) -> None:
 
 @SETTINGS
 @given(commands=st.lists(structs(Command, sdk.Command.DESCRIPTOR, False), max_size=3))
+@pytest.mark.slow
 def test_any_command_the_sdk_classes_encode_decodes_to_the_same_wire_object(
     commands: list[Command],
 ) -> None:
@@ -765,6 +768,7 @@ def test_any_command_the_sdk_classes_encode_decodes_to_the_same_wire_object(
 
 @SETTINGS
 @given(commands=st.lists(structs(Command, ours.Command.DESCRIPTOR, True), max_size=3))
+@pytest.mark.slow
 def test_any_command_with_every_field_round_trips(commands: list[Command]) -> None:
     data = frame(*(wire_to_message(command, ours.Command()) for command in commands))
     assert decode_commands(data) == commands

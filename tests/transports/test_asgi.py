@@ -159,6 +159,7 @@ async def test_an_oversized_message_closes_with_1009(serve: Serve) -> None:
     assert (await closed_with(ws))[0] == 1009
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_closed_with_3008(serve: Serve) -> None:
     hub = Hub(make_config(**{"client.queue_max_size": 64 * 1024}))
     closes: list[int] = []

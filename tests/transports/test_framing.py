@@ -782,6 +782,7 @@ async def test_protobuf_messages_of_128_bytes_and_more_take_a_multi_byte_length(
     assert length >= 128 and end == len(prefix) >= 2, prefix
 
 
+@pytest.mark.slow
 async def test_protobuf_server_pings_are_the_byte_0_and_pongs_keep_the_connection(
     make_hub: HubFactory, dial: Dialer
 ) -> None:
@@ -805,6 +806,7 @@ async def test_protobuf_server_pings_are_the_byte_0_and_pongs_keep_the_connectio
     assert reply.HasField("subscribe")
 
 
+@pytest.mark.slow
 async def test_a_protobuf_client_that_does_not_pong_is_closed_with_3012(
     make_hub: HubFactory, dial: Dialer
 ) -> None:

@@ -163,6 +163,7 @@ async def test_no_connect_within_the_stale_delay_closes_with_3502(make_hub: HubF
         assert (await closed_with(ws))[0] == 3502
 
 
+@pytest.mark.slow
 async def test_a_late_pong_closes_with_3012_and_a_timely_one_keeps_the_connection(
     make_hub: HubFactory,
 ) -> None:
@@ -255,6 +256,7 @@ async def test_shutdown_flushes_queued_messages_then_closes_with_3001(
         await connect(hub.url, open_timeout=1)
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_closed_with_3008_and_others_are_served(
     make_hub: HubFactory,
 ) -> None:
@@ -309,6 +311,7 @@ def _send_queues(port: int) -> list[int]:
     return [int(line.split()[2]) for line in out.splitlines() if not line.startswith("LISTEN")]
 
 
+@pytest.mark.slow
 async def test_a_stalled_reader_holds_at_most_the_bound_and_is_reset_when_cut(
     make_hub: HubFactory,
 ) -> None:

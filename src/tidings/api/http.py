@@ -33,7 +33,7 @@ from ..__about__ import __version__
 from .._docstrings import field_docs
 from ..protocol.codes import Disconnect, Error, ErrorCode
 from ..protocol.wire import NO_DATA, ClientInfo, Publication, StreamPosition
-from ..transports.static import StaticFiles
+from ..transports.static import BUILD_HINT, StaticFiles, is_built
 from .server_api import NodeInfo, ServerAPI
 
 __all__ = ["APIServer", "create_app", "openapi"]
@@ -463,6 +463,18 @@ def create_app(hub: ServerAPI) -> web.Application:
     app.router.add_post("/api/{method}", _method)
     if hub.config.admin.password:
         Admin(hub).mount(app)
+    # Said once at start rather than as a 404 later: a package built without Node has neither.
+    unbuilt = [
+        name
+        for name, app_name, wanted in (
+            ("the demo app", "demo", hub.config.demo),
+            ("the admin UI", "admin", bool(hub.config.admin.password)),
+        )
+        if wanted and not is_built(app_name)
+    ]
+    if unbuilt:
+        missing = " and ".join(unbuilt)
+        logger.warning("%s: not in this package, not served (%s)", missing, BUILD_HINT)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
     app.router.add_get("/ready", _ready)
@@ -747,7 +759,7 @@ class Admin:
         if static is None and not path.startswith("assets/"):
             static = self.files.get("")  # the single-page app handles its own routes
         if static is None:
-            raise web.HTTPNotFound(text="admin UI not built (run make)\n")
+            raise web.HTTPNotFound(text=f"admin UI not in this package ({BUILD_HINT})\n")
         headers = {"Content-Type": static.content_type, "Cache-Control": static.cache_control}
         return web.Response(body=static.body, headers=headers)
 

@@ -20,6 +20,7 @@ from ..__about__ import __version__
 from ..brokers.base import BrokerUnavailable
 from ..node.auth import make_token
 from ..options import Config, ConfigError
+from ..transports.static import is_built
 from .config import ConfigProblems, generate_config, load_config, read_config
 from .hub import Hub
 from .logs import configure_logging
@@ -298,7 +299,7 @@ async def _run(config: Config) -> None:
         lines.append(f"  demo app:   http://{config.host}:{hub.port}/")
     if hub.api is not None:
         lines.append(f"  server API: {hub.api_url}")
-        if config.admin.password:
+        if config.admin.password and is_built("admin"):
             lines.append(f"  admin UI:   http://{config.http_api.host}:{hub.api.port}/admin/")
     print("\n".join(lines), file=sys.stderr, flush=True)
     await stop.wait()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from .._docstrings import field_docs
 from ..options import ChannelOptions, Config, ConfigError, bound_message

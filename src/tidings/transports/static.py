@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-__all__ = ["StaticFile", "StaticFiles"]
+__all__ = ["BUILD_HINT", "StaticFile", "StaticFiles", "is_built"]
+
+BUILD_HINT = "build web/ with Node >= 20.19: make web"
+"""How to get the apps into a checkout (a wheel built without Node has none)."""
+
+
+def is_built(app: str) -> bool:
+    """Whether the package holds the built ``app`` (``demo``, ``admin``)."""
+    return (resources.files("tidings") / "web" / app / "index.html").is_file()
+
 
 _TYPES = {
     ".js": "text/javascript; charset=utf-8",
