@@ -29,8 +29,6 @@ from ..conftest import SECRET, eventually, free_port
 from ..wsclient import closed_with, receive, receive_until
 from .test_framing import client_frame, handshake_request, new_key
 
-LAST = {"last": True}
-
 Serve = Callable[[ASGIApp], Awaitable[str]]
 """Serve an application with uvicorn; returns its ``http://host:port``."""
 
@@ -72,6 +70,11 @@ def fastapi_app(hub: Hub) -> FastAPI:
     app = FastAPI(lifespan=hub.lifespan)
     app.mount("/realtime", hub.asgi())
     return app
+
+
+def _data(message: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = message.get("push", {}).get("pub", {}).get("data", {})
+    return data
 
 
 def ws_url(base: str, path: str = "/realtime/connection/websocket") -> str:
@@ -183,17 +186,11 @@ async def test_a_client_that_stops_reading_is_closed_with_3008(serve: Serve) -> 
     reader = await connected(ws_url(base))
     await reader.send(json.dumps({"id": 2, "subscribe": {"channel": "feed"}}))
     await receive_until(reader, lambda m: m.get("id") == 2)
-    payload = {"blob": "y" * 8000}
-    for _ in range(400):
-        await hub.publish("feed", payload, skip_history=True)
-        await asyncio.sleep(0)
+    for n in range(400):  # 3.2 MB, each publication taken by the reader before the next
+        await hub.publish("feed", {"n": n, "blob": "y" * 8000}, skip_history=True)
+        await receive_until(reader, lambda m, n=n: _data(m).get("n") == n)
     await eventually(lambda: 3008 in closes, "the stalled client to be closed with 3008", 10)
     assert hub.metrics.registry.get_sample_value("tidings_queue_overflows_total") == 1
-    # The reader was served all along and still is.
-    await hub.publish("feed", LAST)
-    await receive_until(
-        reader, lambda m: m.get("push", {}).get("pub", {}).get("data") == {"last": True}
-    )
     await reader.close()
     stalled.close()
 

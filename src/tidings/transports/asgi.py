@@ -5,10 +5,12 @@ sockets and the WebSocket protocol, and calls the application once per
 connection with ``receive`` and ``send`` coroutines. :class:`ASGIConnection`
 is a client's :class:`~tidings.node.client.Transport` over them. The
 application's own coroutine reads: each message goes to the client in order,
-in its turn, as on the native port. A writer task exists only while messages
-wait; it sends them coalesced (one ``websocket.send`` per batch, cut at
-:data:`~.websocket.MAX_FRAME_SIZE`), so a publication's fan-out costs each
-connection one send however many messages it carries. The hub's
+in its turn, as on the native port. Writes go through the server's
+:class:`~.websocket.Flusher`, as on the native port: at most once per
+``client.write_delay``, a writer task starts for each connection with messages
+waiting and sends them coalesced (one ``websocket.send`` per batch, cut at
+:data:`~.websocket.MAX_FRAME_SIZE`), so under load each send carries several
+publications. The hub's
 :class:`~.server.Server` keeps the registry, the handshake checks (origin,
 connection limits) and the heartbeat, exactly as for its own port: only the
 bytes travel through somebody else's server.
@@ -177,6 +179,7 @@ class ASGIConnection:
         "closing",
         "_send",
         "_pending",
+        "_dirty",
         "_unsent",
         "_writer",
         "_task",
@@ -194,6 +197,7 @@ class ASGIConnection:
         """The disconnect the server chose, once it started closing."""
         self._send = send
         self._pending: list[bytes] = []
+        self._dirty = False
         self._unsent = 0
         """Bytes written by the client and not yet sent (pending, or in a stuck send)."""
         self._writer: asyncio.Task[None] | None = None
@@ -257,7 +261,16 @@ class ASGIConnection:
             self._deadline = asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, self.cut)
             return
         self._pending.append(data)
-        self._wake()
+        if not self._dirty:
+            self._dirty = True
+            self.server.flusher.mark(self)
+
+    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
+        """The flusher's turn: start sending (the writer counts what it sends)."""
+        self._dirty = False
+        if self._pending:
+            self._wake()
+        return 0, 0
 
     def close(self, disconnect: Disconnect) -> None:
         """Close after the pending messages are sent."""

@@ -42,7 +42,7 @@ import socket
 import struct
 import urllib.parse
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WEBSOCKET_PATH",
+    "Flushable",
     "Flusher",
     "WebSocketConnection",
     "codec_of",
@@ -184,6 +185,16 @@ def reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+class Flushable(Protocol):
+    """A connection whose pending messages the :class:`Flusher` writes."""
+
+    server: Server
+
+    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Write (or start writing) the pending messages; return frames and bytes written."""
+        ...
+
+
 class Flusher:
     """Writes the pending messages of every connection, coalesced.
 
@@ -196,11 +207,11 @@ class Flusher:
 
     def __init__(self, write_delay: float = 0.0) -> None:
         self.write_delay = write_delay
-        self._dirty: list[WebSocketConnection] = []
+        self._dirty: list[Flushable] = []
         self._scheduled = False
         self._last = 0.0
 
-    def mark(self, connection: WebSocketConnection) -> None:
+    def mark(self, connection: Flushable) -> None:
         self._dirty.append(connection)
         if not self._scheduled:
             self._scheduled = True
