@@ -33,6 +33,7 @@ ENCODINGS = [("tidings", "JSON"), ("tidings-pb", "Protobuf")]
 LABELS = {
     "tidings": "tidings",
     "tidings-pb": "tidings, Protobuf subscribers",
+    "tidings-asgi": "tidings mounted under uvicorn (Hub.asgi())",
     "seed": "websockets broadcast() (seed)",
     "seed-rooms": "seed pattern, a set per room (websockets broadcast())",
     "seed-uvloop": "seed on uvloop (extra)",
@@ -275,6 +276,33 @@ def _issue_targets(runs: dict[str, Any]) -> list[str]:
         lat_us = r.get("connect_latency_us") or {}
         row(p99_target, enc, f"p99 {lat_us.get('p99', 0) / 1000:.1f} ms (p50 "
             f"{lat_us.get('p50', 0) / 1000:.1f} ms)", "reported (no target)")  # fmt: skip
+    return rows
+
+
+def _asgi_overhead(runs: dict[str, Any]) -> list[str]:
+    """tidings on its own port vs mounted under uvicorn: fan-out and idle memory."""
+    fan, idle = runs.get("fanout", {}), runs.get("idle", {})
+    native, asgi = fan.get("tidings/1000x128"), fan.get("tidings-asgi/1000x128")
+    own, mounted = idle.get("tidings"), idle.get("tidings-asgi")
+    if not (asgi or mounted):
+        return []
+    rows = ["| measure | own port | mounted (ASGI) | mounted / own |", "|---|---:|---:|---:|"]
+    if native and asgi:
+        a, b = _max_deliveries(native), _max_deliveries(asgi)
+        rows.append(f"| 1,000 x 128 B: deliveries/s with p99 <= 50 ms | {_n(a)} | {_n(b)} | "
+                    f"{b / a:.2f}x |" if a else f"| deliveries/s | {_n(a)} | {_n(b)} | – |")  # fmt: skip
+        best_a, best_b = _best(native), _best(asgi)
+        if best_a and best_b:
+            rows.append(f"| server CPU at that rate | {best_a['server_cpu_pct']:.0f}% | "
+                        f"{best_b['server_cpu_pct']:.0f}% | – |")  # fmt: skip
+    if own and mounted:
+        ka, kb = own.get("kib_per_conn"), mounted.get("kib_per_conn")
+        if ka and kb:
+            rows.append(f"| RSS per idle subscribed connection ({mounted['ready']:,}) | "
+                        f"{ka:.2f} KiB | {kb:.2f} KiB | {kb / ka:.2f}x |")  # fmt: skip
+        ra, rb = own.get("connect_rate") or 0.0, mounted.get("connect_rate") or 0.0
+        if ra and rb:
+            rows.append(f"| connect + subscribe rate | {_n(ra)} /s | {_n(rb)} /s | {rb / ra:.2f}x |")
     return rows
 
 
@@ -532,6 +560,29 @@ def build_markdown(summary: dict[str, Any], charts: list[tuple[str, str]]) -> st
     if meta.get("reruns"):
         w("Rows re-run after the full run (see above) are compared with the peers' rows of the full "
           "run: same machine, same harness, same day, but not the same run.\n")  # fmt: skip
+
+    asgi_rows = _asgi_overhead(runs)
+    if asgi_rows:
+        w("## The ASGI mount's overhead\n")
+        w("The same hub and config with its client endpoints mounted in an ASGI application "
+          "(`Hub.asgi()` under uvicorn with uvloop, httptools and websockets' sans-I/O protocol, "
+          "`bench/peers/tidings_asgi.py`) against its own port, in the same run: the cost of "
+          "letting somebody else's server carry the connections (a `send` per batch per "
+          "connection and a writer task while messages wait, instead of one write per "
+          "connection from tidings' flusher).\n")  # fmt: skip
+        out.extend(asgi_rows)
+        w("")
+        w("Where the difference goes (py-spy on the mounted hub, 1,000 x 128 B at 40 msg/s, "
+          "2026-11-30): about 40% of its time is in uvicorn's `send`, which frames each "
+          "connection's batch and writes it (one `transport.write` per connection per batch); "
+          "about a quarter is tidings' writer tasks, one per connection per flush; the rest is "
+          "the fan-out both share. On its own port tidings frames a publication once for all "
+          "its subscribers and writes every connection from one callback, without a task. The "
+          "memory difference is what the ASGI server keeps per connection (its protocol object, "
+          "a websockets protocol, a receive queue) and the application's task, whose coroutine "
+          "waits in `receive()` for the connection's whole life. Without `gc_freeze` (on in "
+          "`tidings_asgi.py`, as `tidings serve` turns it on), full collections of that larger "
+          "heap also raised p99 to 120-150 ms at any rate.\n")  # fmt: skip
 
     cal = runs.get("calibration", {})
     if cal:

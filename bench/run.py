@@ -132,6 +132,15 @@ def _uvicorn(app: str) -> Callable[[int, int, str | None], list[str]]:
     return argv
 
 
+def _tidings_asgi(port: int, api_port: int, redis_url: str | None) -> list[str]:
+    """tidings under uvicorn (uvloop, httptools, websockets' sans-I/O protocol)."""
+    return [
+        str(TIDINGS_PY), "-m", "uvicorn", "tidings_asgi:app", "--host", "127.0.0.1",
+        "--port", str(port), "--log-level", "warning", "--no-access-log", "--loop", "uvloop",
+        "--http", "httptools", "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+    ]  # fmt: skip
+
+
 def _sio(port: int, api_port: int, redis_url: str | None) -> list[str]:
     cmd = [str(PEERS_PY), "sio_server.py", "--port", str(port)]
     return cmd + (["--redis", redis_url] if redis_url else [])
@@ -147,6 +156,10 @@ SPECS: dict[str, Spec] = {
         # in what the fan-out encodes and writes (the publication's data is the same JSON bytes).
         Spec("tidings-pb", "tidings, Protobuf", "centrifugo-pb", "/connection/websocket",
              "/connection/websocket", _tidings("tidings-bench.toml"), pub_mode="centrifugo"),
+        # The same hub mounted in an ASGI application under uvicorn: the cost of Hub.asgi().
+        Spec("tidings-asgi", "tidings mounted under uvicorn (ASGI)", "centrifugo",
+             "/connection/websocket", "/connection/websocket", _tidings_asgi, cwd=PEERS,
+             env={"TIDINGS_HTTP_API_PORT": "{api_port}"}),
         Spec("seed", "websockets broadcast() (seed)", "plain", "/", "/pub",
              lambda p, a, r: [str(PEERS_PY), "ws_broadcast.py", "--port", str(p)], cwd=PEERS,
              channels=False),
@@ -205,7 +218,8 @@ class Server:
         argv = ["taskset", "-c", self.cores, *self.spec.argv(self.port, self.api_port, self.redis_url)]
         if SERVER_NICE:
             argv = ["nice", "-n", str(SERVER_NICE), *argv]
-        env = dict(os.environ, **self.spec.env)
+        # {api_port} in a spec's environment: a server told its API port that way.
+        env = dict(os.environ, **{k: v.format(api_port=self.api_port) for k, v in self.spec.env.items()})
         env.pop("PYTHONPATH", None)
         if self.redis_url:
             env["BENCH_REDIS_URL"] = self.redis_url
@@ -517,11 +531,11 @@ def make_plan(quick: bool) -> Plan:
     if quick:
         return Plan(
             quick=True, step=2.0, refine=0, confirm=False, quiet_wait=5, fanout_servers=peers, fanout_cases=[(1000, 128, 2.0, 0, 50)],
-            extra_fanout=[], pb_fanout_cases=[(1000, 128)],
+            extra_fanout=["tidings-asgi"], pb_fanout_cases=[(1000, 128)],
             latency10k_servers=["tidings", "tidings-pb", "blaster"], latency10k_rate=2.0,
             latency10k_seconds=4.0, latency10k_p99_ms=60.0,
             many_servers=["tidings", "tidings-pb", "seed-rooms"], idle_conns=2000,
-            idle_servers=["tidings", "tidings-pb", "seed"], slow_servers=["tidings"], slow_rate=50,
+            idle_servers=["tidings", "tidings-pb", "tidings-asgi", "seed"], slow_servers=["tidings"], slow_rate=50,
             slow_size=4096, slow_seconds=20, redis_fanout=["tidings-redis", "socketio-redis",
             "channels-redis"], calib_rates=[200, 1000], crossnode_rates=[20],
             profile_seconds=5,
@@ -530,11 +544,11 @@ def make_plan(quick: bool) -> Plan:
         quick=False, step=5.0, refine=2, confirm=True, quiet_wait=5, fanout_servers=peers,
         fanout_cases=[(1000, 128, 4.0, 2, 1000), (1000, 4096, 4.0, 1, 50),
                       (10000, 128, 4.0, 1, 1000), (10000, 4096, 4.0, 1, 1000)],
-        extra_fanout=["seed-uvloop"], pb_fanout_cases=[(1000, 128), (10000, 128)],
+        extra_fanout=["seed-uvloop", "tidings-asgi"], pb_fanout_cases=[(1000, 128), (10000, 128)],
         latency10k_servers=["tidings", "tidings-pb", "seed", "node", "blaster"],
         latency10k_rate=2.0, latency10k_seconds=10.0, latency10k_p99_ms=60.0,
         many_servers=["tidings", "tidings-pb", "seed-rooms", "socketio", "starlette"],
-        idle_conns=15000, idle_servers=["tidings", "tidings-pb", *peers[1:]],
+        idle_conns=15000, idle_servers=["tidings", "tidings-pb", "tidings-asgi", *peers[1:]],
         slow_servers=["tidings", "seed", "node"],
         slow_rate=50, slow_size=4096, slow_seconds=30,
         redis_fanout=["tidings-redis", "socketio-redis", "channels-redis"],
