@@ -298,27 +298,33 @@ class Config(_Options, frozen=True):
 
     def __post_init__(self) -> None:
         _check_bounds(self, _type_info(), "")
+        problems = self.problems()
+        if problems:  # one per line: the loader lists them one by one
+            raise ConfigError("\n".join(problems))
+
+    def problems(self) -> list[str]:
+        """What is wrong between options (each one's own bounds hold)."""
+        problems = []
         if self.client.ping_interval <= self.client.pong_timeout:
-            raise ConfigError("client.ping_interval must be greater than client.pong_timeout")
+            problems.append("client.ping_interval must be greater than client.pong_timeout")
         for name in self.namespaces:
             if not re.fullmatch(r"[A-Za-z0-9_\-.]+", name):
-                raise ConfigError(f"namespaces.{name}: a namespace name is letters, digits, _-.")
+                problems.append(f"namespaces.{name}: a namespace name is letters, digits, _-.")
         broker = self.broker
         if broker.url != "memory" and not broker.url.startswith(_REDIS_SCHEMES):
-            raise ConfigError(f"broker.url must be 'memory' or redis://..., got {broker.url!r}")
+            problems.append(f"broker.url must be 'memory' or redis://..., got {broker.url!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("tls_cert and tls_key go together")
+            problems.append("tls_cert and tls_key go together")
         if self.workers > 1 and broker.url == "memory":
-            raise ConfigError(
+            problems.append(
                 "workers > 1 needs a shared broker: the memory broker cannot connect "
                 "processes (set broker.url = 'redis://...' or --broker)"
             )
         if broker.presence_update_interval >= broker.presence_ttl:
-            raise ConfigError(
-                "broker.presence_update_interval must be less than broker.presence_ttl"
-            )
+            problems.append("broker.presence_update_interval must be less than broker.presence_ttl")
         if self.log_format not in ("text", "json"):
-            raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
+            problems.append(f"log_format must be 'text' or 'json', got {self.log_format!r}")
+        return problems
 
 
 _BOUNDS = (

@@ -704,6 +704,20 @@ def test_check_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     ]
 
 
+def test_check_config_lists_every_problem_between_options_too(tmp_path: Path) -> None:
+    text = 'workers = 2\nlog_format = "xml"\n[client]\nping_interval = 5\npong_timeout = 8\n'
+    path = write_config(tmp_path, text)
+    result = run_tidings("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tidings: {path}: error: client.ping_interval must be greater than client.pong_timeout",
+        f"tidings: {path}: error: workers > 1 needs a shared broker: the memory broker cannot "
+        "connect processes (set broker.url = 'redis://...' or --broker)",
+        f"tidings: {path}: error: log_format must be 'text' or 'json', got 'xml'",
+        f"{path}: 3 problems",
+    ]
+
+
 def test_check_config_of_a_centrifugo_file_names_each_unsupported_key() -> None:
     path = DATA / "centrifugo_v6.json"
     result = run_tidings("check-config", str(path))

@@ -174,7 +174,7 @@ def read_config(
         try:
             return _convert_config(dict(data)), warnings
         except ConfigError as exc:  # between options: once each is valid
-            problems.append(str(exc))
+            problems.extend(str(exc).splitlines())
     raise ConfigProblems(source, problems, warnings)
 
 
