@@ -76,30 +76,17 @@ WAIT = 5.0  # any single wait inside a test
 # ---------------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    raise TypeError(f"unexpected option value in the example's tidings.toml: {value!r}")
-
-
 def _tidings_config() -> str:
-    """Secret and API key of this test, channel options of the example's ``tidings.toml``."""
+    """Secret and API key of this test, channel options of the example's ``tidings.toml``,
+    as a tidings config in JSON (which tidings reads like TOML)."""
     with open(EXAMPLE / "tidings.toml", "rb") as file:
         chat = tomllib.load(file)["namespaces"]["chat"]
-    lines = [
-        f"token_hmac_secret_key = {_toml_value(SECRET)}",
-        "",
-        "[http_api]",
-        f"key = {_toml_value(API_KEY)}",
-        "",
-        "[namespaces.chat]",
-        *(f"{name} = {_toml_value(value)}" for name, value in chat.items()),
-    ]
-    return "\n".join(lines) + "\n"
+    config = {
+        "token_hmac_secret_key": SECRET,
+        "http_api": {"key": API_KEY},
+        "namespaces": {"chat": chat},
+    }
+    return json.dumps(config)
 
 
 class Process:
@@ -224,7 +211,7 @@ def stack(
     request.config.pluginmanager.register(plugin)
     try:
         ws_port, api_port, site_port = free_port(), free_port(), free_port()
-        config = tmp / "tidings.toml"
+        config = tmp / "tidings.json"
         config.write_text(_tidings_config())
         if mounted:
             ws_url = f"ws://127.0.0.1:{site_port}/realtime/connection/websocket"
