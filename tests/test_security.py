@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tidings import Hub, load_config, make_token
+from tidings import Hub, MessageEvent, load_config, make_token
 from tidings.api import http as _api
 
 from .conftest import API_KEY, SECRET, HubFactory
@@ -401,14 +401,21 @@ async def test_deeply_nested_json_closes_with_3501_not_an_internal_error(
     assert (await closed_with(ws))[0] == BAD_REQUEST
 
 
-async def test_a_send_with_an_id_is_dropped_like_any_send_and_the_connection_goes_on(
+async def test_a_send_with_an_id_is_handled_like_any_send_and_never_answered(
     make_hub: HubFactory,
 ) -> None:
     hub = await make_hub(allow_subscribe_for_client=True, **{"http_api.enabled": False})
+    messages: list[MessageEvent] = []
+
+    @hub.on_message
+    async def record(event: MessageEvent) -> None:
+        messages.append(event)
+
     ws = await connected(hub, "u")
     await ws.send('{"id":2,"send":{"data":{}}}\n{"id":3,"subscribe":{"channel":"a"}}')
     reply = await answer_to(ws, 3)
     assert "subscribe" in reply
+    assert [m.data for m in messages] == [{}]
     await ws.close()
 
 

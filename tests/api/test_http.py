@@ -490,6 +490,33 @@ async def test_unsubscribe_by_the_server_through_the_sync_client_leaves_other_us
     await staying.close()
 
 
+async def test_send_pushes_a_message_to_the_users_connections_or_one(
+    make_hub: HubFactory,
+) -> None:
+    hub = await api_hub(make_hub)
+    first = await user_connection(hub, "u1")
+    second = await user_connection(hub, "u1")
+    bystander = await user_connection(hub, "u2")
+    assert await api_call(hub, "send", {"user": "u1", "data": {"n": 1}}) == (200, {"result": {}})
+    for peer in (first, second):
+        message, _ = await peer.until(lambda m: "push" in m)
+        assert message == {"push": {"message": {"data": {"n": 1}}}}
+    status, _ = await api_call(hub, "send", {"user": "u1", "client": first.id, "data": 2})
+    assert status == 200
+    message, _ = await first.until(lambda m: "push" in m)
+    assert message == {"push": {"message": {"data": 2}}}
+    # The bystander got nothing: its next message is the reply to its own command.
+    await bystander.send({"id": 5, "rpc": {"method": "x"}})
+    assert (await bystander.next())["id"] == 5
+    # No user, or no data: 107 (bad request), naming what is missing.
+    assert (await api_call(hub, "send", {"user": "", "data": 1}))[1]["error"]["code"] == 107
+    status, body = await api_call(hub, "send", {"user": "u1"})
+    assert (status, body["error"]["code"]) == (200, 107)
+    assert "`data`" in body["error"]["message"]
+    for peer in (first, second, bystander):
+        await peer.close()
+
+
 async def test_disconnect_by_the_server_closes_every_connection_of_the_user_with_3503(
     make_hub: HubFactory,
 ) -> None:
@@ -1249,6 +1276,7 @@ async def test_the_openapi_description_is_served_and_lists_every_method(
             "unsubscribe",
             "disconnect",
             "refresh",
+            "send",
             "presence",
             "presence_stats",
             "history",

@@ -506,6 +506,26 @@ async def test_token_connect_and_rpc(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_server_messages_and_a_send_without_a_message_hook(
+    start_server: StartServer, node: str, protocol: str
+) -> None:
+    server = await start_server(config())
+    res = await run_js(
+        node, server, "messages", protocol=protocol, token=make_token("dan"), user="dan"
+    )
+    message = res.one("message")
+    assert message["encoding"] == ("json" if protocol == "json" else "bytes")
+    assert message["value"] == {"hello": "from the server"}
+    # tidings serve has no message hook: as Centrifugo, it closes with 3508, not to reconnect.
+    after = res.one("after_send")
+    assert (after["code"], after["reason"], after["state"]) == (
+        3508,
+        "not available",
+        "disconnected",
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_errors_reported_by_the_sdk(
     start_server: StartServer, node: str, protocol: str
 ) -> None:

@@ -119,7 +119,7 @@ ANSWERS: dict[Method, tuple[dict[str, Any], str | int | None]] = {
     Method.PRESENCE_STATS: ({"channel": "a"}, 108),
     Method.HISTORY: ({"channel": "a"}, 108),  # no history
     Method.RPC: ({"method": "m"}, 104),  # no rpc hook
-    Method.SEND: ({"data": {}}, None),  # never answered
+    Method.SEND: ({"data": {}}, 3508),  # never answered; without a message hook: closed
     Method.REFRESH: ({}, 3501),  # no token: closed
     Method.SUB_REFRESH: ({"channel": "a"}, 103),  # not subscribed
 }

@@ -28,6 +28,7 @@ from tidings import (
     DisconnectRequest,
     Error,
     Hub,
+    MessageEvent,
     PublishEvent,
     PublishReply,
     RefreshEvent,
@@ -570,6 +571,61 @@ async def test_an_rpc_without_a_hook_is_answered_with_method_not_found(
         await connected(ws)
         reply = await command(ws, 2, rpc={"method": "add", "data": {}})
         assert reply["error"]["code"] == 104
+
+
+async def test_a_message_hook_gets_what_a_client_sends_and_the_server_sends_back(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub()
+    received = Recorder()
+    hub.on_message(received.hook)
+    async with connect(hub.url) as ws:
+        result = await connected(ws, token=make_token(SECRET, "ivy"))
+        await ws.send(json.dumps({"send": {"data": {"typing": True}}}))  # no id: no reply
+        await eventually(lambda: len(received.events) == 1, "the message hook to be called")
+        (event,) = received.events
+        assert isinstance(event, MessageEvent)
+        assert (event.client, event.user, event.data) == (
+            result["client"],
+            "ivy",
+            {"typing": True},
+        )
+        await hub.send("ivy", {"seen": True})
+        push = await receive_until(ws, lambda m: "push" in m)
+        assert push == {"push": {"message": {"data": {"seen": True}}}}
+        # The connection is still open and answers commands.
+        assert await command(ws, 3, rpc={"method": "x"}) == {
+            "id": 3,
+            "error": {"code": 104, "message": "method not found"},
+        }
+
+
+async def test_a_send_without_a_message_hook_closes_with_3508(make_hub: HubFactory) -> None:
+    hub = await make_hub(dev=True)
+    async with connect(hub.url) as ws:
+        await connected(ws)
+        await ws.send(json.dumps({"send": {"data": {"typing": True}}}))
+        assert await closed_with(ws) == (3508, "not available")
+
+
+async def test_server_sends_reach_one_connection_or_every_connection_of_a_user(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub()
+    async with connect(hub.url) as first, connect(hub.url) as second:
+        one = (await connected(first, token=make_token(SECRET, "jo")))["client"]
+        await connected(second, token=make_token(SECRET, "jo"))
+        await hub.send("jo", "to both")
+        for ws in (first, second):
+            push = await receive_until(ws, lambda m: "push" in m)
+            assert push["push"]["message"]["data"] == "to both"
+        await hub.send("jo", "to one", client=one)
+        push = await receive_until(first, lambda m: "push" in m)
+        assert push["push"]["message"]["data"] == "to one"
+        assert await command(second, 9, rpc={"method": "x"}) == {
+            "id": 9,
+            "error": {"code": 104, "message": "method not found"},
+        }
 
 
 async def test_an_rpc_hook_raising_an_error_answers_with_that_error(make_hub: HubFactory) -> None:

@@ -153,6 +153,16 @@ class RefreshRequest(_Request):
     """New connection info (``conn_info``)."""
 
 
+class SendRequest(_Request):
+    """Push data to a user's connections alone (a ``message`` push; tidings' own method)."""
+
+    user: str
+    data: Raw
+    """The message (any JSON)."""
+    client: str = ""
+    """Only this connection of the user."""
+
+
 class ChannelRequest(_Request):
     channel: str
 
@@ -398,6 +408,12 @@ def _require_user(user: str) -> None:
         raise Error(ErrorCode.BAD_REQUEST, "user required")
 
 
+async def _send(hub: ServerAPI, req: SendRequest) -> EmptyResult:
+    _require_user(req.user)
+    await hub.send(req.user, req.data, client=req.client)
+    return EmptyResult()
+
+
 def _present(data: Raw) -> Raw | None:
     return data if bytes(data) else None
 
@@ -409,6 +425,7 @@ METHODS: dict[str, tuple[type[Struct], Method, type[Struct]]] = {
     "unsubscribe": (UnsubscribeRequest, _unsubscribe, EmptyResult),
     "disconnect": (DisconnectRequest, _disconnect, EmptyResult),
     "refresh": (RefreshRequest, _refresh, EmptyResult),
+    "send": (SendRequest, _send, EmptyResult),
     "presence": (ChannelRequest, _presence, PresenceResult),
     "presence_stats": (ChannelRequest, _presence_stats, PresenceStatsResult),
     "history": (HistoryRequest, _history, HistoryResult),

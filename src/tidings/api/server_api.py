@@ -195,6 +195,13 @@ class ServerAPI:
                 info=to_raw(info) if info is not None else None,
             )
 
+    async def send(self, user: str, data: Any, *, client: str = "") -> None:
+        """Push ``data`` to the user's connections (or one, ``client``) alone: a
+        ``message`` push, which the SDKs hand to their ``message`` event handler."""
+        payload = to_raw(data)
+        for target in self._targets(user, client):
+            target.send_message(payload)
+
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         self._check_feature(channel, "presence")
         return await self.node.presence(channel)

@@ -30,6 +30,7 @@ from ..node.hooks import (
     ConnectHook,
     DisconnectHook,
     Hooks,
+    MessageHook,
     PublishHook,
     RefreshHook,
     RPCHook,
@@ -273,6 +274,12 @@ class Hub(ServerAPI):
     def on_rpc(self, hook: RPCHook) -> RPCHook:
         """Register the RPC hook: answers a client's ``rpc`` command."""
         self.hooks.rpc = hook
+        return hook
+
+    def on_message(self, hook: MessageHook) -> MessageHook:
+        """Register the message hook: gets what clients ``send`` (without it, a client
+        that sends is closed with 3508, as by Centrifugo)."""
+        self.hooks.message = hook
         return hook
 
     def on_unsubscribe(self, hook: UnsubscribeHook) -> UnsubscribeHook:

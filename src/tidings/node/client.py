@@ -48,6 +48,7 @@ from ..protocol.codes import (
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
     DISCONNECT_INVALID_TOKEN,
     DISCONNECT_NO_PONG,
+    DISCONNECT_NOT_AVAILABLE,
     DISCONNECT_STALE,
     DISCONNECT_TOO_MANY_REQUESTS,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
@@ -86,6 +87,7 @@ from ..protocol.wire import (
     Empty,
     HistoryRequest,
     HistoryResult,
+    MessagePush,
     PresenceRequest,
     PresenceResult,
     PresenceStatsRequest,
@@ -94,6 +96,7 @@ from ..protocol.wire import (
     Push,
     RefreshRequest,
     RefreshResult,
+    Reply,
     RPCRequest,
     RPCResult,
     SendRequest,
@@ -113,6 +116,7 @@ from .hooks import (
     ConnectEvent,
     DisconnectEvent,
     Hooks,
+    MessageEvent,
     PublishEvent,
     RefreshEvent,
     RPCEvent,
@@ -681,7 +685,17 @@ class Client:
         return RPCResult(data=optional_raw(result))
 
     async def _on_send(self, request: SendRequest) -> None:
-        return None  # asynchronous messages have no handler: dropped, as Centrifugo does
+        if self.hooks.message is None:
+            # As in Centrifugo: else the client would never learn its messages go nowhere.
+            raise DisconnectRequest(DISCONNECT_NOT_AVAILABLE, "send without a message hook")
+        await self.hooks.message(
+            MessageEvent(self.id, self.user, _decode(request.data), self.codec.name)
+        )
+
+    def send_message(self, data: Raw) -> None:
+        """Push ``data`` to this connection alone: a ``message`` push (SDKs' ``message``
+        event)."""
+        self.deliver(self.codec.encode(Reply(push=Push(message=MessagePush(data=data)))))
 
     # --- server-side operations (server API) -------------------------------------
 

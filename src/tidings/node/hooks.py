@@ -28,6 +28,7 @@ __all__ = [
     "ConnectReply",
     "DisconnectEvent",
     "Hooks",
+    "MessageEvent",
     "PublishEvent",
     "PublishReply",
     "RPCEvent",
@@ -164,6 +165,21 @@ class RPCEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """A client sent ``send``: an asynchronous message, with no reply."""
+
+    client: str
+    """The connection's ID."""
+    user: str
+    """The user ID (``""`` for an anonymous client)."""
+    data: Any
+    """The message's ``data`` as JSON values (bytes when a Protobuf client sent
+    something other than JSON)."""
+    protocol: str = "json"
+    """The client's protocol: ``json`` or ``protobuf``."""
+
+
+@dataclass(frozen=True, slots=True)
 class UnsubscribeEvent:
     """A client left a channel: ``code`` 0 when it asked to, else the server's reason."""
 
@@ -189,6 +205,7 @@ RefreshHook = Callable[[RefreshEvent], Awaitable[RefreshReply | None]]
 SubscribeHook = Callable[[SubscribeEvent], Awaitable[SubscribeReply | None]]
 PublishHook = Callable[[PublishEvent], Awaitable[PublishReply | None]]
 RPCHook = Callable[[RPCEvent], Awaitable[Any]]
+MessageHook = Callable[[MessageEvent], Awaitable[None]]
 UnsubscribeHook = Callable[[UnsubscribeEvent], Awaitable[None]]
 DisconnectHook = Callable[[DisconnectEvent], Awaitable[None]]
 
@@ -202,5 +219,6 @@ class Hooks:
     subscribe: SubscribeHook | None = None
     publish: PublishHook | None = None
     rpc: RPCHook | None = None
+    message: MessageHook | None = None
     unsubscribe: UnsubscribeHook | None = None
     disconnect: DisconnectHook | None = None

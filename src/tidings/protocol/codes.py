@@ -169,6 +169,8 @@ DISCONNECT_STALE = Disconnect(3502, "stale")
 DISCONNECT_FORCE_NO_RECONNECT = Disconnect(3503, "force disconnect")
 DISCONNECT_CONNECTION_LIMIT = Disconnect(3504, "connection limit")
 DISCONNECT_INAPPROPRIATE_PROTOCOL = Disconnect(3506, "inappropriate protocol")
+DISCONNECT_NOT_AVAILABLE = Disconnect(3508, "not available")
+"""A ``send`` without a message hook: the client would never learn it goes nowhere."""
 # Not a Centrifugo code but the WebSocket one; SDKs map it to "message size limit".
 DISCONNECT_MESSAGE_TOO_BIG = Disconnect(1009, "message too big")
 

@@ -192,7 +192,7 @@ class Recorder {
   }
 }
 
-const CLIENT_EVENTS = ['connecting', 'connected', 'disconnected', 'error'];
+const CLIENT_EVENTS = ['connecting', 'connected', 'disconnected', 'error', 'message'];
 const SUB_EVENTS = [
   'subscribing',
   'subscribed',
@@ -279,17 +279,21 @@ async function call(promise, what) {
 }
 
 async function apiPublish(input, body) {
+  return apiCall(input, 'publish', body);
+}
+
+async function apiCall(input, method, body) {
   const response = await withTimeout(
-    fetch(`${input.api.url}/api/publish`, {
+    fetch(`${input.api.url}/api/${method}`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', 'X-API-Key': input.api.key },
       body: JSON.stringify(body),
     }),
-    'server API publish',
+    `server API ${method}`,
   );
   const reply = await response.json();
   if (response.status !== 200 || reply.error) {
-    throw new Error(`server API publish: HTTP ${response.status} ${JSON.stringify(reply)}`);
+    throw new Error(`server API ${method}: HTTP ${response.status} ${JSON.stringify(reply)}`);
   }
   return reply.result;
 }
@@ -510,7 +514,21 @@ async function errors(input) {
     connected: bad.events.drain('connected').length });
 }
 
+/** The server API's `send` reaches the SDK's `message` event; a `send` to a hub without a
+ * message hook closes the connection with 3508. */
+async function messages(input) {
+  const { protocol } = input;
+  const client = newClient(input, protocol, 'client', { token: input.token });
+  await connect(client);
+  await apiCall(input, 'send', { user: input.user, data: { hello: 'from the server' } });
+  out({ type: 'message', ...decode((await client.events.next('message')).data) });
+  await client.send(encode(protocol, { typing: true }));
+  const ctx = await client.events.next('disconnected');
+  out({ type: 'after_send', code: ctx.code, reason: ctx.reason, state: client.state });
+}
+
 const SCENARIOS = {
+  messages,
   cross_protocol: crossProtocol,
   presence_history: presenceHistory,
   recovery,
