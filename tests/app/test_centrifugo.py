@@ -419,6 +419,45 @@ def test_unsupported_keys_at_their_centrifugo_default_need_no_word(tmp_path: Pat
     assert read(tmp_path, data)[1] == []
 
 
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"client": {"token": {"audience_regex": "^app$"}}}, "client.token.audience_regex"),
+        ({"client": {"token": {"issuer_regex": "^me$"}}}, "client.token.issuer_regex"),
+        ({"client": {"token": {"user_id_claim": "uid"}}}, "client.token.user_id_claim"),
+        (
+            {"client": {"subscription_token": {"enabled": True}}},
+            "client.subscription_token.enabled",
+        ),
+        (
+            {"client": {"disallow_anonymous_connection_tokens": True}},
+            "client.disallow_anonymous_connection_tokens",
+        ),
+        ({"channel": {"private_prefix": "private:"}}, "channel.private_prefix"),
+        ({"channel": {"namespace_boundary": "/"}}, "channel.namespace_boundary"),
+        (
+            {"channel": {"without_namespace": {"channel_regex": "^[a-z]+$"}}},
+            "channel.without_namespace.channel_regex",
+        ),
+        (
+            {"channel": {"namespaces": [{"name": "chat", "channel_regex": "^chat:[a-z]+$"}]}},
+            "channel.namespaces[chat].channel_regex",
+        ),
+        ({"websocket": {"disabled": True}}, "websocket.disabled"),
+    ],
+)
+def test_an_unsupported_key_that_restricts_access_refuses_the_file(
+    tmp_path: Path, data: dict[str, Any], key: str
+) -> None:
+    """Ignoring it would let in what Centrifugo keeps out: a problem, not a warning."""
+    (problem,) = problems(tmp_path, data)
+    assert problem.startswith(f"{key}: not supported by tidings, and ignoring it would open")
+
+
+def test_the_how_to_lists_the_refused_keys_of_the_code() -> None:
+    assert centrifugo.markdown_refused() in DOC.read_text()
+
+
 # -- the tables -----------------------------------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ Three tables say everything, in this order:
   key left at its default needs no word;
 - :data:`MAPPING` is what tidings makes of a key: the tidings option it sets, and how;
 - every other key of :data:`CENTRIFUGO` is not supported: set to anything but its
-  default, it gets one warning, naming it.
+  default, it gets one warning, naming it; except the keys of :data:`REFUSED`, which
+  restrict who may do what in Centrifugo: ignoring one would allow more than the file
+  says, so the file is refused instead.
 
 A file is Centrifugo's when it has a key that only Centrifugo v6 has (:func:`marker`):
 a top-level section tidings lacks (``http_server``, ``engine``, ``channel`` holding
@@ -534,6 +536,24 @@ MAPPING: Final[dict[str, Rule]] = {
 # -- telling the layouts apart --------------------------------------------------------------------
 
 
+REFUSED: Final[dict[str, str]] = {
+    "client.token.audience_regex": "tokens would be accepted whatever their audience",
+    "client.token.issuer_regex": "tokens would be accepted whatever their issuer",
+    "client.token.user_id_claim": "the user would be read from `sub` instead",
+    "client.subscription_token.enabled": (
+        "subscription tokens would be checked with the connection token keys"
+    ),
+    "client.disallow_anonymous_connection_tokens": "tokens without a user would be accepted",
+    "channel.private_prefix": "tidings' private channels start with `$` alone",
+    "channel.namespace_boundary": "tidings' namespaces end at `:` alone",
+    "channel.without_namespace.channel_regex": "any channel name would be accepted",
+    "channel.namespaces[].channel_regex": "any channel name would be accepted",
+    "websocket.disabled": "tidings always serves WebSocket",
+}
+"""Unsupported keys that restrict access in Centrifugo, and what ignoring one would
+allow: set to anything but their default, the file is refused."""
+
+
 def _tidings_fields(kind: type[msgspec.Struct]) -> frozenset[str]:
     return frozenset(info.name for info in msgspec.structs.fields(kind))
 
@@ -663,7 +683,14 @@ class _Translator:
         if rule is None:
             if generic.endswith("[].name"):
                 return  # names the item, whose other keys are warned about
-            if not _is_default(value, default):
+            if _is_default(value, default):
+                return
+            if generic in REFUSED:
+                self.problems.append(
+                    f"{key}: not supported by tidings, and ignoring it would open more than "
+                    f"the file says ({REFUSED[generic]}); remove it to accept that"
+                )
+            else:
                 self.warnings.append(f"{key}: not supported by tidings, ignored")
             return
         if rule.convert is None:
@@ -913,6 +940,13 @@ def markdown_unsupported() -> str:
     for key in _unsupported(CENTRIFUGO, ""):
         keys.setdefault(key.split(".")[0].split("[")[0], []).append(key)
     return "\n".join(f"- {', '.join(f'`{key}`' for key in section)}" for section in keys.values())
+
+
+def markdown_refused() -> str:
+    """The keys of :data:`REFUSED`, as a markdown table."""
+    rows = ["| key | ignoring it would mean |", "|---|---|"]
+    rows += [f"| `{key}` | {why} |" for key, why in REFUSED.items()]
+    return "\n".join(rows)
 
 
 def _unsupported(schema: Any, prefix: str) -> Iterator[str]:
