@@ -113,8 +113,9 @@ def options_page() -> str:
         "Every option of the configuration, generated from its type in",
         "`tidings/options.py` at each build of this site.",
         "",
-        "Precedence: defaults < the TOML file (`--config`) < environment < command-line",
-        "flags. Any option except those under `namespaces` can be set from the environment as",
+        "Precedence: defaults < the config file (`--config`: TOML, JSON or YAML) < environment",
+        "< command-line flags. Any option except those under `namespaces` can be set from the",
+        "environment as",
         "`TIDINGS_` + its dotted name in capitals with `_` for `.` (`client.ping_interval`:",
         "`TIDINGS_CLIENT_PING_INTERVAL`). A value out of bounds, or an unknown name, stops",
         "the hub at start with a message naming the option.",
@@ -188,23 +189,12 @@ def _type_name(kind: mi.Type, member: Any) -> str:
 
 
 def _default(field: mi.Field) -> str:
+    from tidings.app.config import toml_value
+
     value = field.default if field.default_factory is msgspec.NODEFAULT else field.default_factory()
     if isinstance(value, msgspec.Struct):
         return ""
-    return f"`{_toml(value)}`"
-
-
-def _toml(value: Any) -> str:
-    """``value`` as it is written in the TOML file."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return msgspec.json.encode(value).decode()  # a TOML basic string is JSON-escaped
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key} = {_toml(item)}" for key, item in value.items()) + "}"
-    return repr(value)
+    return f"`{toml_value(value)}`"
 
 
 def _bounds(kind: mi.Type) -> str:

@@ -28,8 +28,16 @@ def collect_garbage() -> Iterator[None]:
     assert gc.get_freeze_count() <= frozen, "objects left frozen after the hubs stopped"
     gc.collect()
     # What survived is old: out of later collections (a full one per test scanned the
-    # whole heap the suite builds up, a tenth of a second each).
+    # whole heap the suite builds up, a tenth of a second each). Cycles that become
+    # garbage later are collected once, at the end of the session (collect_at_exit).
     gc.freeze()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def collect_at_exit() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+    gc.collect()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tidings import DisconnectEvent, Hub, load_config
+from tidings import Disconnect, DisconnectEvent, Hub, load_config
 from tidings.protocol import client_pb2
 from tidings.transports.asgi import ASGIApp, Receive, Scope, Send
 
@@ -75,6 +75,21 @@ def fastapi_app(hub: Hub) -> FastAPI:
 def _data(message: dict[str, Any]) -> dict[str, Any]:
     data: dict[str, Any] = message.get("push", {}).get("pub", {}).get("data", {})
     return data
+
+
+async def stalled_subscriber(base: str, channel: str) -> asyncio.StreamWriter:
+    """A raw client with a 4 KiB receive buffer, subscribed to ``channel``, that never
+    reads after the handshake (closing the returned writer ends it)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(base.rsplit(":", 1)[1])))
+    response, stalled = await asyncio.open_connection(sock=sock)
+    stalled.write(handshake_request(new_key(), path="/realtime/connection/websocket"))
+    assert (await response.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    commands = {"id": 1, "connect": {}}, {"id": 2, "subscribe": {"channel": channel}}
+    stalled.write(client_frame(0x1, "\n".join(map(json.dumps, commands)).encode()))
+    return stalled
 
 
 def ws_url(base: str, path: str = "/realtime/connection/websocket") -> str:
@@ -158,7 +173,7 @@ async def test_an_oversized_message_closes_with_1009(serve: Serve) -> None:
     hub = Hub(make_config(**{"client.max_message_size": 1024}))
     base = await serve(fastapi_app(hub))
     ws = await connected(ws_url(base))
-    await ws.send("x" * 2048)
+    await ws.send("é" * 600)  # 600 characters, 1,200 bytes: the limit is in bytes
     assert (await closed_with(ws))[0] == 1009
 
 
@@ -172,17 +187,7 @@ async def test_a_client_that_stops_reading_is_closed_with_3008(serve: Serve) -> 
         closes.append(event.code)
 
     base = await serve(fastapi_app(hub))
-    # A raw client with a 4 KiB receive buffer that never reads after the handshake.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(base.rsplit(":", 1)[1])))
-    response, stalled = await asyncio.open_connection(sock=sock)
-    stalled.write(handshake_request(new_key(), path="/realtime/connection/websocket"))
-    assert (await response.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    stalled.write(
-        client_frame(0x1, b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"feed"}}')
-    )
+    stalled = await stalled_subscriber(base, "feed")
     reader = await connected(ws_url(base))
     await reader.send(json.dumps({"id": 2, "subscribe": {"channel": "feed"}}))
     await receive_until(reader, lambda m: m.get("id") == 2)
@@ -207,6 +212,30 @@ async def test_hub_stop_closes_clients_with_3001(serve: Serve) -> None:
     with pytest.raises(InvalidStatus) as refused:
         await connect_ws(ws_url(base))
     assert refused.value.response.status_code == 503
+    assert (await asyncio.to_thread(http_get, f"{base}/realtime/health"))[0] == 503
+
+
+@pytest.mark.slow
+async def test_a_close_the_client_never_takes_is_cut_after_its_deadline(serve: Serve) -> None:
+    hub = Hub(make_config(**{"client.queue_max_size": 64 * 1024 * 1024}))
+    closes: list[int] = []
+
+    @hub.on_disconnect
+    async def record(event: DisconnectEvent) -> None:
+        closes.append(event.code)
+
+    base = await serve(fastapi_app(hub))
+    stalled = await stalled_subscriber(base, "feed")
+    await eventually(lambda: len(hub.server.clients) == 1, "the subscriber")
+    for n in range(400):  # 3.2 MB: the ASGI server's sends stop returning, no 3008 yet
+        await hub.publish("feed", {"n": n, "blob": "y" * 8000}, skip_history=True)
+        await asyncio.sleep(0)
+    (connection,) = hub.server.clients
+    connection.client.disconnect(Disconnect(3503, "force disconnect"))
+    # The close frame waits behind 3 MB the client never reads: cut after 5 s.
+    await eventually(lambda: closes == [3503], "the connection to be cut", timeout=8)
+    assert not hub.server.clients
+    stalled.close()
 
 
 async def test_a_prefix_routes_the_rest_to_the_fallback_and_lifespan_starts_the_hub(

@@ -169,7 +169,8 @@ def _check_config(path: str) -> int:
         count = len(problems)
         print(f"{path}: {count} problem{'s' if count > 1 else ''}", file=sys.stderr)
         return 2
-    print(f"{path}: config ok" + (f" ({len(warnings)} warnings)" if warnings else ""))
+    said = f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else ""
+    print(f"{path}: config ok{said}")
     return 0
 
 

@@ -537,7 +537,7 @@ def _option_lines(info: msgspec.structs.FieldInfo, prefix: str, docs: dict[str, 
     lines = [""] if info.name in docs else []
     lines += [f"# {line}".rstrip() for line in docs.get(info.name, "").splitlines()]
     default = info.default if info.default is not msgspec.NODEFAULT else info.default_factory()
-    line = f"{info.name} = {_toml_value(default)}"
+    line = f"{info.name} = {toml_value(default)}"
     if prefix + info.name in _DURATIONS or (not prefix and info.name in _CHANNEL_DURATIONS):
         line += "  # seconds"
     if info.name in _LEFT_UNSET:
@@ -545,7 +545,8 @@ def _option_lines(info: msgspec.structs.FieldInfo, prefix: str, docs: dict[str, 
     return [*lines, line]
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML file writes it (``gen-config``, the options reference)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -553,5 +554,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
     raise TypeError(f"no TOML for {value!r}")

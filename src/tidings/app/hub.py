@@ -131,7 +131,11 @@ class Hub(ServerAPI):
         # Worker processes share the ports (SO_REUSEPORT): the kernel spreads connections.
         reuse_port = self.config.workers > 1
         if listen:
-            await self.server.start(self.config.host, self.config.port, reuse_port=reuse_port)
+            try:
+                await self.server.start(self.config.host, self.config.port, reuse_port=reuse_port)
+            except BaseException:  # the port is taken, say: leave nothing running
+                await self.node.close()
+                raise
         else:
             self.server.open()
         open_api = self._open_api

@@ -19,7 +19,11 @@ The slow-client bound. The ASGI server's buffers are out of sight, but a
 ``send`` that does not return holds every message behind it here, and those
 are counted: a client whose unsent bytes would pass
 ``client.queue_max_size`` is closed with 3008, and cut if it does not take
-its close frame within a second.
+its close frame within a second. This needs a server whose ``send`` waits
+while its socket's buffer is full, as uvicorn's and hypercorn's do; daphne's
+returns at once and buffers without bound, so under daphne a client that stops
+reading is not detected. Every close has a deadline too (5 s): a client that
+does not take its close frame is cut.
 
 Paths. The endpoints are ``/connection/websocket`` and ``/health`` under
 ``prefix``, below the scope's ``root_path`` (which Starlette's ``Mount``
@@ -39,6 +43,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode
 
 from ..node.client import Client
 from ..protocol.codecs import Codec
@@ -48,7 +53,14 @@ from ..protocol.codes import (
     DISCONNECT_SLOW,
     Disconnect,
 )
-from .websocket import SLOW_CLOSE_TIMEOUT, WEBSOCKET_PATH, coalesce, codec_of, select_subprotocol
+from .websocket import (
+    CLOSE_TIMEOUT,
+    SLOW_CLOSE_TIMEOUT,
+    WEBSOCKET_PATH,
+    coalesce,
+    codec_of,
+    select_subprotocol,
+)
 
 if TYPE_CHECKING:
     from .server import Server
@@ -62,8 +74,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-ABNORMAL_CLOSURE = 1006
 
 
 class ClientEndpoints:
@@ -96,7 +106,10 @@ class ClientEndpoints:
         if kind == "websocket" and path == WEBSOCKET_PATH:
             await self._websocket(scope, receive, send)
         elif kind == "http" and path == "/health":
-            await _respond(send, http.HTTPStatus.OK, b'{"status":"ok"}', "application/json")
+            if self.server.closing:  # as the refused handshakes say
+                await _respond(send, http.HTTPStatus.SERVICE_UNAVAILABLE, b"Shutting down\n")
+            else:
+                await _respond(send, http.HTTPStatus.OK, b'{"status":"ok"}', "application/json")
         elif self.fallback is not None:
             await self.fallback(scope, receive, send)
         elif kind == "websocket":
@@ -129,7 +142,12 @@ class ClientEndpoints:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await running.__aexit__(None, None, None)
+                try:
+                    await running.__aexit__(None, None, None)
+                except Exception as exc:
+                    logger.exception("tidings did not stop cleanly")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -221,7 +239,8 @@ class ASGIConnection:
                 data: str | bytes | None = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
-                if len(data) > limit:
+                size = len(data.encode()) if isinstance(data, str) else len(data)
+                if size > limit:
                     self.close(DISCONNECT_MESSAGE_TOO_BIG)
                     continue
                 try:
@@ -245,7 +264,7 @@ class ASGIConnection:
         """The code the server chose, else what the peer sent, else 1006."""
         if self.closing is not None:
             return self.closing.code, self.closing.reason
-        return self._peer_close or (ABNORMAL_CLOSURE, "")
+        return self._peer_close or (CloseCode.ABNORMAL_CLOSURE, "")
 
     # --- writing: the client's Transport ------------------------------------------
 
@@ -256,9 +275,8 @@ class ASGIConnection:
         if self._unsent > self.server.config.client.queue_max_size:
             self.server.context.metrics.queue_overflows.inc()
             self._pending.clear()
-            self._start_close(DISCONNECT_SLOW)
-            # The close frame waits behind what the client did not take.
-            self._deadline = asyncio.get_running_loop().call_later(SLOW_CLOSE_TIMEOUT, self.cut)
+            # The close frame waits behind what the client did not take: a short deadline.
+            self._start_close(DISCONNECT_SLOW, SLOW_CLOSE_TIMEOUT)
             return
         self._pending.append(data)
         if not self._dirty:
@@ -275,7 +293,7 @@ class ASGIConnection:
     def close(self, disconnect: Disconnect) -> None:
         """Close after the pending messages are sent."""
         if self.closing is None:
-            self._start_close(disconnect)
+            self._start_close(disconnect, CLOSE_TIMEOUT)
 
     def cut(self) -> None:
         """End the connection now: its coroutine returns, and the ASGI server closes it."""
@@ -283,8 +301,11 @@ class ASGIConnection:
             self._cutting = True
             self._task.cancel()
 
-    def _start_close(self, disconnect: Disconnect) -> None:
+    def _start_close(self, disconnect: Disconnect, timeout: float) -> None:
+        """No more data from now on: the close frame, and a deadline for the connection
+        to end (a client that stopped reading never takes the close frame)."""
         self.closing = disconnect
+        self._deadline = asyncio.get_running_loop().call_later(timeout, self.cut)
         self._wake()
 
     def _wake(self) -> None:

@@ -102,7 +102,6 @@ class Server:
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         """Listen on ``host``/``port`` and serve the connections."""
-        self.open()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
             lambda: HTTPConnection(self),
@@ -118,6 +117,7 @@ class Server:
         sndbuf = send_buffer_size(self.config.client.queue_max_size)
         for sock in self._listener.sockets:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.open()  # once listening: a port that cannot be had leaves no tick behind
 
     def open(self) -> None:
         """Start the heartbeat tick: connections may come from now on."""
