@@ -127,6 +127,10 @@ class ClientOptions(_Options, frozen=True):
     expired_close_delay: Delay = 25.0
     """Seconds of grace after a connection's token expires, for the client to refresh
     it, before it is closed with 3005 (without a refresh hook)."""
+    expired_sub_close_delay: Delay = 25.0
+    """Grace, in seconds, after a subscription token expires without a ``sub_refresh``
+    before the subscription ends with an unsubscribe push 2501 (the SDKs subscribe
+    again with a new token)."""
     channel_limit: Positive = 128
     """Channels one connection may be subscribed to; more get error 106."""
     channel_max_length: Positive = 255

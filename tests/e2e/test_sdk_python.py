@@ -949,6 +949,30 @@ async def test_private_channel_expired_subscription_token_refetched(
     assert 109 in codes, codes
 
 
+async def test_a_short_lived_subscription_token_is_refreshed_by_the_sdk_and_kept(
+    start_server: StartServer, make_client: MakeClient
+) -> None:
+    server = await start_server(config(client="expired_sub_close_delay = 0.5"))
+    client = make_client(server, token=make_token("42"))
+    await connect(client)
+    calls = 0
+
+    async def get_token(channel: str) -> str:
+        nonlocal calls
+        calls += 1
+        return make_sub_token("42", channel, exp=2)  # the SDK refreshes before it lapses
+
+    sub, events = new_sub(client, "$secret", get_token=get_token)
+    await wait(sub.subscribe())
+    await expect_subscribed(sub, events)
+    drain(events.subscribing)
+    await asyncio.sleep(3.5)  # past the first token's expiry and the grace
+    assert calls >= 2, f"get_token called {calls} times: no sub_refresh"
+    # A lapsed one would have been unsubscribed with 2501, and the SDK gone back to subscribing.
+    assert not drain(events.subscribing) and not drain(events.unsubscribed)
+    assert sub.state == SubscriptionState.SUBSCRIBED
+
+
 async def test_user_limited_channel(start_server: StartServer, make_client: MakeClient) -> None:
     server = await start_server(
         config(

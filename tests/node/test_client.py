@@ -8,20 +8,25 @@ to the second without waiting for it.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import typing
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection, connect as ws_connect
 
-from tidings import ChannelOptions, Disconnect, MemoryBroker, load_config
+from tidings import ChannelOptions, Disconnect, Hub, MemoryBroker, load_config, make_token
 from tidings.node.auth import TokenVerifier
 from tidings.node.client import _COMMANDS, Client, Context
 from tidings.node.node import Node
 from tidings.protocol import client_pb2
 from tidings.protocol.session import COMMANDS, Method
 from tidings.protocol.wire import Command
+
+from ..conftest import SECRET, HubFactory
+from ..wsclient import closed_with, receive_until
 
 T0 = 1000.0  # loop time at which the connection was accepted
 
@@ -198,3 +203,47 @@ async def test_a_closed_client_has_no_deadline_left() -> None:
     client.disconnect(Disconnect(3000, "test"))
     client.heartbeat(T0 + 100)
     assert client.due == float("inf") and pings(written) == 0
+
+
+# --- subscription token expiry (a real hub, raw WebSocket clients) -------------------------
+
+
+async def _subscribed_with_token(hub: Hub, ttl: float) -> ClientConnection:
+    ws = await ws_connect(hub.url)
+    await ws.send(json.dumps({"id": 1, "connect": {"token": make_token(SECRET, "kim")}}))
+    await receive_until(ws, lambda m: m.get("id") == 1)
+    token = make_token(SECRET, "kim", channel="$room", ttl=ttl)
+    await ws.send(json.dumps({"id": 2, "subscribe": {"channel": "$room", "token": token}}))
+    reply = await receive_until(ws, lambda m: m.get("id") == 2)
+    assert reply["subscribe"]["expires"] is True, reply
+    return ws
+
+
+async def test_a_subscription_whose_token_lapses_is_unsubscribed_with_2501(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(**{"client.expired_sub_close_delay": 0.2})
+    ws = await _subscribed_with_token(hub, ttl=1)
+    push = await receive_until(ws, lambda m: "push" in m)
+    assert push["push"] == {
+        "channel": "$room",
+        "unsubscribe": {"code": 2501, "reason": "subscription expired"},
+    }
+    assert hub.node.num_subscriptions == 0
+    await ws.close()
+
+
+async def test_sub_refresh_extends_a_subscription_and_an_expired_token_closes_with_3006(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(**{"client.expired_sub_close_delay": 0.2})
+    ws = await _subscribed_with_token(hub, ttl=1)
+    fresh = make_token(SECRET, "kim", channel="$room", ttl=60)
+    await ws.send(json.dumps({"id": 3, "sub_refresh": {"channel": "$room", "token": fresh}}))
+    reply = await receive_until(ws, lambda m: m.get("id") == 3)
+    assert reply["sub_refresh"]["expires"] is True and reply["sub_refresh"]["ttl"] > 50
+    await asyncio.sleep(1.5)  # past the first token's expiry and grace: still subscribed
+    assert hub.node.num_subscriptions == 1
+    expired = make_token(SECRET, "kim", channel="$room", ttl=-10)
+    await ws.send(json.dumps({"id": 4, "sub_refresh": {"channel": "$room", "token": expired}}))
+    assert await closed_with(ws) == (3006, "subscription expired")

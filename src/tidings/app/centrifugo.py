@@ -474,6 +474,7 @@ MAPPING: Final[dict[str, Rule]] = {
     "client.ping_interval": Rule("client.ping_interval", _duration),
     "client.pong_timeout": Rule("client.pong_timeout", _duration),
     "client.expired_close_delay": Rule("client.expired_close_delay", _duration),
+    "client.expired_sub_close_delay": Rule("client.expired_sub_close_delay", _duration),
     "client.stale_close_delay": Rule("client.stale_close_delay", _duration),
     "client.channel_limit": Rule("client.channel_limit"),
     "client.queue_max_size": Rule("client.queue_max_size"),

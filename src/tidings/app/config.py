@@ -77,6 +77,7 @@ _DURATIONS = frozenset(
         "client.pong_timeout",
         "client.stale_close_delay",
         "client.expired_close_delay",
+        "client.expired_sub_close_delay",
         "client.write_delay",
         "proxy.timeout",
         "broker.presence_ttl",

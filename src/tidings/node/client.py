@@ -50,9 +50,11 @@ from ..protocol.codes import (
     DISCONNECT_NO_PONG,
     DISCONNECT_NOT_AVAILABLE,
     DISCONNECT_STALE,
+    DISCONNECT_SUBSCRIPTION_EXPIRED,
     DISCONNECT_TOO_MANY_REQUESTS,
     UNSUBSCRIBE_INSUFFICIENT_STATE,
     UNSUBSCRIBE_SERVER,
+    UNSUBSCRIBE_SUBSCRIPTION_EXPIRED,
     Disconnect,
     DisconnectRequest,
     Error,
@@ -200,6 +202,9 @@ class Client:
         self.closed = False
         self._held: list[bytes] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._sub_expiry: dict[str, int] | None = None
+        """Channel -> expiry of its subscription token, for tokens with ``exp``."""
+        self._sub_expiry_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] | None = None  # made on first use
         # Heartbeat deadlines (loop time; see heartbeat()).
         self.due = math.inf
@@ -312,8 +317,7 @@ class Client:
         self._flush()
         self.closed = True
         self.session.close(disconnect)
-        if self._expiry is not None:
-            self._expiry.cancel()
+        self._cancel_timers()
         self.transport.close(disconnect)
 
     def send_ping(self) -> bool:
@@ -378,8 +382,7 @@ class Client:
         if self.session.disconnect is not None:
             code, reason = self.session.disconnect
         self.closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
+        self._cancel_timers()
         for task in self._background or ():
             task.cancel()
         self.metrics.disconnects.labels(str(code)).inc()
@@ -565,6 +568,7 @@ class Client:
                 return  # nothing to answer or record: _join leaves the channel
             if expire_at:
                 result.expires, result.ttl = True, self._ttl(expire_at)
+            self._expire_subscription(channel, expire_at)
             result.data = data
             self.session.reply(result)
             self._flush()
@@ -622,7 +626,16 @@ class Client:
             raise Error(ErrorCode.PERMISSION_DENIED)
         if not request.token:
             raise Error(ErrorCode.BAD_REQUEST)
-        token = self._verify_subscribe(request.token, request.channel)
+        try:
+            token = self._verify_subscribe(request.token, request.channel)
+        except Error as exc:
+            if exc.code != ErrorCode.TOKEN_EXPIRED:
+                raise
+            # Too late to refresh: as centrifugal/centrifuge#627 settled.
+            raise DisconnectRequest(
+                DISCONNECT_SUBSCRIPTION_EXPIRED, "subscription token expired"
+            ) from None
+        self._expire_subscription(request.channel, token.expire_at)
         return SubRefreshResult(expires=bool(token.expire_at), ttl=self._ttl(token.expire_at))
 
     async def _on_unsubscribe(self, request: UnsubscribeRequest) -> Empty:
@@ -864,6 +877,53 @@ class Client:
             # without a refresh the connection is closed (3005).
             delay = self.expire_at - time.time() + self.config.client.expired_close_delay
             self._expiry = loop.call_later(max(0.0, delay), self.disconnect, DISCONNECT_EXPIRED)
+
+    def _expire_subscription(self, channel: str, expire_at: int) -> None:
+        """Record when the subscription's token expires (0: never), and check then."""
+        if self._sub_expiry is None:
+            if not expire_at:
+                return
+            self._sub_expiry = {}
+        if expire_at:
+            self._sub_expiry[channel] = expire_at
+        else:
+            self._sub_expiry.pop(channel, None)
+        self._schedule_sub_expiry()
+
+    def _schedule_sub_expiry(self) -> None:
+        if self._sub_expiry_timer is not None:
+            self._sub_expiry_timer.cancel()
+            self._sub_expiry_timer = None
+        if not self._sub_expiry or self.closed:
+            return
+        # The SDK refreshes a subscription token before it expires (sub_refresh); after
+        # a grace period without one, the subscription ends.
+        due = min(self._sub_expiry.values()) + self.config.client.expired_sub_close_delay
+        self._sub_expiry_timer = asyncio.get_running_loop().call_later(
+            max(0.0, due - time.time()), self._end_expired_subscriptions
+        )
+
+    def _end_expired_subscriptions(self) -> None:
+        """Unsubscribe (2501) the subscriptions whose token lapsed: SDKs subscribe again
+        with a new token."""
+        assert self._sub_expiry is not None
+        self._sub_expiry_timer = None
+        late = time.time() - self.config.client.expired_sub_close_delay
+        for channel, expire_at in list(self._sub_expiry.items()):
+            if channel not in self.session.channels:
+                del self._sub_expiry[channel]  # left since
+            elif expire_at <= late:
+                del self._sub_expiry[channel]
+                task = asyncio.ensure_future(
+                    self.unsubscribe_by_server(channel, UNSUBSCRIBE_SUBSCRIPTION_EXPIRED)
+                )
+                self._keep(task)
+        self._schedule_sub_expiry()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._expiry, self._sub_expiry_timer):
+            if timer is not None:
+                timer.cancel()
 
     def _refresh_by_hook(self) -> None:
         task = asyncio.ensure_future(self._run_refresh_hook())
