@@ -526,6 +526,27 @@ async def test_server_messages_and_a_send_without_a_message_hook(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_get_state_after_error_112_for_an_unrecoverable_position(
+    start_server: StartServer, node: str, protocol: str
+) -> None:
+    server = await start_server(config())
+    res = await run_js(
+        node, server, "stream_state", protocol=protocol, token=make_token("eve"), channel="rec:s"
+    )
+    state = res.one("get_state")
+    # The stale position was refused (112, flag bit 2), so the SDK asked again.
+    assert state["calls"] == 2, state
+    subscribed = res.one("subscribed")
+    assert (subscribed["wasRecovering"], subscribed["recovered"]) == (True, True), subscribed
+    assert subscribed["streamPosition"] == {
+        "offset": state["top"]["offset"],
+        "epoch": state["top"]["epoch"],
+    }
+    [pub] = res.of("publication")
+    assert pub["data"] == {"n": 2} and pub["offset"] == state["top"]["offset"] + 1
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_errors_reported_by_the_sdk(
     start_server: StartServer, node: str, protocol: str
 ) -> None:

@@ -247,3 +247,24 @@ async def test_sub_refresh_extends_a_subscription_and_an_expired_token_closes_wi
     expired = make_token(SECRET, "kim", channel="$room", ttl=-10)
     await ws.send(json.dumps({"id": 4, "sub_refresh": {"channel": "$room", "token": expired}}))
     assert await closed_with(ws) == (3006, "subscription expired")
+
+
+async def test_subscribe_flag_2_turns_an_unrecoverable_position_into_error_112(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(dev=True)  # history and recovery on every channel
+    await hub.publish("room", {"n": 1})
+    ws = await ws_connect(hub.url)
+    await ws.send(json.dumps({"id": 1, "connect": {}}))
+    await receive_until(ws, lambda m: m.get("id") == 1)
+    stale = {"channel": "room", "recover": True, "epoch": "another", "offset": 1}
+    await ws.send(json.dumps({"id": 2, "subscribe": {**stale, "flag": 2}}))
+    reply = await receive_until(ws, lambda m: m.get("id") == 2)
+    assert reply["error"] == {"code": 112, "message": "unrecoverable position"}
+    assert hub.node.num_subscriptions == 0
+    # Without the flag: subscribed, not recovered, at the channel's top.
+    await ws.send(json.dumps({"id": 3, "subscribe": stale}))
+    result = (await receive_until(ws, lambda m: m.get("id") == 3))["subscribe"]
+    assert (result.get("recovered", False), result["offset"]) == (False, 1)
+    assert result.get("was_recovering") is True
+    await ws.close()

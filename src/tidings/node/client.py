@@ -135,6 +135,8 @@ logger = logging.getLogger("tidings.client")
 _T = TypeVar("_T", bound="ConnectToken | SubscribeToken")
 
 UNSUBSCRIBE_CLIENT = Unsubscribe(0, "unsubscribe called")
+SUBSCRIBE_REJECT_UNRECOVERED: Final = 2
+"""Subscribe ``flag`` bit: an unrecoverable position is error 112."""
 """Internal code for hooks: the client unsubscribed itself (never sent)."""
 UNSUBSCRIBE_DISCONNECT = Unsubscribe(1, "disconnect")
 """Internal code for hooks: the subscription ended with the connection (never sent)."""
@@ -582,6 +584,7 @@ class Client:
                 position=StreamPosition(request.offset, request.epoch),
                 recoverable=request.recoverable,
                 positioned=request.positioned,
+                reject_unrecovered=bool(request.flag & SUBSCRIBE_REJECT_UNRECOVERED),
             ),
             push_join_leave=push_join_leave,
             reply=reply,

@@ -138,6 +138,9 @@ class Recovery:
     position: StreamPosition = field(default_factory=StreamPosition)
     recoverable: bool = False
     positioned: bool = False
+    reject_unrecovered: bool = False
+    """Fail with error 112 rather than answer ``recovered: false`` (subscribe ``flag``
+    bit 2: centrifuge-js then asks the application for the state, ``getState``)."""
 
 
 C = TypeVar("C", bound=Subscriber)
@@ -277,6 +280,8 @@ class Node(Generic[C]):
                 await self.presence_manager.add_presence(channel, subscriber.id, info)
         except BaseException as exc:
             self._drop(channel, subscriber.id)
+            if isinstance(exc, Error):  # the client's answer (112)
+                raise
             if isinstance(exc, Exception):
                 logger.exception("subscribe to %r failed", channel)
                 raise Error(ErrorCode.INTERNAL) from exc
@@ -341,6 +346,8 @@ class Node(Generic[C]):
                 publications, top = [], StreamPosition()
             recovered = bool(top.epoch) and _recovered(publications, since, top)
             if not recovered:
+                if recovery.reject_unrecovered:
+                    raise Error(ErrorCode.UNRECOVERABLE_POSITION)
                 publications = []
                 _, top = await self.broker.history(channel, since=None, limit=0)
             return SubscribeResult(

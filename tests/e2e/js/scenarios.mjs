@@ -527,8 +527,31 @@ async function messages(input) {
   out({ type: 'after_send', code: ctx.code, reason: ctx.reason, state: client.state });
 }
 
+/** A stream subscription with getState: the SDK subscribes with flag bit 2; a stale
+ * position gets error 112, on which the SDK asks getState again and recovers from there. */
+async function streamState(input) {
+  const { protocol } = input;
+  const client = newClient(input, protocol, 'client', { token: input.token });
+  await connect(client);
+  await apiPublish(input, { channel: input.channel, data: { n: 1 } });
+  const top = await apiCall(input, 'history', { channel: input.channel, limit: 0 });
+  let calls = 0;
+  const sub = newSub(client, input.channel, {
+    getState: async () => {
+      calls += 1;
+      // First a position from another epoch (an outdated cache), then the real top.
+      return calls === 1 ? { offset: 5, epoch: 'stale' } : { offset: top.offset, epoch: top.epoch };
+    },
+  });
+  await subscribe(client, sub);
+  out({ type: 'get_state', calls, top });
+  await apiPublish(input, { channel: input.channel, data: { n: 2 } });
+  out({ type: 'publication', ...publication(await sub.events.next('publication')) });
+}
+
 const SCENARIOS = {
   messages,
+  stream_state: streamState,
   cross_protocol: crossProtocol,
   presence_history: presenceHistory,
   recovery,
