@@ -52,6 +52,9 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 """A TCP port; 0 picks a free one."""
 
 
+RECOVERY_MODES = ("", "stream", "cache")
+
+
 class _Options(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     pass
 
@@ -78,6 +81,17 @@ class ChannelOptions(_Options, frozen=True):
     """Make every subscription positioned: its client gets the stream position, and
     one that may have missed publications is unsubscribed (2500) or disconnected (3010)
     to subscribe again (needs history)."""
+    allow_positioning: bool = False
+    """Clients may ask for a positioned subscription (``positioned`` in subscribe)."""
+    allow_recovery: bool = False
+    """Clients may ask for a recoverable subscription (``recoverable`` in subscribe)."""
+    force_recovery_mode: str = ""
+    """What recovery gives back: ``stream`` (or empty), every publication missed, from
+    history; ``cache``, only the channel's latest publication (for state-like channels,
+    usually with ``history_size = 1``)."""
+    auto_cache_recover: bool = False
+    """In ``cache`` mode, give every new subscription the latest publication, asked or
+    not (server-side subscriptions too)."""
     allow_subscribe_for_client: bool = False
     """Authenticated clients may subscribe without a subscription token."""
     allow_subscribe_for_anonymous: bool = False
@@ -326,6 +340,15 @@ class Config(_Options, frozen=True):
             )
         if broker.presence_update_interval >= broker.presence_ttl:
             problems.append("broker.presence_update_interval must be less than broker.presence_ttl")
+        for where, channel in (
+            ("", self.channel),
+            *((f"namespaces.{name}.", options) for name, options in self.namespaces.items()),
+        ):
+            if channel.force_recovery_mode not in RECOVERY_MODES:
+                problems.append(
+                    f"{where}force_recovery_mode must be 'stream' or 'cache', "
+                    f"got {channel.force_recovery_mode!r}"
+                )
         if self.log_format not in ("text", "json"):
             problems.append(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         return problems

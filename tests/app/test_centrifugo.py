@@ -32,7 +32,6 @@ BACKEND = "http://backend:3000/centrifugo"
 FIXTURE_WARNINGS = [
     "client.token.jwks_public_endpoint",
     "client.concurrency",
-    "channel.namespaces[chat].allow_recovery",
     "websocket.compression",
     "uni_sse.enabled",
     "consumers[outbox].enabled",
@@ -100,6 +99,7 @@ def test_the_fixture_maps_every_supported_key(name: str) -> None:
     assert (chat.history_size, chat.history_ttl, chat.force_recovery) == (100, 300.0, True)
     assert chat.allow_publish_for_subscriber and chat.allow_history_for_subscriber
     assert chat.allow_presence_for_subscriber and not chat.allow_publish_for_client
+    assert chat.allow_recovery and not chat.allow_positioning
     assert (news.history_size, news.history_ttl) == (10, 5400.0)  # "1h30m"
     assert news.allow_subscribe_for_anonymous and not news.presence
     assert set(config.namespaces) == {"chat", "news"}

@@ -268,3 +268,64 @@ async def test_subscribe_flag_2_turns_an_unrecoverable_position_into_error_112(
     assert (result.get("recovered", False), result["offset"]) == (False, 1)
     assert result.get("was_recovering") is True
     await ws.close()
+
+
+async def _subscribe_raw(hub: Hub, **subscribe: Any) -> dict[str, Any]:
+    """A fresh anonymous connection's subscribe result (or error reply)."""
+    async with ws_connect(hub.url) as ws:
+        await ws.send(json.dumps({"id": 1, "connect": {}}))
+        await receive_until(ws, lambda m: m.get("id") == 1)
+        await ws.send(json.dumps({"id": 2, "subscribe": subscribe}))
+        reply: dict[str, Any] = await receive_until(ws, lambda m: m.get("id") == 2)
+        return reply
+
+
+HISTORY = {
+    "client.allow_anonymous_connect_without_token": True,
+    "allow_subscribe_for_client": True,
+    "allow_subscribe_for_anonymous": True,
+    "history_size": 10,
+    "history_ttl": 60,
+}
+
+
+async def test_a_client_asks_recovery_or_positioning_only_where_the_channel_allows(
+    make_hub: HubFactory,
+) -> None:
+    asked = {"channel": "c", "recoverable": True, "positioned": True}
+    closed = await make_hub(**HISTORY)
+    result = (await _subscribe_raw(closed, **asked))["subscribe"]
+    assert "recoverable" not in result and "positioned" not in result
+    opened = await make_hub(**HISTORY, allow_recovery=True, allow_positioning=True)
+    result = (await _subscribe_raw(opened, **asked))["subscribe"]
+    assert result["recoverable"] is True and result["positioned"] is True
+
+
+async def test_cache_recovery_gives_the_latest_publication_alone(make_hub: HubFactory) -> None:
+    hub = await make_hub(**HISTORY, force_recovery=True, force_recovery_mode="cache")
+    empty = (await _subscribe_raw(hub, channel="np", recover=True))["subscribe"]
+    assert empty.get("recovered", False) is False
+    for song in "ABC":
+        top = await hub.publish("np", {"song": song})
+    result = (await _subscribe_raw(hub, channel="np", recover=True, epoch=top.epoch, offset=1))[
+        "subscribe"
+    ]
+    assert result["recovered"] is True and result["offset"] == 1
+    assert result["publications"] == [{"data": {"song": "C"}, "offset": 3}]
+    # A client that has the latest gets nothing more.
+    current = {"recover": True, "epoch": top.epoch, "offset": 3}
+    result = (await _subscribe_raw(hub, channel="np", **current))["subscribe"]
+    assert result["recovered"] is True and "publications" not in result
+    # Without recover, nothing is recovered, unless auto_cache_recover.
+    assert "publications" not in (await _subscribe_raw(hub, channel="np"))["subscribe"]
+    auto = await make_hub(
+        **HISTORY, force_recovery=True, force_recovery_mode="cache", auto_cache_recover=True
+    )
+    await auto.publish("np", {"song": "D"})
+    result = (await _subscribe_raw(auto, channel="np"))["subscribe"]
+    assert result["publications"] == [{"data": {"song": "D"}, "offset": 1}]
+
+
+def test_an_unknown_recovery_mode_is_a_config_problem() -> None:
+    with pytest.raises(ValueError, match="force_recovery_mode must be 'stream' or 'cache'"):
+        load_config(env={}, overrides={"namespaces.np.force_recovery_mode": "latest"})

@@ -582,8 +582,8 @@ class Client:
             recovery=Recovery(
                 recover=request.recover,
                 position=StreamPosition(request.offset, request.epoch),
-                recoverable=request.recoverable,
-                positioned=request.positioned,
+                recoverable=request.recoverable and options.allow_recovery,
+                positioned=request.positioned and options.allow_positioning,
                 reject_unrecovered=bool(request.flag & SUBSCRIBE_REJECT_UNRECOVERED),
             ),
             push_join_leave=push_join_leave,

@@ -336,7 +336,10 @@ class Node(Generic[C]):
         positioned = recoverable or options.force_positioning or recovery.positioned
         if not positioned:
             return SubscribeResult()
-        if recoverable and recovery.recover:
+        if recoverable and options.force_recovery_mode == "cache":
+            if recovery.recover or options.auto_cache_recover:
+                return await self._recover_latest(channel, recovery.position)
+        elif recoverable and recovery.recover:
             since = recovery.position
             try:
                 publications, top = await self.broker.history(
@@ -364,6 +367,22 @@ class Node(Generic[C]):
         _, top = await self.broker.history(channel, since=None, limit=0)
         return SubscribeResult(
             recoverable=recoverable, positioned=True, epoch=top.epoch, offset=top.offset
+        )
+
+    async def _recover_latest(self, channel: str, position: StreamPosition) -> SubscribeResult:
+        """Cache recovery: the latest publication alone, unless the client has it."""
+        latest, top = await self.broker.history(channel, since=None, limit=1, reverse=True)
+        has_it = position.epoch == top.epoch and position.offset >= top.offset
+        return SubscribeResult(
+            recoverable=True,
+            positioned=True,
+            epoch=top.epoch,
+            # The client's position, advanced by the publication it gets (as in stream
+            # mode); the top when it gets none.
+            offset=position.offset if latest and not has_it else top.offset,
+            publications=[] if has_it else list(latest),
+            recovered=bool(latest),
+            was_recovering=True,
         )
 
     def _go_live(self, subscription: _Subscription, result: SubscribeResult) -> None:
