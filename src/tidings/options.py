@@ -92,6 +92,9 @@ class ChannelOptions(_Options, frozen=True):
     auto_cache_recover: bool = False
     """In ``cache`` mode, give every new subscription the latest publication, asked or
     not (server-side subscriptions too)."""
+    allow_tags_filter: bool = False
+    """Clients may subscribe with a tags filter (``tf``): they get only the
+    publications whose tags pass it."""
     allow_subscribe_for_client: bool = False
     """Authenticated clients may subscribe without a subscription token."""
     allow_subscribe_for_anonymous: bool = False

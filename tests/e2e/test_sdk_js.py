@@ -189,6 +189,10 @@ def config(rpc_endpoint: str = "") -> str:
     [namespaces.readonly]
     allow_subscribe_for_client = true
 
+    [namespaces.market]
+    allow_subscribe_for_client = true
+    allow_tags_filter = true
+
     [namespaces.secret]
     presence = true
     """
@@ -544,6 +548,33 @@ async def test_get_state_after_error_112_for_an_unrecoverable_position(
     }
     [pub] = res.of("publication")
     assert pub["data"] == {"n": 2} and pub["offset"] == state["top"]["offset"] + 1
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_tags_filter_delivers_exactly_the_matching_publications(
+    start_server: StartServer, node: str, protocol: str
+) -> None:
+    server = await start_server(config())
+    tf = {"op": "or", "nodes": [
+        {"key": "ticker", "cmp": "eq", "val": "AAPL"},
+        {"key": "ticker", "cmp": "eq", "val": "END"},
+    ]}  # fmt: skip
+    res = await run_js(
+        node,
+        server,
+        "tags_filter",
+        protocol=protocol,
+        token=make_token("fay"),
+        channel="market:stocks",
+        filter=tf,
+        tickers=["AAPL", "MSFT", "AAPL", "IBM"],
+    )
+    got = [(p["data"], p["tags"]) for p in res.of("publication")]
+    assert got == [
+        ({"n": 0}, {"ticker": "AAPL"}),
+        ({"n": 2}, {"ticker": "AAPL"}),
+        ({"last": True}, {"ticker": "END"}),
+    ]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

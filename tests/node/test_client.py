@@ -329,3 +329,16 @@ async def test_cache_recovery_gives_the_latest_publication_alone(make_hub: HubFa
 def test_an_unknown_recovery_mode_is_a_config_problem() -> None:
     with pytest.raises(ValueError, match="force_recovery_mode must be 'stream' or 'cache'"):
         load_config(env={}, overrides={"namespaces.np.force_recovery_mode": "latest"})
+
+
+async def test_a_tags_filter_needs_the_channel_to_allow_it_and_must_be_valid(
+    make_hub: HubFactory,
+) -> None:
+    tf = {"key": "ticker", "cmp": "eq", "val": "AAPL"}
+    closed = await make_hub(**HISTORY)
+    error = (await _subscribe_raw(closed, channel="c", tf=tf))["error"]
+    assert error == {"code": 107, "message": "tags filter not allowed in this channel"}
+    opened = await make_hub(**HISTORY, allow_tags_filter=True)
+    assert "subscribe" in await _subscribe_raw(opened, channel="c", tf=tf)
+    error = (await _subscribe_raw(opened, channel="c", tf={"key": "ticker", "cmp": "in"}))["error"]
+    assert error == {"code": 107, "message": "tf: in takes a non-empty vals, not val"}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from centrifuge.protocol import client_pb2
 from google.protobuf.json_format import MessageToDict
@@ -1001,3 +1002,83 @@ async def test_a_resubscribe_while_the_channel_is_being_unrouted_still_receives_
     await node.close()
     assert node.channels() == {"news": 1}
     assert second.published() == [(0, 1)]
+
+
+# --- tags filters --------------------------------------------------------------------------
+
+
+class CountingFilter:
+    """A tags filter passing ``ticker == want``, counting its evaluations."""
+
+    def __init__(self, want: str) -> None:
+        self.want = want
+        self.calls = 0
+
+    def __call__(self, tags: Mapping[str, str] | None) -> bool:
+        self.calls += 1
+        return (tags or {}).get("ticker") == self.want
+
+
+async def filtered(
+    node: Node, client: Client, channel: str, tags_filter: CountingFilter, key: bytes, **kw: Any
+) -> SubscribeResult:
+    results: list[SubscribeResult] = []
+    await node.subscribe(
+        client,
+        channel,
+        RECOVERABLE,
+        info=client.info,
+        tags_filter=(tags_filter, key),
+        reply=results.append,
+        **kw,
+    )
+    client.channels.append(channel)
+    return results[0]
+
+
+async def test_a_filtered_subscription_gets_only_passing_publications_each_filter_run_once(
+    node: Node,
+) -> None:
+    apple = CountingFilter("AAPL")
+    first, second, other, everything = Client("a"), Client("b"), Client("c"), Client("d")
+    await filtered(node, first, "stocks", apple, b"apple")
+    await filtered(node, second, "stocks", apple, b"apple")  # the same filter: one verdict
+    await filtered(node, other, "stocks", CountingFilter("MSFT"), b"msft")
+    await subscribe(node, everything, "stocks", RECOVERABLE)
+    for n, ticker in enumerate(["AAPL", "MSFT", "AAPL", "IBM"], start=1):
+        await node.publish("stocks", data(n), RECOVERABLE, tags={"ticker": ticker})
+    await asyncio.sleep(0)
+    assert first.published() == second.published() == [(1, 1), (3, 3)]
+    assert other.published() == [(2, 2)]
+    assert everything.published() == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert apple.calls == 4  # once per publication, not once per subscriber
+    # Filtered-out offsets are no gap: nobody was disconnected (3010).
+    assert not (first.disconnects or second.disconnects or other.disconnects)
+
+
+async def test_recovery_through_a_filter_returns_only_the_passing_publications(
+    node: Node,
+) -> None:
+    positions = [
+        await node.publish("stocks", data(n), RECOVERABLE, tags={"ticker": ticker})
+        for n, ticker in enumerate(["AAPL", "MSFT", "AAPL", "IBM"], start=1)
+    ]
+    since = StreamPosition(0, positions[0].epoch)
+    result = await filtered(
+        node, Client("a"), "stocks", CountingFilter("AAPL"), b"k", recovery=recover_from(since)
+    )
+    assert result.recovered
+    assert offsets_and_numbers(result.publications) == [(1, 1), (3, 3)]
+    # Cache mode: the latest passing publication, not the latest one.
+    cache = msgspec.structs.replace(RECOVERABLE, force_recovery_mode="cache")
+    results: list[SubscribeResult] = []
+    await node.subscribe(
+        Client("b"),
+        "stocks",
+        cache,
+        info=Client("b").info,
+        recovery=recover_from(since),
+        tags_filter=(CountingFilter("MSFT"), b"m"),
+        reply=results.append,
+    )
+    assert offsets_and_numbers(results[0].publications) == [(2, 2)]

@@ -61,6 +61,7 @@ from ..protocol.codes import (
     ErrorCode,
     Unsubscribe,
 )
+from ..protocol.filters import FilterError, TagsFilter, parse_filter
 from ..protocol.session import (
     CONNECT,
     CONNECTED,
@@ -559,6 +560,14 @@ class Client:
                 chan_info, data = optional_raw(decision.info), optional_raw(decision.data)
         elif not self._may(SUBSCRIBE, options, subscribed=False):
             raise Error(ErrorCode.PERMISSION_DENIED)
+        tags_filter = None
+        if bytes(request.tf) not in (b"", b"null"):
+            if not options.allow_tags_filter:
+                raise Error(ErrorCode.BAD_REQUEST, "tags filter not allowed in this channel")
+            try:
+                tags_filter = parse_filter(bytes(request.tf))
+            except FilterError as exc:
+                raise Error(ErrorCode.BAD_REQUEST, str(exc)) from None
         push_join_leave = options.force_push_join_leave or (
             request.join_leave
             and options.join_leave
@@ -587,6 +596,7 @@ class Client:
                 reject_unrecovered=bool(request.flag & SUBSCRIBE_REJECT_UNRECOVERED),
             ),
             push_join_leave=push_join_leave,
+            tags_filter=tags_filter,
             reply=reply,
         )
 
@@ -598,6 +608,7 @@ class Client:
         chan_info: Raw,
         recovery: Recovery,
         push_join_leave: bool,
+        tags_filter: tuple[TagsFilter, bytes] | None = None,
         reply: Callable[[SubscribeResult], None],
     ) -> None:
         """Subscribe on the node; ``reply`` records the subscription in the session.
@@ -613,6 +624,7 @@ class Client:
                 info=self._info(chan_info),
                 recovery=recovery,
                 push_join_leave=push_join_leave,
+                tags_filter=tags_filter,
                 reply=reply,
             )
         finally:

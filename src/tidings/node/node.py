@@ -52,6 +52,7 @@ from ..protocol.codes import (
     Error,
     ErrorCode,
 )
+from ..protocol.filters import TagsFilter
 from ..protocol.wire import (
     ClientInfo,
     Join,
@@ -118,6 +119,10 @@ class _Subscription:
     """Offsets up to this one reached the client in its subscribe reply or buffer: a
     late live copy of one of them (a broker delivering after the history read) is
     dropped."""
+    tags_filter: TagsFilter | None = None
+    """Publications whose tags do not pass are not sent (their offsets still count)."""
+    filter_key: bytes = b""
+    """The same for the same filter: each distinct filter is evaluated once per publication."""
 
 
 @dataclass(slots=True)
@@ -257,9 +262,11 @@ class Node(Generic[C]):
         info: ClientInfo,
         recovery: Recovery | None = None,
         push_join_leave: bool = False,
+        tags_filter: tuple[TagsFilter, bytes] | None = None,
         reply: Callable[[SubscribeResult], None],
     ) -> None:
-        """Subscribe ``subscriber`` to ``channel``.
+        """Subscribe ``subscriber`` to ``channel`` (with ``tags_filter``: the filter and
+        its key, from :func:`~tidings.protocol.filters.parse_filter`).
 
         ``reply`` is called with the result and must write it to the client right
         away: publications that arrived meanwhile are written right after it.
@@ -272,10 +279,14 @@ class Node(Generic[C]):
             entry = self._channels[channel] = _Channel()
             self._reroute(channel, self._route(channel, entry))
         subscription = _Subscription(subscriber, info, options, push_join_leave)
+        if tags_filter is not None:
+            subscription.tags_filter, subscription.filter_key = tags_filter
         entry.subscriptions[subscriber.id] = subscription
         try:
             await asyncio.shield(entry.routed)
-            result = await self._position(channel, options, recovery or Recovery())
+            result, last = await self._position(
+                channel, options, recovery or Recovery(), subscription.tags_filter
+            )
             if options.presence:
                 await self.presence_manager.add_presence(channel, subscriber.id, info)
         except BaseException as exc:
@@ -291,7 +302,7 @@ class Node(Generic[C]):
             await self.unsubscribe(subscriber, channel)
             raise Error(ErrorCode.INTERNAL, "publications may be lost, subscribe again")
         reply(result)
-        self._go_live(subscription, result)
+        self._go_live(subscription, result, last)
         if options.join_leave:
             await self._broker_call(self.broker.publish_join(channel, info))
 
@@ -328,17 +339,24 @@ class Node(Generic[C]):
             entry.routed.set_result(None)
 
     async def _position(
-        self, channel: str, options: ChannelOptions, recovery: Recovery
-    ) -> SubscribeResult:
+        self,
+        channel: str,
+        options: ChannelOptions,
+        recovery: Recovery,
+        tags_filter: TagsFilter | None = None,
+    ) -> tuple[SubscribeResult, int]:
+        """The subscribe result, and the stream's top offset as it was read: the client
+        has everything up to it once it took the reply (publications the filter left
+        out included)."""
         if not options.history_enabled:
-            return SubscribeResult()
+            return SubscribeResult(), 0
         recoverable = options.force_recovery or recovery.recoverable
         positioned = recoverable or options.force_positioning or recovery.positioned
         if not positioned:
-            return SubscribeResult()
+            return SubscribeResult(), 0
         if recoverable and options.force_recovery_mode == "cache":
             if recovery.recover or options.auto_cache_recover:
-                return await self._recover_latest(channel, recovery.position)
+                return await self._recover_latest(channel, recovery.position, tags_filter)
         elif recoverable and recovery.recover:
             since = recovery.position
             try:
@@ -353,27 +371,36 @@ class Node(Generic[C]):
                     raise Error(ErrorCode.UNRECOVERABLE_POSITION)
                 publications = []
                 _, top = await self.broker.history(channel, since=None, limit=0)
-            return SubscribeResult(
+            result = SubscribeResult(
                 recoverable=True,
                 positioned=True,
                 # Recovered: the client's own position, which it advances through
                 # the publications. Not recovered: the top, to start from anew.
                 epoch=top.epoch,
                 offset=since.offset if recovered else top.offset,
-                publications=list(publications),
+                publications=[p for p in publications if _passes(tags_filter, p)],
                 recovered=recovered,
                 was_recovering=True,
             )
+            return result, top.offset
         _, top = await self.broker.history(channel, since=None, limit=0)
-        return SubscribeResult(
+        result = SubscribeResult(
             recoverable=recoverable, positioned=True, epoch=top.epoch, offset=top.offset
         )
+        return result, top.offset
 
-    async def _recover_latest(self, channel: str, position: StreamPosition) -> SubscribeResult:
-        """Cache recovery: the latest publication alone, unless the client has it."""
-        latest, top = await self.broker.history(channel, since=None, limit=1, reverse=True)
-        has_it = position.epoch == top.epoch and position.offset >= top.offset
-        return SubscribeResult(
+    async def _recover_latest(
+        self, channel: str, position: StreamPosition, tags_filter: TagsFilter | None
+    ) -> tuple[SubscribeResult, int]:
+        """Cache recovery: the latest publication (passing the filter, among the last
+        ``history_max_publication_limit``) alone, unless the client has it."""
+        limit = 1 if tags_filter is None else max(1, self.history_max_publication_limit)
+        recent, top = await self.broker.history(channel, since=None, limit=limit, reverse=True)
+        latest = [p for p in recent if _passes(tags_filter, p)][:1]
+        has_it = (
+            bool(latest) and position.epoch == top.epoch and position.offset >= latest[0].offset
+        )
+        result = SubscribeResult(
             recoverable=True,
             positioned=True,
             epoch=top.epoch,
@@ -384,10 +411,11 @@ class Node(Generic[C]):
             recovered=bool(latest),
             was_recovering=True,
         )
+        return result, top.offset
 
-    def _go_live(self, subscription: _Subscription, result: SubscribeResult) -> None:
+    def _go_live(self, subscription: _Subscription, result: SubscribeResult, last: int) -> None:
+        """Write what arrived while subscribing, after the reply, from offset ``last``."""
         buffered, subscription.buffer = subscription.buffer or [], None
-        last = result.publications[-1].offset if result.publications else result.offset
         for offset, data in buffered:
             if offset > 0 and result.positioned:
                 if offset <= last:
@@ -505,24 +533,35 @@ class Node(Generic[C]):
             return
         encodings = Encodings(Push(channel=channel, pub=publication))
         offset = publication.offset
+        passed: dict[bytes, bool] = {}  # filter key -> verdict: once per distinct filter
+        filtered = 0
         for client_id, subscription in entry.subscriptions.items():
             subscriber = subscription.subscriber
+            skip = client_id == exclude_client
+            if subscription.tags_filter is not None and not skip:
+                verdict = passed.get(subscription.filter_key)
+                if verdict is None:
+                    verdict = passed[subscription.filter_key] = subscription.tags_filter(
+                        publication.tags
+                    )
+                skip = not verdict
+                filtered += skip
             data = encodings.get(subscriber.codec)
             if subscription.buffer is None:
-                if client_id != exclude_client and (offset > subscription.floor or not offset):
+                if not skip and (offset > subscription.floor or not offset):
                     if data is None:
                         subscriber.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
                     else:
                         subscriber.deliver(data)
             else:
-                # Buffered even when excluded: the offset still counts for gaps.
-                if client_id == exclude_client:
+                # Buffered even when skipped: the offset still counts for gaps.
+                if skip:
                     data = b""
                 elif data is None:
                     subscriber.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
                     continue
                 subscription.buffer.append((offset, data))
-        recipients = len(entry.subscriptions)
+        recipients = len(entry.subscriptions) - filtered
         if exclude_client and exclude_client in entry.subscriptions:
             recipients -= 1
         self.metrics.sent_publication.inc(recipients)
@@ -643,6 +682,11 @@ def encode_push(codec: Codec, push: Push) -> bytes | None:
         if pub is not push.pub:
             push = msgspec.structs.replace(push, pub=pub)
     return codec.encode(Reply(push=push))
+
+
+def _passes(tags_filter: TagsFilter | None, publication: Publication) -> bool:
+    """Whether the publication passes the filter (every one passes without a filter)."""
+    return tags_filter is None or tags_filter(publication.tags)
 
 
 def _recovered(

@@ -549,8 +549,29 @@ async function streamState(input) {
   out({ type: 'publication', ...publication(await sub.events.next('publication')) });
 }
 
+/** A subscription with a tags filter gets only the publications whose tags pass it. */
+async function tagsFilter(input) {
+  const { protocol } = input;
+  const client = newClient(input, protocol, 'client', { token: input.token });
+  await connect(client);
+  const sub = newSub(client, input.channel, { tagsFilter: input.filter });
+  await subscribe(client, sub);
+  for (const [n, ticker] of input.tickers.entries()) {
+    await apiPublish(input, { channel: input.channel, data: { n }, tags: { ticker } });
+  }
+  await apiPublish(input, { channel: input.channel, data: { last: true }, tags: { ticker: 'END' } });
+  for (;;) {
+    const pub = publication(await sub.events.next('publication'));
+    out({ type: 'publication', ...pub });
+    if (pub.data.last) {
+      break;
+    }
+  }
+}
+
 const SCENARIOS = {
   messages,
+  tags_filter: tagsFilter,
   stream_state: streamState,
   cross_protocol: crossProtocol,
   presence_history: presenceHistory,
