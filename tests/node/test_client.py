@@ -342,3 +342,20 @@ async def test_a_tags_filter_needs_the_channel_to_allow_it_and_must_be_valid(
     assert "subscribe" in await _subscribe_raw(opened, channel="c", tf=tf)
     error = (await _subscribe_raw(opened, channel="c", tf={"key": "ticker", "cmp": "in"}))["error"]
     assert error == {"code": 107, "message": "tf: in takes a non-empty vals, not val"}
+
+
+async def test_a_subscription_that_no_longer_has_its_token_does_not_lapse(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(**{"client.expired_sub_close_delay": 0.2})
+    ws = await _subscribed_with_token(hub, ttl=1)
+    await ws.send(json.dumps({"id": 3, "unsubscribe": {"channel": "$room"}}))
+    await receive_until(ws, lambda m: m.get("id") == 3)
+    await hub.subscribe("kim", "$room")  # server-side now: no token, nothing lapses
+    await receive_until(ws, lambda m: "subscribe" in m.get("push", {}))
+    await asyncio.sleep(1.5)
+    assert hub.node.num_subscriptions == 1
+    # And a sub_refresh for it is a bad request (3501), as in Centrifugo.
+    token = make_token(SECRET, "kim", channel="$room", ttl=60)
+    await ws.send(json.dumps({"id": 4, "sub_refresh": {"channel": "$room", "token": token}}))
+    assert (await closed_with(ws))[0] == 3501

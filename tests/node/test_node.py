@@ -1081,4 +1081,6 @@ async def test_recovery_through_a_filter_returns_only_the_passing_publications(
         tags_filter=(CountingFilter("MSFT"), b"m"),
         reply=results.append,
     )
-    assert offsets_and_numbers(results[0].publications) == [(2, 2)]
+    (cached,) = results
+    assert offsets_and_numbers(cached.publications) == [(2, 2)]
+    assert cached.recovered and cached.offset == since.offset

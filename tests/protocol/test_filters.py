@@ -36,7 +36,12 @@ def matches(tf: dict[str, Any], tags: dict[str, str]) -> bool:
         ({"cmp": "gt", "val": "100"}, {"t": "100.5"}, True),
         ({"cmp": "gte", "val": "100"}, {"t": "100"}, True),
         ({"cmp": "lt", "val": "100"}, {"t": "99.99"}, True),
-        ({"cmp": "lte", "val": "1e2"}, {"t": "100"}, True),
+        ({"cmp": "lte", "val": "100.00"}, {"t": "100"}, True),
+        ({"cmp": "lte", "val": "1e2"}, {"t": "100"}, False),  # no exponent, as udecimal
+        ({"cmp": "gt", "val": "100"}, {"t": " 500 "}, False),
+        ({"cmp": "gt", "val": "100"}, {"t": "1_000"}, False),
+        ({"cmp": "gt", "val": "0"}, {"t": ".5"}, False),
+        ({"cmp": "gt", "val": "-1"}, {"t": "-0.5"}, True),
         ({"cmp": "gt", "val": "100"}, {"t": "abc"}, False),  # not a number: false
         ({"cmp": "gt", "val": "100"}, {"t": "NaN"}, False),
         ({"cmp": "lt", "val": "100"}, {}, False),  # absent: false

@@ -136,11 +136,11 @@ logger = logging.getLogger("tidings.client")
 _T = TypeVar("_T", bound="ConnectToken | SubscribeToken")
 
 UNSUBSCRIBE_CLIENT = Unsubscribe(0, "unsubscribe called")
-SUBSCRIBE_REJECT_UNRECOVERED: Final = 2
-"""Subscribe ``flag`` bit: an unrecoverable position is error 112."""
 """Internal code for hooks: the client unsubscribed itself (never sent)."""
 UNSUBSCRIBE_DISCONNECT = Unsubscribe(1, "disconnect")
 """Internal code for hooks: the subscription ended with the connection (never sent)."""
+SUBSCRIBE_REJECT_UNRECOVERED: Final = 2
+"""Subscribe ``flag`` bit: an unrecoverable position is error 112."""
 
 
 class Transport(Protocol):
@@ -205,8 +205,9 @@ class Client:
         self.closed = False
         self._held: list[bytes] | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._sub_expiry: dict[str, int] | None = None
-        """Channel -> expiry of its subscription token, for tokens with ``exp``."""
+        self._sub_tokens: dict[str, int] | None = None
+        """Channel -> expiry (0: none) of the token of each subscription made with one:
+        the subscriptions ``sub_refresh`` applies to."""
         self._sub_expiry_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] | None = None  # made on first use
         # Heartbeat deadlines (loop time; see heartbeat()).
@@ -579,7 +580,7 @@ class Client:
                 return  # nothing to answer or record: _join leaves the channel
             if expire_at:
                 result.expires, result.ttl = True, self._ttl(expire_at)
-            self._expire_subscription(channel, expire_at)
+            self._record_sub_token(channel, expire_at if request.token else None)
             result.data = data
             self.session.reply(result)
             self._flush()
@@ -639,6 +640,9 @@ class Client:
     async def _on_sub_refresh(self, request: SubRefreshRequest) -> SubRefreshResult:
         if request.channel not in self.session.channels:
             raise Error(ErrorCode.PERMISSION_DENIED)
+        if self._sub_tokens is None or request.channel not in self._sub_tokens:
+            # Server-side, or subscribed without a token: nothing to refresh (Centrifugo).
+            raise DisconnectRequest(DISCONNECT_BAD_REQUEST, "sub_refresh without a sub token")
         if not request.token:
             raise Error(ErrorCode.BAD_REQUEST)
         try:
@@ -650,10 +654,11 @@ class Client:
             raise DisconnectRequest(
                 DISCONNECT_SUBSCRIPTION_EXPIRED, "subscription token expired"
             ) from None
-        self._expire_subscription(request.channel, token.expire_at)
+        self._record_sub_token(request.channel, token.expire_at)
         return SubRefreshResult(expires=bool(token.expire_at), ttl=self._ttl(token.expire_at))
 
     async def _on_unsubscribe(self, request: UnsubscribeRequest) -> Empty:
+        self._record_sub_token(request.channel, None)
         if request.channel in self.session.channels:
             await self.node.unsubscribe(self, request.channel)
             await self._unsubscribed(request.channel, UNSUBSCRIBE_CLIENT)
@@ -779,6 +784,7 @@ class Client:
         """Drop this client's subscription to ``channel`` and tell it."""
         if channel not in self.session.channels or self.closed:
             return
+        self._record_sub_token(channel, None)
         await self.node.unsubscribe(self, channel)
         self.session.unsubscribe_server_side(channel, unsubscribe)
         self._flush()
@@ -793,6 +799,7 @@ class Client:
         """
         if channel not in self.session.channels or self.closed:
             return
+        self._record_sub_token(channel, None)
         self.session.unsubscribe_server_side(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
         self._flush()
         task = asyncio.ensure_future(self._unsubscribed(channel, UNSUBSCRIBE_INSUFFICIENT_STATE))
@@ -875,7 +882,8 @@ class Client:
 
     @staticmethod
     def _ttl(expire_at: int) -> int:
-        return max(0, int(expire_at - time.time())) if expire_at else 0
+        # Whole seconds on both sides, as Centrifugo counts (not one second short).
+        return max(0, expire_at - int(time.time())) if expire_at else 0
 
     def _schedule_expiry(self) -> None:
         if self._expiry is not None:
@@ -893,27 +901,30 @@ class Client:
             delay = self.expire_at - time.time() + self.config.client.expired_close_delay
             self._expiry = loop.call_later(max(0.0, delay), self.disconnect, DISCONNECT_EXPIRED)
 
-    def _expire_subscription(self, channel: str, expire_at: int) -> None:
-        """Record when the subscription's token expires (0: never), and check then."""
-        if self._sub_expiry is None:
-            if not expire_at:
+    def _record_sub_token(self, channel: str, expire_at: int | None) -> None:
+        """Record the subscription's token and its expiry (0: none); None: the
+        subscription has no token (any more), as after it ended."""
+        if self._sub_tokens is None:
+            if expire_at is None:
                 return
-            self._sub_expiry = {}
-        if expire_at:
-            self._sub_expiry[channel] = expire_at
+            self._sub_tokens = {}
+        if expire_at is None:
+            if self._sub_tokens.pop(channel, None) is None:
+                return
         else:
-            self._sub_expiry.pop(channel, None)
+            self._sub_tokens[channel] = expire_at
         self._schedule_sub_expiry()
 
     def _schedule_sub_expiry(self) -> None:
         if self._sub_expiry_timer is not None:
             self._sub_expiry_timer.cancel()
             self._sub_expiry_timer = None
-        if not self._sub_expiry or self.closed:
+        expiries = [expire_at for expire_at in (self._sub_tokens or {}).values() if expire_at]
+        if not expiries or self.closed:
             return
         # The SDK refreshes a subscription token before it expires (sub_refresh); after
         # a grace period without one, the subscription ends.
-        due = min(self._sub_expiry.values()) + self.config.client.expired_sub_close_delay
+        due = min(expiries) + self.config.client.expired_sub_close_delay
         self._sub_expiry_timer = asyncio.get_running_loop().call_later(
             max(0.0, due - time.time()), self._end_expired_subscriptions
         )
@@ -921,14 +932,12 @@ class Client:
     def _end_expired_subscriptions(self) -> None:
         """Unsubscribe (2501) the subscriptions whose token lapsed: SDKs subscribe again
         with a new token."""
-        assert self._sub_expiry is not None
+        assert self._sub_tokens is not None
         self._sub_expiry_timer = None
         late = time.time() - self.config.client.expired_sub_close_delay
-        for channel, expire_at in list(self._sub_expiry.items()):
-            if channel not in self.session.channels:
-                del self._sub_expiry[channel]  # left since
-            elif expire_at <= late:
-                del self._sub_expiry[channel]
+        for channel, expire_at in list(self._sub_tokens.items()):
+            if expire_at and expire_at <= late:
+                del self._sub_tokens[channel]
                 task = asyncio.ensure_future(
                     self.unsubscribe_by_server(channel, UNSUBSCRIBE_SUBSCRIPTION_EXPIRED)
                 )

@@ -9,6 +9,7 @@ filter means the same here as in Centrifugo. Pure functions, no I/O.
 from __future__ import annotations
 
 import decimal
+import re
 from collections.abc import Callable, Mapping
 
 import msgspec
@@ -108,14 +109,15 @@ def _match(node: FilterNode, tags: Mapping[str, str]) -> bool:
     return present and _compare(cmp, text, node.val)
 
 
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]{1,19})?")
+"""What centrifuge's decimals (udecimal) read: no exponent, no spaces, no ``_``."""
+
+
 def _compare(cmp: str, text: str, val: str) -> bool:
-    """Decimal comparison; false when either side is not a finite number."""
-    try:
-        left, right = decimal.Decimal(text), decimal.Decimal(val)
-    except decimal.InvalidOperation:
+    """Decimal comparison; false when either side is not a decimal number."""
+    if not (_DECIMAL.fullmatch(text) and _DECIMAL.fullmatch(val)):
         return False
-    if not (left.is_finite() and right.is_finite()):
-        return False
+    left, right = decimal.Decimal(text), decimal.Decimal(val)
     if cmp == "gt":
         return left > right
     if cmp == "gte":
