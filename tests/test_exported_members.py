@@ -44,6 +44,8 @@ def test_the_public_names_are_these() -> None:
             "RedisBroker",
             "RefreshReply",
             "StreamPosition",
+            "SubRefreshEvent",
+            "SubRefreshReply",
             "SubscribeEvent",
             "SubscribeReply",
             "Unsubscribe",

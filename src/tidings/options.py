@@ -226,6 +226,9 @@ class ProxyOptions(_Options, frozen=True):
     subscribe_endpoint: str = ""
     """URL deciding subscriptions without a token (subscribe proxy); replaces the
     ``allow_subscribe_*`` options."""
+    sub_refresh_endpoint: str = ""
+    """Extends (or ends) a subscription whose subscribe answer had ``expire_at``, when
+    it expires (Centrifugo's sub_refresh proxy)."""
     publish_endpoint: str = ""
     """URL deciding clients' publications (publish proxy); replaces the
     ``allow_publish_*`` options."""

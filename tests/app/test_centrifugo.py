@@ -581,3 +581,18 @@ async def test_serve_with_the_centrifugo_fixture_accepts_a_client_with_an_hmac_t
         ("rpc", "42"),
     ]
     assert calls[0][1]["channel"] == "chat:room"
+
+
+def test_the_sub_refresh_proxy_of_the_namespaces_is_the_sub_refresh_endpoint(
+    tmp_path: Path,
+) -> None:
+    data = {
+        "channel": {
+            "proxy": {"sub_refresh": {"endpoint": "http://backend/sub_refresh"}},
+            "without_namespace": {"sub_refresh_proxy_enabled": True},
+            "namespaces": [{"name": "chat", "sub_refresh_proxy_enabled": True}],
+        }
+    }
+    config, warnings = read(tmp_path, data)
+    assert config.proxy.sub_refresh_endpoint == "http://backend/sub_refresh"
+    assert warnings == []

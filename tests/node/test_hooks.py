@@ -34,6 +34,8 @@ from tidings import (
     RefreshEvent,
     RefreshReply,
     RPCEvent,
+    SubRefreshEvent,
+    SubRefreshReply,
     SubscribeEvent,
     SubscribeReply,
     UnsubscribeEvent,
@@ -1038,3 +1040,45 @@ async def test_exceptions_in_unsubscribe_and_disconnect_hooks_are_logged_and_ign
     async with connect(hub.url) as ws:
         await connected(ws)
         assert "subscribe" in await command(ws, 2, subscribe={"channel": "a"})
+
+
+async def test_a_subscribe_hook_expiry_without_a_sub_refresh_hook_ends_it_with_2501(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(dev=True)
+
+    @hub.on_subscribe
+    async def lease(event: SubscribeEvent) -> SubscribeReply:
+        return SubscribeReply(expire_at=int(time.time()) + 1)
+
+    async with connect(hub.url) as ws:
+        await connected(ws)
+        await command(ws, 2, subscribe={"channel": "room"})
+        push = await receive_until(ws, lambda m: "unsubscribe" in m.get("push", {}))
+        assert push["push"] == {
+            "channel": "room",
+            "unsubscribe": {"code": 2501, "reason": "subscription expired"},
+        }
+
+
+async def test_a_sub_refresh_hook_extends_what_the_subscribe_hook_limited(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(dev=True)
+    asked: list[SubRefreshEvent] = []
+
+    @hub.on_subscribe
+    async def lease(event: SubscribeEvent) -> SubscribeReply:
+        return SubscribeReply(expire_at=int(time.time()) + 1)
+
+    @hub.on_sub_refresh
+    async def extend(event: SubRefreshEvent) -> SubRefreshReply:
+        asked.append(event)
+        return SubRefreshReply(expire_at=int(time.time()) + 60)
+
+    async with connect(hub.url) as ws:
+        result = await connected(ws)
+        await command(ws, 2, subscribe={"channel": "room"})
+        await asyncio.sleep(2.2)
+        assert [(e.client, e.channel) for e in asked] == [(result["client"], "room")]
+        assert hub.node.num_subscriptions == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -200,3 +201,33 @@ async def test_unsubscribe_and_disconnect_endpoints_are_told_with_codes(
     assert codes == [("room", 0), ("other", 1)]
     (gone,) = backend.requests["disconnect"]
     assert gone["code"] == 1000
+
+
+async def test_a_subscribe_answer_with_expire_at_is_extended_by_the_sub_refresh_endpoint(
+    make_hub: HubFactory, backend: Backend
+) -> None:
+    backend.answers["subscribe"] = {"result": {"expire_at": int(time.time()) + 1}}
+    backend.answers["sub_refresh"] = {"result": {"expire_at": int(time.time()) + 60}}
+    hub = await make_hub(dev=True, **proxy_options(backend, "subscribe", "sub_refresh"))
+    async with connect(hub.url) as ws:
+        await command(ws, 1, connect={})
+        reply = await command(ws, 2, subscribe={"channel": "room"})
+        assert "expires" not in reply["subscribe"]  # the server refreshes, not the client
+        await asyncio.sleep(2.2)
+        (request,) = backend.requests["sub_refresh"]
+        assert (request["channel"], request["user"]) == ("room", "")
+        assert hub.node.num_subscriptions == 1
+
+
+async def test_a_sub_refresh_endpoint_answering_expired_ends_the_subscription_with_2501(
+    make_hub: HubFactory, backend: Backend
+) -> None:
+    backend.answers["subscribe"] = {"result": {"expire_at": int(time.time()) + 1}}
+    backend.answers["sub_refresh"] = {"result": {"expired": True}}
+    hub = await make_hub(dev=True, **proxy_options(backend, "subscribe", "sub_refresh"))
+    async with connect(hub.url) as ws:
+        await command(ws, 1, connect={})
+        await command(ws, 2, subscribe={"channel": "room"})
+        push = await receive_until(ws, lambda m: "unsubscribe" in m.get("push", {}))
+        assert push["push"]["unsubscribe"] == {"code": 2501, "reason": "subscription expired"}
+        assert hub.node.num_subscriptions == 0

@@ -499,6 +499,10 @@ MAPPING: Final[dict[str, Rule]] = {
     "channel.namespaces[].subscribe_proxy_name": Rule("proxy.subscribe_endpoint", None),
     "channel.namespaces[].publish_proxy_enabled": Rule("proxy.publish_endpoint", None),
     "channel.namespaces[].publish_proxy_name": Rule("proxy.publish_endpoint", None),
+    "channel.without_namespace.sub_refresh_proxy_enabled": Rule("proxy.sub_refresh_endpoint", None),
+    "channel.without_namespace.sub_refresh_proxy_name": Rule("proxy.sub_refresh_endpoint", None),
+    "channel.namespaces[].sub_refresh_proxy_enabled": Rule("proxy.sub_refresh_endpoint", None),
+    "channel.namespaces[].sub_refresh_proxy_name": Rule("proxy.sub_refresh_endpoint", None),
     "channel.proxy.subscribe.endpoint": Rule(
         "proxy.subscribe_endpoint", None, _PROXY_NOTE.format(event="subscribe")
     ),
@@ -507,6 +511,10 @@ MAPPING: Final[dict[str, Rule]] = {
         "proxy.publish_endpoint", None, _PROXY_NOTE.format(event="publish")
     ),
     "channel.proxy.publish.timeout": Rule("proxy.timeout", None, "one for every proxy"),
+    "channel.proxy.sub_refresh.endpoint": Rule(
+        "proxy.sub_refresh_endpoint", None, _PROXY_NOTE.format(event="sub_refresh")
+    ),
+    "channel.proxy.sub_refresh.timeout": Rule("proxy.timeout", None, "one for every proxy"),
     "channel.max_length": Rule("client.channel_max_length"),
     "channel.history_meta_ttl": Rule("broker.history_meta_ttl", _duration),
     "rpc.proxy.endpoint": Rule("proxy.rpc_endpoint", None, _RPC_NOTE),
@@ -903,8 +911,9 @@ def _scopes(data: Mapping[str, Any], section: str) -> list[tuple[str, dict[str, 
 
 
 def _channel_proxies(data: Mapping[str, Any], translator: _Translator) -> None:
-    """``*_proxy_enabled`` of the namespaces -> ``proxy.subscribe_endpoint``, ``publish``."""
-    for event in ("subscribe", "publish"):
+    """``*_proxy_enabled`` of the namespaces -> ``proxy.subscribe_endpoint``, ``publish``,
+    ``sub_refresh``."""
+    for event in ("subscribe", "publish", "sub_refresh"):
         used, unused = _proxy_users(
             data,
             _scopes(data, "channel"),

@@ -34,6 +34,7 @@ from ..node.hooks import (
     PublishHook,
     RefreshHook,
     RPCHook,
+    SubRefreshHook,
     SubscribeHook,
     UnsubscribeHook,
 )
@@ -268,6 +269,12 @@ class Hub(ServerAPI):
     def on_subscribe(self, hook: SubscribeHook) -> SubscribeHook:
         """Register the subscribe hook: allows, refuses or amends a subscription."""
         self.hooks.subscribe = hook
+        return hook
+
+    def on_sub_refresh(self, hook: SubRefreshHook) -> SubRefreshHook:
+        """Register the sub_refresh hook: extends a subscription whose subscribe hook
+        reply had ``expire_at``, when it expires (or ends it: 2501)."""
+        self.hooks.sub_refresh = hook
         return hook
 
     def on_publish(self, hook: PublishHook) -> PublishHook:

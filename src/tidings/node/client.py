@@ -123,6 +123,7 @@ from .hooks import (
     PublishEvent,
     RefreshEvent,
     RPCEvent,
+    SubRefreshEvent,
     SubscribeEvent,
     UnsubscribeEvent,
 )
@@ -208,6 +209,8 @@ class Client:
         self._sub_tokens: dict[str, int] | None = None
         """Channel -> expiry (0: none) of the token of each subscription made with one:
         the subscriptions ``sub_refresh`` applies to."""
+        self._sub_leases: dict[str, int] | None = None
+        """Channel -> expiry the subscribe hook gave: the sub_refresh hook extends it."""
         self._sub_expiry_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] | None = None  # made on first use
         # Heartbeat deadlines (loop time; see heartbeat()).
@@ -543,7 +546,7 @@ class Client:
     async def _on_subscribe(self, request: SubscribeRequest) -> None:
         channel = request.channel
         options = channel_options(self.config, channel)
-        chan_info, expire_at, data = NO_DATA, 0, NO_DATA
+        chan_info, expire_at, data, lease = NO_DATA, 0, NO_DATA, 0
         if request.token:
             token = self._verify_subscribe(request.token, channel)
             chan_info, expire_at = token.info, token.expire_at
@@ -559,6 +562,7 @@ class Client:
             decision = await self.hooks.subscribe(event)
             if decision is not None:
                 chan_info, data = optional_raw(decision.info), optional_raw(decision.data)
+                lease = decision.expire_at or 0
         elif not self._may(SUBSCRIBE, options, subscribed=False):
             raise Error(ErrorCode.PERMISSION_DENIED)
         tags_filter = None
@@ -581,6 +585,7 @@ class Client:
             if expire_at:
                 result.expires, result.ttl = True, self._ttl(expire_at)
             self._record_sub_token(channel, expire_at if request.token else None)
+            self._record_lease(channel, lease or None)
             result.data = data
             self.session.reply(result)
             self._flush()
@@ -658,7 +663,7 @@ class Client:
         return SubRefreshResult(expires=bool(token.expire_at), ttl=self._ttl(token.expire_at))
 
     async def _on_unsubscribe(self, request: UnsubscribeRequest) -> Empty:
-        self._record_sub_token(request.channel, None)
+        self._forget_expiries(request.channel)
         if request.channel in self.session.channels:
             await self.node.unsubscribe(self, request.channel)
             await self._unsubscribed(request.channel, UNSUBSCRIBE_CLIENT)
@@ -784,7 +789,7 @@ class Client:
         """Drop this client's subscription to ``channel`` and tell it."""
         if channel not in self.session.channels or self.closed:
             return
-        self._record_sub_token(channel, None)
+        self._forget_expiries(channel)
         await self.node.unsubscribe(self, channel)
         self.session.unsubscribe_server_side(channel, unsubscribe)
         self._flush()
@@ -799,7 +804,7 @@ class Client:
         """
         if channel not in self.session.channels or self.closed:
             return
-        self._record_sub_token(channel, None)
+        self._forget_expiries(channel)
         self.session.unsubscribe_server_side(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
         self._flush()
         task = asyncio.ensure_future(self._unsubscribed(channel, UNSUBSCRIBE_INSUFFICIENT_STATE))
@@ -903,46 +908,74 @@ class Client:
 
     def _record_sub_token(self, channel: str, expire_at: int | None) -> None:
         """Record the subscription's token and its expiry (0: none); None: the
-        subscription has no token (any more), as after it ended."""
-        if self._sub_tokens is None:
-            if expire_at is None:
-                return
-            self._sub_tokens = {}
-        if expire_at is None:
-            if self._sub_tokens.pop(channel, None) is None:
-                return
-        else:
-            self._sub_tokens[channel] = expire_at
+        subscription has no token."""
+        self._sub_tokens = _recorded(self._sub_tokens, channel, expire_at)
         self._schedule_sub_expiry()
+
+    def _record_lease(self, channel: str, expire_at: int | None) -> None:
+        """Record the expiry the subscribe (or sub_refresh) hook gave; None: none."""
+        self._sub_leases = _recorded(self._sub_leases, channel, expire_at)
+        self._schedule_sub_expiry()
+
+    def _forget_expiries(self, channel: str) -> None:
+        """The subscription ended (or is the server's now): nothing of it expires."""
+        self._record_sub_token(channel, None)
+        self._record_lease(channel, None)
 
     def _schedule_sub_expiry(self) -> None:
         if self._sub_expiry_timer is not None:
             self._sub_expiry_timer.cancel()
             self._sub_expiry_timer = None
-        expiries = [expire_at for expire_at in (self._sub_tokens or {}).values() if expire_at]
-        if not expiries or self.closed:
-            return
         # The SDK refreshes a subscription token before it expires (sub_refresh); after
-        # a grace period without one, the subscription ends.
-        due = min(expiries) + self.config.client.expired_sub_close_delay
+        # a grace period without one, the subscription ends. A lease is due at once.
+        grace = self.config.client.expired_sub_close_delay
+        dues = [at + grace for at in (self._sub_tokens or {}).values() if at]
+        dues += (self._sub_leases or {}).values()
+        if not dues or self.closed:
+            return
         self._sub_expiry_timer = asyncio.get_running_loop().call_later(
-            max(0.0, due - time.time()), self._end_expired_subscriptions
+            max(0.0, min(dues) - time.time()), self._end_expired_subscriptions
         )
 
     def _end_expired_subscriptions(self) -> None:
-        """Unsubscribe (2501) the subscriptions whose token lapsed: SDKs subscribe again
-        with a new token."""
-        assert self._sub_tokens is not None
+        """Unsubscribe (2501) the subscriptions whose token lapsed (SDKs subscribe again
+        with a new token), and ask the sub_refresh hook about the leases that are due."""
         self._sub_expiry_timer = None
-        late = time.time() - self.config.client.expired_sub_close_delay
-        for channel, expire_at in list(self._sub_tokens.items()):
+        now = time.time()
+        late = now - self.config.client.expired_sub_close_delay
+        for channel, expire_at in list((self._sub_tokens or {}).items()):
             if expire_at and expire_at <= late:
-                del self._sub_tokens[channel]
-                task = asyncio.ensure_future(
-                    self.unsubscribe_by_server(channel, UNSUBSCRIBE_SUBSCRIPTION_EXPIRED)
-                )
-                self._keep(task)
+                self._end_subscription(channel)
+        for channel, expire_at in list((self._sub_leases or {}).items()):
+            if expire_at <= now:
+                assert self._sub_leases is not None
+                del self._sub_leases[channel]
+                self._keep(asyncio.ensure_future(self._refresh_lease(channel)))
         self._schedule_sub_expiry()
+
+    def _end_subscription(self, channel: str) -> None:
+        self._keep(
+            asyncio.ensure_future(
+                self.unsubscribe_by_server(channel, UNSUBSCRIBE_SUBSCRIPTION_EXPIRED)
+            )
+        )
+
+    async def _refresh_lease(self, channel: str) -> None:
+        """Extend a hook-given expiry by the sub_refresh hook, or end the subscription."""
+        reply = None
+        if self.hooks.sub_refresh is not None:
+            event = SubRefreshEvent(self.id, self.user, channel, self.codec.name)
+            try:
+                reply = await self.hooks.sub_refresh(event)
+            except Exception:
+                logger.exception("sub_refresh hook failed for client %s", self.id)
+        if channel not in self.session.channels or self.closed:
+            return  # gone meanwhile
+        # None, expired, or an expiry that is not in the future ends the subscription.
+        if reply is None or reply.expired or 0 < reply.expire_at <= time.time():
+            await self.unsubscribe_by_server(channel, UNSUBSCRIBE_SUBSCRIPTION_EXPIRED)
+        elif reply.expire_at:
+            self._record_lease(channel, reply.expire_at)
 
     def _cancel_timers(self) -> None:
         for timer in (self._expiry, self._sub_expiry_timer):
@@ -966,6 +999,21 @@ class Client:
             return
         self.expire_at = reply.expire_at
         self._schedule_expiry()
+
+
+def _recorded(
+    expiries: dict[str, int] | None, channel: str, expire_at: int | None
+) -> dict[str, int] | None:
+    """``expiries`` with ``channel`` set to ``expire_at``, or dropped when None (made on
+    first use: most clients have none)."""
+    if expire_at is None:
+        if expiries is not None:
+            expiries.pop(channel, None)
+        return expiries
+    if expiries is None:
+        expiries = {}
+    expiries[channel] = expire_at
+    return expiries
 
 
 def _decode(data: Raw) -> Any:

@@ -34,6 +34,8 @@ __all__ = [
     "RPCEvent",
     "RefreshEvent",
     "RefreshReply",
+    "SubRefreshEvent",
+    "SubRefreshReply",
     "SubscribeEvent",
     "SubscribeReply",
     "UnsubscribeEvent",
@@ -117,6 +119,34 @@ class SubscribeReply:
     """Channel info of this subscriber (``chan_info``)."""
     data: Any = None
     """Sent to the client in the subscribe result."""
+    expire_at: int | None = None
+    """When the subscription expires (Unix time): then the sub_refresh hook extends
+    it, or, without one, it ends with an unsubscribe push 2501 (SDKs subscribe again,
+    and the subscribe hook decides anew). None or 0: never."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubRefreshEvent:
+    """A subscription that the subscribe hook gave an expiry reached it."""
+
+    client: str
+    """The connection's ID."""
+    user: str
+    """The user ID (``""`` for an anonymous client)."""
+    channel: str
+    """The subscription's channel."""
+    protocol: str = "json"
+    """The client's protocol: ``json`` or ``protobuf``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubRefreshReply:
+    """What a sub_refresh hook decides: a new expiry, or the end of the subscription."""
+
+    expire_at: int = 0
+    """New expiry (Unix time, in the future); 0: never expire."""
+    expired: bool = False
+    """End the subscription (unsubscribe push 2501) instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +235,7 @@ RefreshHook = Callable[[RefreshEvent], Awaitable[RefreshReply | None]]
 SubscribeHook = Callable[[SubscribeEvent], Awaitable[SubscribeReply | None]]
 PublishHook = Callable[[PublishEvent], Awaitable[PublishReply | None]]
 RPCHook = Callable[[RPCEvent], Awaitable[Any]]
+SubRefreshHook = Callable[[SubRefreshEvent], Awaitable[SubRefreshReply | None]]
 MessageHook = Callable[[MessageEvent], Awaitable[None]]
 UnsubscribeHook = Callable[[UnsubscribeEvent], Awaitable[None]]
 DisconnectHook = Callable[[DisconnectEvent], Awaitable[None]]
@@ -217,6 +248,7 @@ class Hooks:
     connect: ConnectHook | None = None
     refresh: RefreshHook | None = None
     subscribe: SubscribeHook | None = None
+    sub_refresh: SubRefreshHook | None = None
     publish: PublishHook | None = None
     rpc: RPCHook | None = None
     message: MessageHook | None = None

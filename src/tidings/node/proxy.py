@@ -27,6 +27,8 @@ from .hooks import (
     RefreshEvent,
     RefreshReply,
     RPCEvent,
+    SubRefreshEvent,
+    SubRefreshReply,
     SubscribeEvent,
     SubscribeReply,
     UnsubscribeEvent,
@@ -38,7 +40,7 @@ logger = logging.getLogger("tidings.proxy")
 
 
 def _common(
-    event: ConnectEvent | RefreshEvent | SubscribeEvent | PublishEvent | RPCEvent,
+    event: ConnectEvent | RefreshEvent | SubscribeEvent | SubRefreshEvent | PublishEvent | RPCEvent,
 ) -> dict[str, str]:
     """Over what the client came (payloads are passed as JSON)."""
     return {"transport": "websocket", "protocol": event.protocol, "encoding": "json"}
@@ -70,6 +72,12 @@ class _RefreshResult(msgspec.Struct):
 class _SubscribeResult(msgspec.Struct):
     info: Any = None
     data: Any = None
+    expire_at: int | None = None
+
+
+class _SubRefreshResult(msgspec.Struct):
+    expired: bool = False
+    expire_at: int = 0
 
 
 class _PublishResult(msgspec.Struct):
@@ -88,7 +96,8 @@ class _Response(msgspec.Struct):
 
 
 def _body(
-    event: RefreshEvent | SubscribeEvent | PublishEvent | RPCEvent, **fields: Any
+    event: RefreshEvent | SubscribeEvent | SubRefreshEvent | PublishEvent | RPCEvent,
+    **fields: Any,
 ) -> dict[str, Any]:
     """A proxy request: who, over what, then the event's own fields."""
     return {"client": event.client, **_common(event), "user": event.user, **fields}
@@ -107,6 +116,7 @@ class HTTPProxy:
             connect=self.connect if o.connect_endpoint else None,
             refresh=self.refresh if o.refresh_endpoint else None,
             subscribe=self.subscribe if o.subscribe_endpoint else None,
+            sub_refresh=self.sub_refresh if o.sub_refresh_endpoint else None,
             publish=self.publish if o.publish_endpoint else None,
             rpc=self.rpc if o.rpc_endpoint else None,
             unsubscribe=self.unsubscribe if o.unsubscribe_endpoint else None,
@@ -149,7 +159,12 @@ class HTTPProxy:
     async def subscribe(self, event: SubscribeEvent) -> SubscribeReply:
         body = _body(event, channel=event.channel, data=event.data)
         result = await self._call(self.options.subscribe_endpoint, body, _SubscribeResult)
-        return SubscribeReply(info=result.info, data=result.data)
+        return SubscribeReply(info=result.info, data=result.data, expire_at=result.expire_at)
+
+    async def sub_refresh(self, event: SubRefreshEvent) -> SubRefreshReply:
+        body = _body(event, channel=event.channel)
+        result = await self._call(self.options.sub_refresh_endpoint, body, _SubRefreshResult)
+        return SubRefreshReply(expire_at=result.expire_at, expired=result.expired)
 
     async def publish(self, event: PublishEvent) -> PublishReply:
         body = _body(event, channel=event.channel, data=event.data)
