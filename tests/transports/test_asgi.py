@@ -92,6 +92,17 @@ async def stalled_subscriber(base: str, channel: str) -> asyncio.StreamWriter:
     return stalled
 
 
+def recorded_closes(hub: Hub) -> list[int]:
+    """The close codes of the hub's connections, as its disconnect hook gets them."""
+    closes: list[int] = []
+
+    @hub.on_disconnect
+    async def record(event: DisconnectEvent) -> None:
+        closes.append(event.code)
+
+    return closes
+
+
 def ws_url(base: str, path: str = "/realtime/connection/websocket") -> str:
     return base.replace("http://", "ws://") + path
 
@@ -180,12 +191,7 @@ async def test_an_oversized_message_closes_with_1009(serve: Serve) -> None:
 @pytest.mark.slow
 async def test_a_client_that_stops_reading_is_closed_with_3008(serve: Serve) -> None:
     hub = Hub(make_config(**{"client.queue_max_size": 64 * 1024}))
-    closes: list[int] = []
-
-    @hub.on_disconnect
-    async def record(event: DisconnectEvent) -> None:
-        closes.append(event.code)
-
+    closes = recorded_closes(hub)
     base = await serve(fastapi_app(hub))
     stalled = await stalled_subscriber(base, "feed")
     reader = await connected(ws_url(base))
@@ -218,12 +224,7 @@ async def test_hub_stop_closes_clients_with_3001(serve: Serve) -> None:
 @pytest.mark.slow
 async def test_a_close_the_client_never_takes_is_cut_after_its_deadline(serve: Serve) -> None:
     hub = Hub(make_config(**{"client.queue_max_size": 64 * 1024 * 1024}))
-    closes: list[int] = []
-
-    @hub.on_disconnect
-    async def record(event: DisconnectEvent) -> None:
-        closes.append(event.code)
-
+    closes = recorded_closes(hub)
     base = await serve(fastapi_app(hub))
     stalled = await stalled_subscriber(base, "feed")
     await eventually(lambda: len(hub.server.clients) == 1, "the subscriber")
