@@ -1084,3 +1084,32 @@ async def test_recovery_through_a_filter_returns_only_the_passing_publications(
     (cached,) = results
     assert offsets_and_numbers(cached.publications) == [(2, 2)]
     assert cached.recovered and cached.offset == since.offset
+
+
+async def test_publications_racing_a_filtered_subscribe_are_filtered_with_no_false_gap(
+    node: Node, broker: TestBroker
+) -> None:
+    positions = [
+        await node.publish("stocks", data(n), RECOVERABLE, tags={"ticker": ticker})
+        for n, ticker in enumerate(["AAPL", "MSFT"], start=1)
+    ]
+    # While the subscribe reads the history, a filtered-out then a passing publication:
+    # both are buffered (the first as an offset only), and neither is a gap.
+    broker.during_history.extend(
+        [
+            lambda: node.publish("stocks", data(3), RECOVERABLE, tags={"ticker": "IBM"}),
+            lambda: node.publish("stocks", data(4), RECOVERABLE, tags={"ticker": "AAPL"}),
+        ]
+    )
+    client = Client("c")
+    result = await filtered(
+        node,
+        client,
+        "stocks",
+        CountingFilter("AAPL"),
+        b"k",
+        recovery=recover_from(positions[0]),
+    )
+    assert result.recovered and offsets_and_numbers(result.publications) == []  # 2: MSFT
+    assert client.published() == [(4, 4)]
+    assert client.disconnects == []
