@@ -945,20 +945,19 @@ class Client:
         late = now - self.config.client.expired_sub_close_delay
         for channel, expire_at in list((self._sub_tokens or {}).items()):
             if expire_at and expire_at <= late:
-                self._end_subscription(channel)
+                assert self._sub_tokens is not None
+                del self._sub_tokens[channel]  # not due again while it is being ended
+                self._keep(
+                    asyncio.ensure_future(
+                        self.unsubscribe_by_server(channel, UNSUBSCRIBE_SUBSCRIPTION_EXPIRED)
+                    )
+                )
         for channel, expire_at in list((self._sub_leases or {}).items()):
             if expire_at <= now:
                 assert self._sub_leases is not None
                 del self._sub_leases[channel]
                 self._keep(asyncio.ensure_future(self._refresh_lease(channel)))
         self._schedule_sub_expiry()
-
-    def _end_subscription(self, channel: str) -> None:
-        self._keep(
-            asyncio.ensure_future(
-                self.unsubscribe_by_server(channel, UNSUBSCRIBE_SUBSCRIPTION_EXPIRED)
-            )
-        )
 
     async def _refresh_lease(self, channel: str) -> None:
         """Extend a hook-given expiry by the sub_refresh hook, or end the subscription."""
