@@ -319,13 +319,15 @@ class ASGIConnection:
         try:
             while self._pending:
                 pending, self._pending = self._pending, []
-                for payload in coalesce(pending, self.codec):
+                payloads = coalesce(pending, self.codec)
+                for payload in payloads:
                     if binary:
                         await self._send({"type": "websocket.send", "bytes": payload})
                     else:
                         await self._send({"type": "websocket.send", "text": payload.decode()})
-                    metrics.frames_sent.inc()
-                    metrics.bytes_sent.inc(len(payload))
+                # Metrics once per batch, as the native flusher counts once per flush.
+                metrics.frames_sent.inc(len(payloads))
+                metrics.bytes_sent.inc(sum(map(len, payloads)))
                 self._unsent -= sum(map(len, pending))
             if self.closing is not None:
                 code, reason = self.closing
@@ -338,19 +340,21 @@ class ASGIConnection:
 
 
 async def _respond(
-    send: Send, status: http.HTTPStatus, body: bytes, content_type: str = "text/plain"
+    send: Send,
+    status: http.HTTPStatus,
+    body: bytes,
+    content_type: str = "text/plain",
+    kind: str = "http.response",
 ) -> None:
+    """An HTTP response (``kind``: ``websocket.http.response`` refuses a handshake)."""
     headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{kind}.start", "status": status, "headers": headers})
+    await send({"type": f"{kind}.body", "body": body})
 
 
 async def _refuse(scope: Scope, send: Send, status: http.HTTPStatus, text: str) -> None:
     """Refuse a handshake with this status where the server can say it, else 403."""
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = text.encode()
-        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
+        await _respond(send, status, text.encode(), kind="websocket.http.response")
     else:
         await send({"type": "websocket.close", "code": 1008})
