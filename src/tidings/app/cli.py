@@ -157,7 +157,7 @@ def _check_config(path: str) -> int:
         _, warnings = read_config(path, defaults=_SERVE_DEFAULTS)
     except ConfigProblems as exc:
         problems, warnings = exc.problems, exc.warnings
-    except ConfigError as exc:  # the file cannot be read, or two options disagree
+    except ConfigError as exc:  # the file cannot be read (or is not a mapping)
         problems, warnings = [str(exc).removeprefix(f"{path}: ")], []
     else:
         problems = []

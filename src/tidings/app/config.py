@@ -10,9 +10,9 @@ TOML, JSON (``.json``) or YAML (``.yaml``, ``.yml``), in one of two layouts:
   ``channel.namespaces``, ...), told apart by its keys and translated by
   :mod:`tidings.app.centrifugo`, which warns about every key tidings does not support.
 
-Every problem of a file is reported at once (:class:`ConfigProblems`), except those
-between options (``client.ping_interval`` against ``client.pong_timeout``), which
-``Config`` checks once each option is valid.
+Every problem of a file is reported at once (:class:`ConfigProblems`); those between
+options (``client.ping_interval`` against ``client.pong_timeout``), which ``Config``
+checks, once every option is valid by itself.
 
 Defaults deny. ``dev=True`` opens everything for local development: anonymous
 connections, subscribe/publish/presence/history for everyone, history with
@@ -256,9 +256,15 @@ def _convert_config(data: dict[str, Any]) -> Config:
 
 
 def _channel_options(data: dict[str, Any], where: str) -> ChannelOptions:
-    if isinstance(data.get("history_ttl"), str):
-        data["history_ttl"] = _duration(f"{where}history_ttl", data["history_ttl"])
+    _parse_channel_durations(data, where)
     return _convert(data, ChannelOptions, where)
+
+
+def _parse_channel_durations(data: dict[str, Any], where: str) -> None:
+    """Read the duration strings of channel options in place (``history_ttl``)."""
+    for key in _CHANNEL_DURATIONS & set(data):
+        if isinstance(data[key], str):
+            data[key] = _duration(where + key, data[key])
 
 
 def _convert(data: dict[str, Any], kind: type[T], where: str) -> T:
@@ -411,9 +417,7 @@ def _with_durations(item: dict[str, Any], where: str, *, channel: bool) -> dict[
     """A copy of ``item`` with its duration strings read (a ``ConfigError`` if bad)."""
     item = copy.deepcopy(item)
     if channel:
-        for key in _CHANNEL_DURATIONS & set(item):
-            if isinstance(item[key], str):
-                item[key] = _duration(where + key, item[key])
+        _parse_channel_durations(item, where)
     else:
         _parse_durations(item, where)
     return item
