@@ -95,6 +95,13 @@ class ChannelOptions(_Options, frozen=True):
     allow_tags_filter: bool = False
     """Clients may subscribe with a tags filter (``tf``): they get only the
     publications whose tags pass it."""
+    allowed_delta_types: tuple[str, ...] = ()
+    """Delta compressions a subscription may ask for (``["fossil"]``): its client then
+    gets publications as patches against the previous one (needs history; not
+    with a tags filter)."""
+    delta_publish: bool = False
+    """Publish every publication of the channel with delta (server API ``delta: true``
+    does it for one): delta subscribers may get it as a patch."""
     allow_subscribe_for_client: bool = False
     """Authenticated clients may subscribe without a subscription token."""
     allow_subscribe_for_anonymous: bool = False
@@ -355,6 +362,9 @@ class Config(_Options, frozen=True):
                     f"{where}force_recovery_mode must be 'stream' or 'cache', "
                     f"got {channel.force_recovery_mode!r}"
                 )
+            for delta in channel.allowed_delta_types:
+                if delta != "fossil":
+                    problems.append(f"{where}allowed_delta_types: only 'fossil', got {delta!r}")
         if self.log_format not in ("text", "json"):
             problems.append(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         return problems

@@ -21,15 +21,21 @@ class Recorder:
     def __init__(self) -> None:
         self.publications: list[tuple[str, Publication]] = []
         self.excluded: list[str] = []
+        self.previous: list[Publication | None] = []
         self.joins: list[tuple[str, ClientInfo]] = []
         self.leaves: list[tuple[str, ClientInfo]] = []
         self.lost: list[list[str]] = []
 
     def handle_publication(
-        self, channel: str, publication: Publication, exclude_client: str = ""
+        self,
+        channel: str,
+        publication: Publication,
+        exclude_client: str = "",
+        previous: Publication | None = None,
     ) -> None:
         self.publications.append((channel, publication))
         self.excluded.append(exclude_client)
+        self.previous.append(previous)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.joins.append((channel, info))

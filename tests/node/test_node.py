@@ -244,10 +244,14 @@ class _Lossy:
         self.lost = lost
 
     def handle_publication(
-        self, channel: str, publication: Publication, exclude_client: str = ""
+        self,
+        channel: str,
+        publication: Publication,
+        exclude_client: str = "",
+        previous: Publication | None = None,
     ) -> None:
         if publication.offset not in self.lost:
-            self.handler.handle_publication(channel, publication, exclude_client)
+            self.handler.handle_publication(channel, publication, exclude_client, previous)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.handler.handle_join(channel, info)

@@ -68,6 +68,9 @@ class _PublishFields(_Request, kw_only=True):
     again (the first one's position is returned)."""
     exclude_client: str = ""
     """A client ID that does not get this publication (say, its author)."""
+    delta: bool = False
+    """Subscribers with delta compression may get it as a patch against the
+    previous publication (the channel needs history)."""
 
 
 class PublishRequest(_PublishFields, kw_only=True):
@@ -295,6 +298,7 @@ async def _publish(hub: ServerAPI, req: PublishRequest) -> PublishResult:
         tags=req.tags,
         idempotency_key=req.idempotency_key,
         exclude_client=req.exclude_client,
+        delta=req.delta,
     )
     return PublishResult(offset=position.offset, epoch=position.epoch)
 
@@ -312,6 +316,7 @@ async def _broadcast(hub: ServerAPI, req: BroadcastRequest) -> BroadcastResult:
         tags=req.tags,
         idempotency_key=req.idempotency_key,
         exclude_client=req.exclude_client,
+        delta=req.delta,
     )
     return BroadcastResult(
         responses=[

@@ -35,7 +35,12 @@ class _Base:
         self.keys = RedisKeys(self.config.broker.prefix)
 
     def _script_call(
-        self, channel: str, data: Any, tags: dict[str, str] | None, idempotency_key: str
+        self,
+        channel: str,
+        data: Any,
+        tags: dict[str, str] | None,
+        idempotency_key: str,
+        delta: bool,
     ) -> tuple[list[str], list[Any]]:
         if not channel:
             raise Error(ErrorCode.BAD_REQUEST, "channel required")
@@ -59,6 +64,7 @@ class _Base:
             self.config.broker.history_meta_ttl,
             "",
             IDEMPOTENCY_TTL if idempotency_key else 0,
+            (delta or options.delta_publish) and history is not None,
         )
         return keys, args
 
@@ -78,14 +84,16 @@ class Publisher(_Base):
         *,
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
+        delta: bool = False,
     ) -> StreamPosition:
         """Publish ``data`` (JSON-serialisable) to ``channel``; return its position.
 
         ``tags`` travel with the publication (subscription filters match on them); a
         publication repeating the ``idempotency_key`` of one in the last five minutes is
-        not published again (the first one's position is returned).
+        not published again (the first one's position is returned). With ``delta``
+        (or the channel's ``delta_publish``), delta subscribers may get a patch.
         """
-        keys, args = self._script_call(channel, data, tags, idempotency_key)
+        keys, args = self._script_call(channel, data, tags, idempotency_key, delta)
         reply: bytes = self._script(keys=keys, args=args)
         return parse_position(reply)
 
@@ -120,14 +128,16 @@ class AsyncPublisher(_Base):
         *,
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
+        delta: bool = False,
     ) -> StreamPosition:
         """Publish ``data`` (JSON-serialisable) to ``channel``; return its position.
 
         ``tags`` travel with the publication (subscription filters match on them); a
         publication repeating the ``idempotency_key`` of one in the last five minutes is
-        not published again (the first one's position is returned).
+        not published again (the first one's position is returned). With ``delta``
+        (or the channel's ``delta_publish``), delta subscribers may get a patch.
         """
-        keys, args = self._script_call(channel, data, tags, idempotency_key)
+        keys, args = self._script_call(channel, data, tags, idempotency_key, delta)
         reply: bytes = await self._script(keys=keys, args=args)
         return parse_position(reply)
 

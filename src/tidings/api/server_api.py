@@ -87,12 +87,15 @@ class ServerAPI:
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
         exclude_client: str = "",
+        delta: bool = False,
     ) -> StreamPosition:
         """Publish ``data`` (any JSON-serialisable value, or :class:`msgspec.Raw`).
 
         Returns the publication's position (offset 0 when the channel keeps no
         history). The same ``idempotency_key`` within 5 minutes publishes once;
         ``exclude_client`` is a client id that does not receive this publication.
+        With ``delta``, subscribers with delta compression may get a patch against
+        the previous publication (the channel needs history).
 
         Raises:
             tidings.Error: 102 for an unknown namespace, 107 for an empty channel.
@@ -107,6 +110,7 @@ class ServerAPI:
             skip_history=skip_history,
             idempotency_key=idempotency_key,
             exclude_client=exclude_client,
+            delta=delta,
         )
 
     async def broadcast(
@@ -118,6 +122,7 @@ class ServerAPI:
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
         exclude_client: str = "",
+        delta: bool = False,
     ) -> list[StreamPosition | Error]:
         """Publish the same data to several channels; each gets a position or its error."""
         raw = to_raw(data)
@@ -131,6 +136,7 @@ class ServerAPI:
                     tags=tags,
                     idempotency_key=idempotency_key,
                     exclude_client=exclude_client,
+                    delta=delta,
                 )
             except Error as error:
                 return error

@@ -17,6 +17,9 @@ Contract the node relies on:
   does not: the node reads history only after subscribing.
 * ``history`` raises :class:`UnrecoverablePosition` when ``since.epoch`` is
   not the current epoch.
+* ``publish(..., delta=True)`` hands every node, with the publication, the one
+  before it in the stream (read atomically with the append), from which the node
+  makes delta patches; None when history no longer has it.
 """
 
 from __future__ import annotations
@@ -79,9 +82,14 @@ class BrokerEventHandler(Protocol):
     """What a broker calls when something arrives for a channel this node subscribed to."""
 
     def handle_publication(
-        self, channel: str, publication: Publication, exclude_client: str = ""
+        self,
+        channel: str,
+        publication: Publication,
+        exclude_client: str = "",
+        previous: Publication | None = None,
     ) -> None:
-        """Deliver to local subscribers, except the client ``exclude_client``."""
+        """Deliver to local subscribers, except the client ``exclude_client``;
+        ``previous`` is the publication before it (when published with delta)."""
         ...
 
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...
@@ -112,13 +120,15 @@ class Broker(Protocol):
         *,
         idempotency_key: str = "",
         exclude_client: str = "",
+        delta: bool = False,
     ) -> StreamPosition:
         """Deliver ``publication`` everywhere; return its position (offset 0 without history).
 
         A publication with an ``idempotency_key`` seen on this channel in the last
         :data:`IDEMPOTENCY_TTL` seconds is not published again: the first one's
         position is returned. ``exclude_client`` travels with the publication to
-        every node's :meth:`BrokerEventHandler.handle_publication`.
+        every node's :meth:`BrokerEventHandler.handle_publication`, and so does
+        the previous publication of the stream with ``delta`` (and ``history``).
         """
         ...
 

@@ -70,6 +70,7 @@ class MemoryBroker:
         *,
         idempotency_key: str = "",
         exclude_client: str = "",
+        delta: bool = False,
     ) -> StreamPosition:
         now = time.monotonic()
         if idempotency_key:
@@ -78,8 +79,11 @@ class MemoryBroker:
             if seen is not None:
                 return seen[1]
         position = StreamPosition()
+        previous = None
         if history is not None:
             stream = self._stream(channel)
+            if delta and stream.items and stream.items[-1].offset == stream.top:
+                previous = stream.items[-1]
             stream.top += 1
             publication = msgspec.structs.replace(publication, offset=stream.top)
             stream.items.append(publication)
@@ -90,7 +94,7 @@ class MemoryBroker:
         if idempotency_key:
             self._idempotent[(channel, idempotency_key)] = (now + IDEMPOTENCY_TTL, position)
         if self._handler is not None and channel in self._channels:
-            self._handler.handle_publication(channel, publication, exclude_client)
+            self._handler.handle_publication(channel, publication, exclude_client, previous)
         return position
 
     def _forget_idempotency_keys(self, now: float) -> None:

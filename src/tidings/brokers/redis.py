@@ -52,7 +52,9 @@ logger = logging.getLogger("tidings.redis")
 # KEYS: stream, meta, idempotency result.
 # ARGV: publication JSON (no offset), history size (0: no history), history ttl ms,
 #       pub/sub channel, meta ttl ms, epoch for a new stream, excluded client,
-#       idempotency ttl ms (0: none).
+#       idempotency ttl ms (0: none), delta (1: send the previous publication along).
+# Published: "p<offset> <excluded> <publication>", or with delta and a previous
+# publication "d<offset> <excluded> <length of previous> <previous><publication>".
 PUBLISH_SCRIPT = """
 if ARGV[8] ~= '0' then
   local seen = redis.call('get', KEYS[3])
@@ -60,6 +62,7 @@ if ARGV[8] ~= '0' then
 end
 local offset = 0
 local epoch = ''
+local previous = nil
 if ARGV[2] ~= '0' then
   epoch = redis.call('hget', KEYS[2], 'e')
   if not epoch then
@@ -68,10 +71,20 @@ if ARGV[2] ~= '0' then
   end
   offset = redis.call('hincrby', KEYS[2], 's', 1)
   if ARGV[5] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[5]) end
+  if ARGV[9] == '1' and offset > 1 then
+    local id = (offset - 1) .. '-0'
+    local entries = redis.call('xrange', KEYS[1], id, id)
+    if #entries > 0 then previous = entries[1][2][2] end
+  end
   redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[3])
 end
-redis.call('publish', ARGV[4], 'p' .. offset .. ' ' .. ARGV[7] .. ' ' .. ARGV[1])
+if previous then
+  redis.call('publish', ARGV[4],
+    'd' .. offset .. ' ' .. ARGV[7] .. ' ' .. #previous .. ' ' .. previous .. ARGV[1])
+else
+  redis.call('publish', ARGV[4], 'p' .. offset .. ' ' .. ARGV[7] .. ' ' .. ARGV[1])
+end
 local result = offset .. ' ' .. epoch
 if ARGV[8] ~= '0' then redis.call('set', KEYS[3], result, 'PX', ARGV[8]) end
 return result
@@ -376,13 +389,20 @@ class RedisBroker:
         channel = name[len(self.keys.prefix) + len(".client.") :]
         kind = data[:1]
         try:
-            if kind == b"p":
+            if kind == b"p" or kind == b"d":
                 head, exclude, payload = data[1:].split(b" ", 2)
-                publication = _publication_decoder.decode(payload)
+                previous = None
                 offset = int(head)
+                if kind == b"d":
+                    size, payload = payload.split(b" ", 1)
+                    split = int(size)
+                    previous = _publication_decoder.decode(payload[:split])
+                    previous = msgspec.structs.replace(previous, offset=offset - 1)
+                    payload = payload[split:]
+                publication = _publication_decoder.decode(payload)
                 if offset:
                     publication = msgspec.structs.replace(publication, offset=offset)
-                handler.handle_publication(channel, publication, exclude.decode())
+                handler.handle_publication(channel, publication, exclude.decode(), previous)
             elif kind == b"j":
                 handler.handle_join(channel, _info_decoder.decode(data[2:]))
             elif kind == b"l":
@@ -405,6 +425,7 @@ class RedisBroker:
         *,
         idempotency_key: str = "",
         exclude_client: str = "",
+        delta: bool = False,
     ) -> StreamPosition:
         reply = await self._publish(
             keys=[
@@ -420,6 +441,7 @@ class RedisBroker:
                 self.history_meta_ttl,
                 exclude_client,
                 IDEMPOTENCY_TTL if idempotency_key else 0,
+                delta,
             ),
         )
         return parse_position(reply)
@@ -538,6 +560,7 @@ def publish_args(
     meta_ttl: float,
     exclude_client: str,
     idempotency_ttl: float,
+    delta: bool = False,
 ) -> list[Any]:
     """Arguments of :data:`PUBLISH_SCRIPT` (shared with the external publisher)."""
     return [
@@ -549,6 +572,7 @@ def publish_args(
         _new_epoch(),
         exclude_client,
         _ms(idempotency_ttl),
+        1 if delta else 0,
     ]
 
 

@@ -61,6 +61,7 @@ from ..protocol.codes import (
     ErrorCode,
     Unsubscribe,
 )
+from ..protocol.delta import DELTA_TYPES
 from ..protocol.filters import FilterError, TagsFilter, parse_filter
 from ..protocol.session import (
     CONNECT,
@@ -573,6 +574,11 @@ class Client:
                 tags_filter = parse_filter(bytes(request.tf))
             except FilterError as exc:
                 raise Error(ErrorCode.BAD_REQUEST, str(exc)) from None
+        if request.delta and request.delta not in DELTA_TYPES:
+            raise DisconnectRequest(DISCONNECT_BAD_REQUEST, f"unknown delta type {request.delta!r}")
+        # Not negotiated (silently) where the channel does not allow it, and never
+        # with a filter: a filtered client's previous publication is not the stream's.
+        delta = request.delta in options.allowed_delta_types and tags_filter is None
         push_join_leave = options.force_push_join_leave or (
             request.join_leave
             and options.join_leave
@@ -603,6 +609,7 @@ class Client:
             ),
             push_join_leave=push_join_leave,
             tags_filter=tags_filter,
+            delta=delta,
             reply=reply,
         )
 
@@ -615,6 +622,7 @@ class Client:
         recovery: Recovery,
         push_join_leave: bool,
         tags_filter: tuple[TagsFilter, bytes] | None = None,
+        delta: bool = False,
         reply: Callable[[SubscribeResult], None],
     ) -> None:
         """Subscribe on the node; ``reply`` records the subscription in the session.
@@ -631,6 +639,7 @@ class Client:
                 recovery=recovery,
                 push_join_leave=push_join_leave,
                 tags_filter=tags_filter,
+                delta=delta,
                 reply=reply,
             )
         finally:

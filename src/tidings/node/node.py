@@ -18,9 +18,19 @@ Encoding once
 -------------
 A publication is encoded once per *variant* in use among the channel's
 subscribers, not once per subscriber: the bytes for a variant are shared by
-every subscriber that takes it (:class:`Encodings`). Today a variant is the
-subscriber's codec (JSON or Protobuf); per-subscription delta compression and
-tag filters will add to that key.
+every subscriber that takes it (:class:`Encodings`). A variant is the
+subscriber's codec (JSON or Protobuf) and, for subscriptions with delta
+compression, full or patch (:class:`DeltaEncodings`: the patch is computed once
+too). A tags filter is evaluated once per distinct filter.
+
+Delta compression
+-----------------
+A delta subscription remembers the offset of the last publication its client
+got (its *base*). A publication goes as a patch only when the broker gave the
+previous publication along (``delta`` publishing) and that previous one is the
+client's base: a client that missed one (excluded, a gap) gets the next in full,
+and so does every client right after subscribing, unless the subscribe reply
+recovered publications, which are chained as patches themselves.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from ..protocol.codes import (
     Error,
     ErrorCode,
 )
+from ..protocol.delta import create_patch, delta_chain, delta_payload
 from ..protocol.filters import TagsFilter
 from ..protocol.wire import (
     ClientInfo,
@@ -123,6 +134,11 @@ class _Subscription:
     """Publications whose tags do not pass are not sent (their offsets still count)."""
     filter_key: bytes = b""
     """The same for the same filter: each distinct filter is evaluated once per publication."""
+    delta: bool = False
+    """Delta compression negotiated: publications go as patches where they can."""
+    base: int = 0
+    """The offset of the last publication the client got, which a patch may apply to
+    (0: none; the next publication goes in full)."""
 
 
 @dataclass(slots=True)
@@ -263,10 +279,12 @@ class Node(Generic[C]):
         recovery: Recovery | None = None,
         push_join_leave: bool = False,
         tags_filter: tuple[TagsFilter, bytes] | None = None,
+        delta: bool = False,
         reply: Callable[[SubscribeResult], None],
     ) -> None:
         """Subscribe ``subscriber`` to ``channel`` (with ``tags_filter``: the filter and
-        its key, from :func:`~tidings.protocol.filters.parse_filter`).
+        its key, from :func:`~tidings.protocol.filters.parse_filter`; with ``delta``:
+        Fossil delta compression, which the caller negotiated).
 
         ``reply`` is called with the result and must write it to the client right
         away: publications that arrived meanwhile are written right after it.
@@ -278,7 +296,7 @@ class Node(Generic[C]):
         if entry is None:
             entry = self._channels[channel] = _Channel()
             self._reroute(channel, self._route(channel, entry))
-        subscription = _Subscription(subscriber, info, options, push_join_leave)
+        subscription = _Subscription(subscriber, info, options, push_join_leave, delta=delta)
         if tags_filter is not None:
             subscription.tags_filter, subscription.filter_key = tags_filter
         entry.subscriptions[subscriber.id] = subscription
@@ -301,6 +319,16 @@ class Node(Generic[C]):
             # Its position may predate a gap: fail (temporary), the client retries.
             await self.unsubscribe(subscriber, channel)
             raise Error(ErrorCode.INTERNAL, "publications may be lost, subscribe again")
+        if delta:
+            result.delta = True
+            if result.publications:
+                chain = delta_chain(subscriber.codec, result.publications)
+                if chain is None:
+                    await self.unsubscribe(subscriber, channel)
+                    subscriber.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
+                    return
+                result.publications = chain
+                subscription.base = chain[-1].offset
         reply(result)
         self._go_live(subscription, result, last)
         if options.join_leave:
@@ -414,7 +442,10 @@ class Node(Generic[C]):
         return result, top.offset
 
     def _go_live(self, subscription: _Subscription, result: SubscribeResult, last: int) -> None:
-        """Write what arrived while subscribing, after the reply, from offset ``last``."""
+        """Write what arrived while subscribing, after the reply, from offset ``last``.
+
+        Buffered publications of a delta subscription are full ones: the last
+        written becomes its base."""
         buffered, subscription.buffer = subscription.buffer or [], None
         for offset, data in buffered:
             if offset > 0 and result.positioned:
@@ -427,6 +458,8 @@ class Node(Generic[C]):
                 last = offset
             if data:
                 subscription.subscriber.deliver(data)
+                if offset > 0:
+                    subscription.base = offset
         if result.positioned:
             subscription.floor = last
 
@@ -495,8 +528,12 @@ class Node(Generic[C]):
         skip_history: bool = False,
         idempotency_key: str = "",
         exclude_client: str = "",
+        delta: bool = False,
     ) -> StreamPosition:
         """Publish to every subscriber of ``channel`` on every node; return its position.
+
+        With ``delta`` (or the channel's ``delta_publish``), delta subscribers may get
+        it as a patch against the previous publication (needs history).
 
         Raises:
             Error: 100 when the broker fails.
@@ -515,6 +552,7 @@ class Node(Generic[C]):
                 history,
                 idempotency_key=idempotency_key,
                 exclude_client=exclude_client,
+                delta=(delta or options.delta_publish) and history is not None,
             )
         except Exception as exc:
             self.metrics.broker_errors.inc()
@@ -526,12 +564,17 @@ class Node(Generic[C]):
     # BrokerEventHandler: called by the broker, synchronously, for routed channels.
 
     def handle_publication(
-        self, channel: str, publication: Publication, exclude_client: str = ""
+        self,
+        channel: str,
+        publication: Publication,
+        exclude_client: str = "",
+        previous: Publication | None = None,
     ) -> None:
         entry = self._channels.get(channel)
         if entry is None:
             return
         encodings = Encodings(Push(channel=channel, pub=publication))
+        deltas: DeltaEncodings | None = None
         offset = publication.offset
         passed: dict[bytes, bool] = {}  # filter key -> verdict: once per distinct filter
         filtered = 0
@@ -546,13 +589,20 @@ class Node(Generic[C]):
                     )
                 skip = not verdict
                 filtered += skip
-            data = encodings.get(subscriber.codec)
+            if subscription.delta:
+                if deltas is None:
+                    deltas = DeltaEncodings(channel, publication, previous)
+                patch = subscription.buffer is None and 0 < offset - 1 == subscription.base
+                data = deltas.get(subscriber.codec, patch)
+            else:
+                data = encodings.get(subscriber.codec)
             if subscription.buffer is None:
                 if not skip and (offset > subscription.floor or not offset):
                     if data is None:
                         subscriber.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
                     else:
                         subscriber.deliver(data)
+                        subscription.base = offset
             else:
                 # Buffered even when skipped: the offset still counts for gaps.
                 if skip:
@@ -671,6 +721,52 @@ class Encodings:
                 self._encoded[codec] = encode_push(codec, self.push)
             self._codec, self._data = codec, self._encoded[codec]
         return self._data
+
+
+class DeltaEncodings:
+    """One publication for delta subscribers: in full, or as a patch against
+    ``previous`` (the channel's publication before it, when published with delta).
+
+    The patch is computed at most once, and each form encoded at most once per
+    codec. ``get`` returns None when the publication cannot be written in that
+    codec at all.
+    """
+
+    __slots__ = ("channel", "publication", "previous", "_patch", "_encoded")
+
+    def __init__(self, channel: str, publication: Publication, previous: Publication | None):
+        self.channel = channel
+        self.publication = publication
+        self.previous = previous
+        self._patch: bytes | None = None
+        self._encoded: dict[tuple[Codec, bool], bytes | None] = {}
+
+    def get(self, codec: Codec, patch: bool) -> bytes | None:
+        """The push, as a patch when ``patch`` (the client has the previous
+        publication) and one pays, else in full."""
+        patch = patch and self.previous is not None
+        key = (codec, patch)
+        if key not in self._encoded:
+            data = self._encode(codec, patch) if patch else None
+            self._encoded[key] = data if data is not None else self._encode(codec, False)
+        return self._encoded[key]
+
+    def _encode(self, codec: Codec, patch: bool) -> bytes | None:
+        publication = self.publication
+        if patch:
+            assert self.previous is not None
+            if self._patch is None:
+                previous = bytes(self.previous.data)
+                self._patch = create_patch(previous, bytes(publication.data)) or b""
+            if not self._patch:
+                return None
+            payload = delta_payload(codec, self._patch)
+        else:
+            payload = delta_payload(codec, bytes(publication.data))
+        if payload is None:
+            return None
+        pub = msgspec.structs.replace(publication, data=payload, delta=patch)
+        return codec.encode(Reply(push=Push(channel=self.channel, pub=pub)))
 
 
 def encode_push(codec: Codec, push: Push) -> bytes | None:

@@ -377,6 +377,8 @@ def _publication(message: pb.Publication, publication: Publication) -> None:
         _client_info(message.info, publication.info)
     if publication.tags:
         message.tags.update(publication.tags)
+    if publication.delta:
+        message.delta = True
 
 
 def _client_info(message: pb.ClientInfo, info: ClientInfo) -> None:
@@ -400,6 +402,7 @@ def _subscribe_result(message: pb.SubscribeResult, result: SubscribeResult) -> N
     message.positioned = result.positioned
     message.data = bytes(result.data)
     message.was_recovering = result.was_recovering
+    message.delta = result.delta
 
 
 def _connect_result(message: pb.ConnectResult | pb.Connect, result: ConnectResult) -> None:

@@ -222,6 +222,9 @@ class Publication(_Wire):
     tags: dict[str, str] | None = None
     """String key-value pairs given by the publisher; subscription filters (``tf``)
     match on them."""
+    delta: bool = False
+    """``data`` is a Fossil patch against the subscriber's previous publication (only
+    for subscriptions that negotiated delta compression)."""
 
 
 class SubscribeResult(_Wire):
@@ -235,6 +238,8 @@ class SubscribeResult(_Wire):
     positioned: bool = False
     data: Raw = NO_DATA
     was_recovering: bool = False
+    delta: bool = False
+    """Delta compression is on for this subscription (it asked for ``fossil``)."""
 
 
 class ConnectResult(_Wire):
