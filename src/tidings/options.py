@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "HTTPAPIOptions",
     "ProxyOptions",
+    "WebSocketOptions",
 ]
 
 
@@ -182,6 +183,26 @@ class ClientOptions(_Options, frozen=True):
     and 3013 when a client keeps going (0: no limit)."""
 
 
+class WebSocketOptions(_Options, frozen=True):
+    """WebSocket compression (``[websocket]``): permessage-deflate, RFC 7692."""
+
+    compression: bool = False
+    """Offer permessage-deflate to clients that ask for it (browsers and most SDKs
+    do), without context takeover: no deflate state is kept per connection."""
+    compression_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 1
+    """zlib level of outgoing frames: 1 is fastest, 9 smallest."""
+    compression_min_size: Limit = 0
+    """Frames of at most this many bytes go uncompressed (compressing a few bytes
+    costs more than it saves)."""
+    compression_shared: bool = True
+    """Compress a frame once for every connection that gets the same bytes (a
+    publication flushed alone is shared by all its subscribers). ``false``: deflate
+    per connection, as Centrifugo does (kept to measure the difference)."""
+    decompressed_message_size_limit: Limit = 0
+    """Largest message a compressing client may send once inflated, in bytes; a larger
+    one closes the connection with 1009 (0: ten times ``client.max_message_size``)."""
+
+
 class HTTPAPIOptions(_Options, frozen=True):
     """The internal HTTP port: server API, metrics, readiness (``[http_api]``)."""
 
@@ -316,6 +337,7 @@ class Config(_Options, frozen=True):
     history_max_publication_limit: Limit = 300
     """Most publications one history call returns (0: positions only)."""
     client: ClientOptions = ClientOptions()
+    websocket: WebSocketOptions = WebSocketOptions()
     http_api: HTTPAPIOptions = HTTPAPIOptions()
     proxy: ProxyOptions = ProxyOptions()
     broker: BrokerOptions = BrokerOptions()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+import zlib
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tidings import Hub, make_token
+from tidings.transports.websocket import Deflater, frame as plain_frame
 
 from ..conftest import SECRET, HubFactory, eventually
 from ..wsclient import closed_with, receive, receive_until
@@ -361,3 +363,96 @@ async def _stall(hub: Hub, sock: socket.socket, bound: int) -> None:
     with pytest.raises(ConnectionResetError):
         while await loop.sock_recv(sock, 65536):
             pass
+
+
+# --- permessage-deflate ---------------------------------------------------------------
+
+
+class CountingDeflater(Deflater):
+    """The server's deflater, counting the frames it compresses."""
+
+    def __init__(self, deflater: Deflater) -> None:
+        super().__init__(deflater.level, deflater.min_size, deflater.shared)
+        self.compressed = 0
+
+    def frame(self, payload: bytes, binary: bool) -> bytes:
+        self.compressed += len(payload) > self.min_size
+        return super().frame(payload, binary)
+
+
+def _inflate(frame: bytes) -> bytes:
+    """The payload of one deflated server frame (RSV1 set, 16-bit length)."""
+    assert frame[0] & 0x40, "RSV1 not set"
+    start = 2 if frame[1] < 126 else 4
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(frame[start:] + b"\x00\x00\xff\xff")
+
+
+def test_the_deflater_compresses_past_the_minimum_size_only() -> None:
+    deflater = Deflater(level=1, min_size=100, shared=True)
+    small, large = b'{"n":1}', json.dumps({"text": "tidings " * 200}).encode()
+    assert deflater.frame(small, binary=False) == plain_frame(small, binary=False)
+    deflated = deflater.frame(large, binary=False)
+    assert len(deflated) < len(large) // 10
+    assert _inflate(deflated) == large
+
+
+async def test_compression_is_negotiated_without_context_takeover(make_hub: HubFactory) -> None:
+    hub = await make_hub(dev=True, **{"websocket.compression": True})
+    async with connect(hub.url, compression="deflate") as ws:
+        assert ws.response is not None
+        assert ws.response.headers["Sec-WebSocket-Extensions"] == (
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        )
+    plain = await make_hub(dev=True)
+    async with connect(plain.url, compression="deflate") as ws:
+        assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_a_publication_is_deflated_once_for_all_its_subscribers(
+    make_hub: HubFactory, shared: bool
+) -> None:
+    hub = await make_hub(
+        dev=True,
+        join_leave=False,
+        force_push_join_leave=False,
+        **{"websocket.compression": True, "websocket.compression_shared": shared},
+    )
+    deflater = hub.server.deflater = CountingDeflater(hub.server.deflater)
+    clients = [await connect(hub.url, compression="deflate") for _ in range(10)]
+    for ws in clients:
+        await ws.send('{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"doc"}}')
+        await receive_until(ws, lambda m: m.get("id") == 2)
+    await eventually(lambda: hub.node.channels().get("doc") == 10)
+    sent = hub.metrics.registry.get_sample_value
+    before, written = deflater.compressed, sent("tidings_bytes_sent_total") or 0
+    document = {"title": "state", "rows": [{"id": n, "value": "same text"} for n in range(100)]}
+    await hub.node.publish("doc", _raw(document), hub.config.channel)
+    for ws in clients:
+        [message] = await receive(ws)
+        assert message["push"]["pub"]["data"] == document
+        await ws.close()
+    assert deflater.compressed - before == (1 if shared else 10)
+    written = (sent("tidings_bytes_sent_total") or 0) - written
+    assert written < 10 * len(json.dumps(document)) / 5  # compressed on the wire
+
+
+async def test_a_compressed_message_is_bounded_once_inflated(make_hub: HubFactory) -> None:
+    """A message that compresses well may pass max_message_size on the wire's terms;
+    inflated, it is held to decompressed_message_size_limit (1009 past it)."""
+    hub = await make_hub(
+        dev=True,
+        **{
+            "client.max_message_size": 1024,
+            "websocket.compression": True,
+            "websocket.decompressed_message_size_limit": 8192,
+        },
+    )
+    async with connect(hub.url, compression="deflate") as ws:
+        await ws.send('{"id":1,"connect":{}}')
+        await receive(ws)
+        await ws.send(json.dumps({"id": 2, "publish": {"channel": "a", "data": "x" * 4000}}))
+        await receive_until(ws, lambda m: m.get("id") == 2)
+        bomb = json.dumps({"id": 3, "publish": {"channel": "a", "data": "x" * 1_000_000}})
+        await ws.send(bomb)  # about 1 KiB deflated
+        assert (await closed_with(ws))[0] == 1009

@@ -57,6 +57,7 @@ from .websocket import (
     CLOSE_TIMEOUT,
     SLOW_CLOSE_TIMEOUT,
     WEBSOCKET_PATH,
+    FrameCache,
     coalesce,
     codec_of,
     select_subprotocol,
@@ -283,7 +284,7 @@ class ASGIConnection:
             self._dirty = True
             self.server.flusher.mark(self)
 
-    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
+    def flush(self, framed: FrameCache) -> tuple[int, int]:
         """The flusher's turn: start sending (the writer counts what it sends)."""
         self._dirty = False
         if self._pending:

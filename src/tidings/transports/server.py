@@ -7,9 +7,10 @@ the WebSocket endpoint upgrades (:mod:`.websocket`), the demo app's files are
 served when it is on, and the rest is 404.
 
 The server owns what its connections share: the flusher that coalesces
-writes, the handshake checks, the registry of connected clients, and one
-periodic tick that checks every client's heartbeat deadlines (pings, pong
-and stale deadlines are times, not timers: an idle connection has none).
+writes, the deflater that compresses them, the handshake checks, the registry
+of connected clients, and one periodic tick that checks every client's
+heartbeat deadlines (pings, pong and stale deadlines are times, not timers: an
+idle connection has none).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .http import HTTPConnection, HTTPRequest, json_response, static_response, t
 from .static import StaticFiles
 from .websocket import (
     WEBSOCKET_PATH,
+    Deflater,
     Flusher,
     send_buffer_size,
     upgrade,
@@ -73,6 +75,13 @@ class Server:
         self.http_connections: set[HTTPConnection] = set()
         """Connections still speaking HTTP (idle keep-alive ones are closed at shutdown)."""
         self.flusher = Flusher(self.config.client.write_delay)
+        compression = self.config.websocket
+        self.deflater = Deflater(
+            compression.compression_level,
+            compression.compression_min_size,
+            compression.compression_shared,
+        )
+        """Compresses for every connection that negotiated permessage-deflate."""
         self.buffer_limit = self.config.client.queue_max_size * 3 // 4
         """Bytes a connection's transport may hold; the kernel holds the other quarter."""
         self.origins = OriginCheck(self.config.allowed_origins)

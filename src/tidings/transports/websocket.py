@@ -31,21 +31,36 @@ the real one. A connection cut (a slow client that does not take its close
 frame, a closing handshake that does not finish) is reset, with ``SO_LINGER``
 0, so the kernel drops what the peer never read instead of keeping it as an
 orphan.
+
+Compression. With ``websocket.compression``, permessage-deflate is negotiated
+by websockets, without context takeover in either direction, so no deflate
+state outlives a message: an idle compressed connection costs what an
+uncompressed one does. websockets inflates what clients send (bounded by
+``decompressed_message_size_limit``: 1009 past it). Outgoing frames are
+compressed here, by a :class:`Deflater`, and like plain frames once per flush
+for every connection that gets the same messages: a publication flushed alone
+is deflated once for all its subscribers, not once per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 import socket
 import struct
 import urllib.parse
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -60,6 +75,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WEBSOCKET_PATH",
+    "Deflater",
+    "FrameCache",
     "Flushable",
     "Flusher",
     "WebSocketConnection",
@@ -93,15 +110,62 @@ usually offer none: a connection without a subprotocol is JSON, unless its URL
 asks for Protobuf the legacy way (``?format=protobuf`` or ``?cf_protocol=protobuf``)."""
 
 
-def frame(payload: bytes, binary: bool) -> bytes:
-    """A complete unmasked server data frame (FIN set) carrying ``payload``."""
-    opcode = 0x82 if binary else 0x81
+def frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:
+    """A complete unmasked server data frame (FIN set) carrying ``payload``
+    (deflated: RSV1 set, as permessage-deflate marks a compressed message)."""
+    opcode = (0x82 if binary else 0x81) | (0x40 if compressed else 0)
     length = len(payload)
     if length < 126:
         return bytes((opcode, length)) + payload
     if length < 65536:
         return struct.pack("!BBH", opcode, 126, length) + payload
     return struct.pack("!BBQ", opcode, 127, length) + payload
+
+
+class Deflater:
+    """Compresses outgoing frames for permessage-deflate without context takeover.
+
+    One per server, shared by its compressed connections: each message is deflated
+    from a fresh state, so nothing is kept per connection between messages.
+    """
+
+    __slots__ = ("level", "min_size", "shared")
+
+    def __init__(self, level: int, min_size: int, shared: bool) -> None:
+        self.level = level
+        self.min_size = min_size
+        self.shared = shared
+        """Whether connections that get the same messages share one compressed frame."""
+
+    def frame(self, payload: bytes, binary: bool) -> bytes:
+        """``payload`` as one frame, deflated unless it is at most ``min_size`` bytes."""
+        if len(payload) <= self.min_size:
+            return frame(payload, binary)
+        compressor = zlib.compressobj(self.level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        # RFC 7692 7.2.1: the sync flush's empty block (00 00 ff ff) is left out.
+        return frame(data[:-4], binary, compressed=True)
+
+    def frames(self, pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
+        """Coalesce messages into deflated frames: the bytes to write and how many frames."""
+        payloads = coalesce(pending, codec)
+        return b"".join([self.frame(p, codec.binary) for p in payloads]), len(payloads)
+
+
+class FrameCache:
+    """The frames made during one flush, by the messages they carry: the same
+    messages are framed (and deflated) once for every connection that gets them.
+
+    Each entry keeps its messages alive, so that their ids stay unique meanwhile.
+    """
+
+    __slots__ = ("plain", "deflated")
+
+    def __init__(self) -> None:
+        self.plain: dict[int, tuple[bytes, bytes]] = {}
+        """id of a lone message -> (the message, its frame)."""
+        self.deflated: dict[tuple[int, ...], tuple[list[bytes], bytes, int]] = {}
+        """ids of the messages -> (the messages, their deflated frames, how many)."""
 
 
 class _ServerProtocol(ServerProtocol):
@@ -141,13 +205,9 @@ def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, re
         connection.respond(text_response(*refusal))
         return
     options = server.config.client
-    # state=OPEN: the request was parsed already; the protocol reads frames from the start.
-    protocol = _ServerProtocol(
-        subprotocols=_OFFERED,
-        state=OPEN,
-        max_size=options.max_message_size,
-    )
-    response = protocol.accept(Request(request.target, headers))
+    compression = server.config.websocket
+    offer = _deflate_offer(compression.compression_level) if compression.compression else None
+    response, protocol = _accept(request, offer, options.max_message_size)
     if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
         if headers.get("Sec-WebSocket-Version") not in (None, "13"):
             # RFC 6455 4.2.2: name the version this server speaks.
@@ -155,10 +215,17 @@ def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, re
             response.headers["Sec-WebSocket-Version"] = "13"
         connection.respond(response, keep_alive=False)
         return
+    deflater = None
+    if any(isinstance(extension, PerMessageDeflate) for extension in protocol.extensions):
+        deflater = server.deflater
+        # websockets bounds a message once inflated by its max_size, which is set
+        # when the protocol is made: the same answer again, with the inflated bound.
+        inflated = compression.decompressed_message_size_limit or 10 * options.max_message_size
+        response, protocol = _accept(request, offer, inflated)
     transport = connection.detach()
     transport.write(response.serialize())
     codec = codec_of(protocol.subprotocol, request.target)
-    websocket = WebSocketConnection(server, transport, protocol, codec)
+    websocket = WebSocketConnection(server, transport, protocol, codec, deflater)
     websocket.client = Client(server.context, websocket, codec=codec, headers=headers)
     transport.set_protocol(websocket)
     server.opened(websocket)
@@ -166,6 +233,29 @@ def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, re
         websocket.data_received(rest)
     if not transport.is_reading():
         transport.resume_reading()
+
+
+def _accept(
+    request: HTTPRequest, offer: list[ServerPerMessageDeflateFactory] | None, max_size: int
+) -> tuple[Response, ServerProtocol]:
+    """websockets' answer to the handshake, and the protocol that reads what follows."""
+    # state=OPEN: the request was parsed already; the protocol reads frames from the start.
+    protocol = _ServerProtocol(
+        subprotocols=_OFFERED, extensions=offer, state=OPEN, max_size=max_size
+    )
+    return protocol.accept(Request(request.target, request.headers)), protocol
+
+
+@functools.cache
+def _deflate_offer(level: int) -> list[ServerPerMessageDeflateFactory]:
+    """What the server accepts of a client's permessage-deflate offer: no context
+    takeover either way, so that no deflate state is kept per connection."""
+    factory = ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True,
+        client_no_context_takeover=True,
+        compress_settings={"level": level},
+    )
+    return [factory]
 
 
 def send_buffer_size(queue_max_size: int) -> int:
@@ -190,7 +280,7 @@ class Flushable(Protocol):
 
     server: Server
 
-    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
+    def flush(self, framed: FrameCache) -> tuple[int, int]:
         """Write (or start writing) the pending messages; return frames and bytes written."""
         ...
 
@@ -227,7 +317,7 @@ class Flusher:
         self._last = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
         # One publication is the same bytes for all its subscribers: frame it once.
-        framed: dict[int, tuple[bytes, bytes]] = {}
+        framed = FrameCache()
         frames = written = 0
         for connection in dirty:
             count, size = connection.flush(framed)
@@ -247,6 +337,7 @@ class WebSocketConnection(asyncio.Protocol):
         "transport",
         "protocol",
         "codec",
+        "deflater",
         "client",
         "closing",
         "_pending",
@@ -267,11 +358,14 @@ class WebSocketConnection(asyncio.Protocol):
         transport: asyncio.Transport,
         protocol: ServerProtocol,
         codec: Codec,
+        deflater: Deflater | None = None,
     ) -> None:
         self.server = server
         self.transport = transport
         self.protocol = protocol
         self.codec = codec
+        self.deflater = deflater
+        """Compresses what this connection is sent (permessage-deflate negotiated)."""
         self.closing: Disconnect | None = None
         """The disconnect the server chose, once it started closing."""
         self._pending: list[bytes] = []
@@ -388,7 +482,7 @@ class WebSocketConnection(asyncio.Protocol):
     def close(self, disconnect: Disconnect) -> None:
         """Close after the pending messages are written."""
         if self.closing is None:
-            frames, size = self.flush({})
+            frames, size = self.flush(FrameCache())
             metrics = self.server.context.metrics
             metrics.frames_sent.inc(frames)
             metrics.bytes_sent.inc(size)
@@ -407,21 +501,23 @@ class WebSocketConnection(asyncio.Protocol):
             self._send_protocol_data()
         self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
 
-    def flush(self, framed: dict[int, tuple[bytes, bytes]]) -> tuple[int, int]:
+    def flush(self, framed: FrameCache) -> tuple[int, int]:
         """Write the pending messages; return how many frames and bytes were written."""
         self._dirty = False
         pending = self._pending
         if not pending or self.closing is not None or self.protocol.state is not OPEN:
             pending.clear()
             return 0, 0
-        if len(pending) == 1:
+        if self.deflater is not None:
+            data, frames = self._deflated(pending, framed.deflated, self.deflater)
+        elif len(pending) == 1:
             payload = pending[0]
-            cached = framed.get(id(payload))
+            cached = framed.plain.get(id(payload))
             if cached is not None and cached[0] is payload:
                 data = cached[1]
             else:
                 data = frame(payload, self.codec.binary)
-                framed[id(payload)] = (payload, data)  # keeps payload alive: ids stay unique
+                framed.plain[id(payload)] = (payload, data)
             frames = 1
         else:
             data, frames = _frames(pending, self.codec)
@@ -434,6 +530,24 @@ class WebSocketConnection(asyncio.Protocol):
             return 0, 0
         transport.write(data)
         return frames, len(data)
+
+    def _deflated(
+        self,
+        pending: list[bytes],
+        framed: dict[tuple[int, ...], tuple[list[bytes], bytes, int]],
+        deflater: Deflater,
+    ) -> tuple[bytes, int]:
+        """The pending messages as deflated frames, made once per flush for every
+        connection with the same messages (unless the deflater is not ``shared``)."""
+        if not deflater.shared:
+            return deflater.frames(pending, self.codec)
+        key = tuple(map(id, pending))
+        cached = framed.get(key)
+        if cached is not None:
+            return cached[1], cached[2]
+        data, frames = deflater.frames(pending, self.codec)
+        framed[key] = (pending.copy(), data, frames)
+        return data, frames
 
     def _slow(self) -> None:
         self.server.context.metrics.queue_overflows.inc()
