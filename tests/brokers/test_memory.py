@@ -10,7 +10,7 @@ from msgspec import Raw
 from tidings import ClientInfo, HistoryOptions, MemoryBroker, StreamPosition
 from tidings.brokers.base import UnrecoverablePosition
 
-from .recording import KEEP, Recorder, fill, offsets, pub
+from .recording import KEEP, Recorder, fill, number, offsets, pub
 
 
 @pytest.fixture
@@ -326,6 +326,18 @@ async def test_an_idempotency_key_is_forgotten_after_its_ttl(
     await asyncio.sleep(0.02)
     again = await broker.publish("c", pub(1), KEEP, idempotency_key="k")
     assert again.offset == 2
+
+
+async def test_a_delta_publication_travels_with_the_one_before_it(broker: MemoryBroker):
+    recorder = Recorder()
+    await broker.start(recorder)
+    await broker.subscribe("c")
+    await broker.publish("c", pub(1), KEEP, delta=True)  # the first: none before it
+    await broker.publish("c", pub(2), KEEP, delta=True)
+    await broker.publish("c", pub(3), KEEP)  # without delta: none handed along
+    await broker.publish("c", pub(4), None, delta=True)  # without history: none kept
+    previous = [p and (p.offset, number(p)) for p in recorder.previous]
+    assert previous == [None, (1, 1), None, None]
 
 
 async def test_the_excluded_client_travels_with_the_publication(broker: MemoryBroker):

@@ -421,6 +421,30 @@ async def test_the_excluded_client_travels_with_the_publication_to_other_nodes(
     assert seen_by_a.excluded == seen_by_b.excluded == ["client-1", ""]
 
 
+async def test_a_delta_publication_reaches_every_node_with_the_one_before_it(
+    peers: PeerFactory,
+) -> None:
+    """The previous publication is read in the script that appends, so it is the one
+    before in the stream however publishers interleave (and 2 KiB of it crosses)."""
+    (a, seen_by_a), (b, seen_by_b) = await peers(), await peers()
+    await a.subscribe("c")
+    await b.subscribe("c")
+    big = "x " * 1024
+    await a.publish("c", pub(1, text=big), KEEP, delta=True)
+    await b.publish("c", pub(2, text=big), KEEP, delta=True)
+    await a.publish("c", pub(3), KEEP)
+    await b.publish("c", pub(4), KEEP, delta=True)
+    await a.publish("c", pub(5), None, delta=True)
+    for seen in (seen_by_a, seen_by_b):
+        await eventually(lambda seen=seen: len(seen.previous) == 5, "five publications")
+        previous = [
+            p and (p.offset, number(p), json.loads(bytes(p.data)).get("text"))
+            for p in seen.previous
+        ]
+        assert previous == [None, (1, 1, big), None, (3, 3, None), None]
+        assert [number(p) for _, p in seen.publications] == [1, 2, 3, 4, 5]
+
+
 async def test_publication_info_and_tags_survive_the_trip(peers: PeerFactory) -> None:
     (a, seen_by_a), (b, _) = await peers(), await peers()
     await a.subscribe("c")

@@ -8,12 +8,14 @@ subclasses that let another publisher in while the node reads history.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 import pytest
+from centrifuge.fossil import apply_delta
 from centrifuge.protocol import client_pb2
 from google.protobuf.json_format import MessageToDict
 from msgspec import Raw
@@ -31,7 +33,7 @@ from tidings import (
 )
 from tidings.node.node import Node, Recovery
 from tidings.protocol.codecs import JSON, PROTOBUF, Codec
-from tidings.protocol.wire import SubscribeResult, encode
+from tidings.protocol.wire import Reply, SubscribeResult, encode
 
 PLAIN = ChannelOptions()
 HISTORY = ChannelOptions(history_size=10, history_ttl=60.0)
@@ -1117,3 +1119,153 @@ async def test_publications_racing_a_filtered_subscribe_are_filtered_with_no_fal
     assert result.recovered and offsets_and_numbers(result.publications) == []  # 2: MSFT
     assert client.published() == [(4, 4)]
     assert client.disconnects == []
+
+
+# -- delta compression ---------------------------------------------------------------------------
+
+DELTA = ChannelOptions(history_size=10, history_ttl=60.0, force_recovery=True, delta_publish=True)
+
+
+class DeltaClient(Client):
+    """A delta subscriber: applies patches as the SDKs do (centrifuge-python's own
+    Fossil decoder, not the one that made them) and keeps the documents it decodes."""
+
+    def __init__(self, id: str, codec: Codec = JSON) -> None:
+        super().__init__(id, codec=codec)
+        self.base = b""
+        self.documents: list[tuple[int, bool, Any]] = []
+        """(offset, delta, decoded document) of each publication."""
+
+    def take(self, publication: dict[str, Any]) -> None:
+        data = publication.get("data", "")
+        if self.codec is JSON:
+            payload = data.encode()
+        else:
+            payload = base64.b64decode(data)
+        delta = publication.get("delta", False)
+        self.base = apply_delta(self.base, payload) if delta else payload
+        self.documents.append((int(publication.get("offset", 0)), delta, json.loads(self.base)))
+
+    def deliver(self, data: bytes) -> None:
+        super().deliver(data)
+        push = self.pushes[-1]["push"]
+        if "pub" in push:
+            self.take(push["pub"])
+
+
+async def delta_subscribe(
+    node: Node, client: DeltaClient, channel: str, recovery: Recovery | None = None
+) -> SubscribeResult:
+    results: list[SubscribeResult] = []
+    await node.subscribe(
+        client,
+        channel,
+        DELTA,
+        info=client.info,
+        recovery=recovery,
+        delta=True,
+        reply=results.append,
+    )
+    client.channels.append(channel)
+    (result,) = results
+    encoded = client.codec.encode(Reply(subscribe=result))
+    decoded = json.loads(encoded) if client.codec is JSON else protobuf_reply(encoded)
+    for publication in decoded["subscribe"].get("publications", []):
+        client.take(publication)
+    return result
+
+
+def state(n: int, text: str = "the same long text of a state document " * 50) -> Raw:
+    return Raw(msgspec.json.encode({"version": n, "text": text}))
+
+
+@pytest.mark.parametrize("codec", [JSON, PROTOBUF], ids=["json", "protobuf"])
+async def test_a_delta_subscriber_gets_the_first_in_full_then_patches_made_once(
+    node: Node, codec: Codec
+) -> None:
+    first, second = DeltaClient("a", codec), DeltaClient("b", codec)
+    plain = Client("c", codec=codec)
+    for client in (first, second):
+        assert (await delta_subscribe(node, client, "doc")).delta
+    await subscribe(node, plain, "doc", DELTA)
+    for n in range(4):
+        await node.publish("doc", state(n), DELTA)
+    expected = [(n + 1, n > 0, json.loads(bytes(state(n)))) for n in range(4)]
+    assert first.documents == second.documents == expected
+    # One encoding per variant: both delta subscribers got the very same bytes.
+    assert all(a is b for a, b in zip(first.raw, second.raw, strict=True))
+    assert sum(map(len, first.raw[1:])) < sum(map(len, plain.raw[1:])) / 10
+    assert all("delta" not in push["push"]["pub"] for push in plain.pushes)
+
+
+async def test_a_publication_without_delta_goes_full_and_becomes_the_base(node: Node) -> None:
+    client = DeltaClient("a")
+    await delta_subscribe(node, client, "doc")
+    options = msgspec.structs.replace(DELTA, delta_publish=False)
+    await node.publish("doc", state(0), options)
+    await node.publish("doc", state(1), options)  # no previous publication handed along
+    await node.publish("doc", state(2), options, delta=True)
+    assert [delta for _, delta, _ in client.documents] == [False, False, True]
+    assert client.documents[-1][2]["version"] == 2
+
+
+async def test_a_client_that_missed_the_previous_publication_gets_the_next_in_full(
+    node: Node,
+) -> None:
+    author, reader = DeltaClient("author"), DeltaClient("reader")
+    for client in (author, reader):
+        await delta_subscribe(node, client, "doc")
+    await node.publish("doc", state(0), DELTA)
+    await node.publish("doc", state(1), DELTA, exclude_client="author")
+    await node.publish("doc", state(2), DELTA)
+    assert [(offset, delta) for offset, delta, _ in author.documents] == [(1, False), (3, False)]
+    assert [(offset, delta) for offset, delta, _ in reader.documents] == [
+        (1, False),
+        (2, True),
+        (3, True),
+    ]
+    assert author.documents[-1][2] == reader.documents[-1][2]
+
+
+async def test_recovered_publications_are_chained_and_live_ones_patch_the_last(
+    node: Node,
+) -> None:
+    positions = [await node.publish("doc", state(n), DELTA) for n in range(4)]
+    client = DeltaClient("a")
+    result = await delta_subscribe(node, client, "doc", recover_from(positions[0]))
+    assert result.recovered and [p.delta for p in result.publications] == [False, True, True]
+    await node.publish("doc", state(4), DELTA)
+    assert [(offset, delta, doc["version"]) for offset, delta, doc in client.documents] == [
+        (2, False, 1),
+        (3, True, 2),
+        (4, True, 3),
+        (5, True, 4),
+    ]
+
+
+async def test_a_publication_racing_a_delta_subscribe_arrives_full_then_patches_follow(
+    node: Node, broker: TestBroker
+) -> None:
+    await node.publish("doc", state(0), DELTA)
+    broker.during_history.append(lambda: node.publish("doc", state(1), DELTA))
+    client = DeltaClient("a")
+    await delta_subscribe(node, client, "doc")
+    await node.publish("doc", state(2), DELTA)
+    assert [(offset, delta) for offset, delta, _ in client.documents] == [(2, False), (3, True)]
+
+
+async def test_a_patch_that_does_not_pay_or_cuts_a_character_goes_full(node: Node) -> None:
+    json_client, protobuf_client = DeltaClient("j"), DeltaClient("p", PROTOBUF)
+    for client in (json_client, protobuf_client):
+        await delta_subscribe(node, client, "doc")
+    text = "café " * 200
+    await node.publish("doc", state(0, text), DELTA)
+    # é -> è changes one byte inside a two-byte character: that patch is not UTF-8,
+    # so a JSON client (which reads the patch as a string) gets the document in full.
+    await node.publish("doc", state(0, text.replace("é", "è", 1)), DELTA)
+    await node.publish("doc", Raw(b'{"n":1}'), DELTA)  # nothing in common: full is smaller
+    assert [delta for _, delta, _ in json_client.documents] == [False, False, False]
+    assert [delta for _, delta, _ in protobuf_client.documents] == [False, True, False]
+    assert json_client.documents == [
+        (offset, False, document) for offset, _, document in protobuf_client.documents
+    ]
