@@ -75,6 +75,9 @@ class ChannelOptions(_Options, frozen=True):
     """Publications kept per channel (0: no history)."""
     history_ttl: Delay = 0.0
     """Seconds history is kept (0: no history)."""
+    history_meta_ttl: Delay = 0.0
+    """Seconds the channel's stream position (epoch and offset) outlives its last
+    publication; then it starts a new epoch (0: ``broker.history_meta_ttl``)."""
     force_recovery: bool = False
     """Make every subscription recoverable: on resubscribe a client gets the
     publications it missed from history (needs history)."""
@@ -237,8 +240,9 @@ class BrokerOptions(_Options, frozen=True):
     """Seconds between a node's refreshes of its clients' presence (less than
     ``presence_ttl``)."""
     history_meta_ttl: Seconds = 30 * 24 * 3600.0
-    """Seconds a channel's stream position (epoch and offset) is kept in Redis after
-    its last publication; then the channel starts a new epoch."""
+    """Seconds a channel's stream position (epoch and offset) is kept after its last
+    publication, by any broker; then the channel starts a new epoch (a namespace's
+    ``history_meta_ttl`` sets its own)."""
     node_info_interval: Seconds = 3.0
     """Seconds between a node's announcements of itself to the others; a node silent
     for three of them is dropped from the ``info`` API."""

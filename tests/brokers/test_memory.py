@@ -346,3 +346,19 @@ async def test_the_excluded_client_travels_with_the_publication(broker: MemoryBr
     await broker.subscribe("c")
     await broker.publish("c", pub(1), None, exclude_client="client-1")
     assert recorder.excluded == ["client-1"]
+
+
+async def test_a_position_outliving_its_meta_ttl_starts_a_new_epoch(broker: MemoryBroker):
+    short = HistoryOptions(size=10, ttl=60.0, meta_ttl=0.05)
+    first = await broker.publish("ch", pub(1), short)
+    _, top = await broker.history("ch", since=None, limit=0)  # a read does not extend it
+    assert top == first
+    await asyncio.sleep(0.06)
+    _, top = await broker.history("ch", since=None, limit=0)
+    assert (top.offset, top.epoch != first.epoch) == (0, True)
+    with pytest.raises(UnrecoverablePosition):
+        await broker.history("ch", since=first, limit=-1)
+    # Without its own meta_ttl a stream keeps the broker's (30 days by default).
+    kept = await broker.publish("other", pub(1), KEEP)
+    await asyncio.sleep(0.06)
+    assert (await broker.history("other", since=None, limit=0))[1] == kept

@@ -46,7 +46,7 @@ class _Base:
             raise Error(ErrorCode.BAD_REQUEST, "channel required")
         options = channel_options(self.config, channel)
         history = (
-            HistoryOptions(options.history_size, options.history_ttl)
+            HistoryOptions(options.history_size, options.history_ttl, options.history_meta_ttl)
             if options.history_enabled
             else None
         )

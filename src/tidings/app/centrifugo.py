@@ -422,11 +422,11 @@ def _channel_rules() -> dict[str, Rule]:
     rules: dict[str, Rule] = {}
     names = [name for name in ChannelOptions.__struct_fields__ if name in _CHANNEL_OPTIONS]
     for name in names:
-        convert = _duration if name == "history_ttl" else _same
+        convert = _duration if name.endswith("_ttl") else _same
         rules[f"channel.without_namespace.{name}"] = Rule(name, convert)
     rules["channel.namespaces[].name"] = Rule("namespaces.NAME", _table)
     for name in names:
-        convert = _duration if name == "history_ttl" else _same
+        convert = _duration if name.endswith("_ttl") else _same
         rules[f"channel.namespaces[].{name}"] = Rule(f"namespaces.NAME.{name}", convert)
     return rules
 

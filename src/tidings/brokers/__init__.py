@@ -19,7 +19,7 @@ __all__ = ["BROKERS", "make_broker"]
 
 
 def _memory(options: BrokerOptions) -> Broker:
-    return MemoryBroker()
+    return MemoryBroker(history_meta_ttl=options.history_meta_ttl)
 
 
 def _redis(options: BrokerOptions) -> Broker:

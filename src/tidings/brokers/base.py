@@ -57,10 +57,13 @@ class BrokerUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class HistoryOptions:
-    """How much history a publication is kept in: ``size`` items for ``ttl`` seconds."""
+    """How much history a publication is kept in: ``size`` items for ``ttl`` seconds,
+    and the stream's position (epoch and offset) for ``meta_ttl`` seconds after it
+    (0: the broker's ``history_meta_ttl``)."""
 
     size: int
     ttl: float
+    meta_ttl: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ __all__ = ["MemoryBroker"]
 
 @dataclass(slots=True)
 class _Stream:
+    meta_expires_at: float
+    """When its position (epoch and top) is forgotten: a later one starts anew."""
     epoch: str = field(default_factory=lambda: secrets.token_urlsafe(6))
     top: int = 0
     items: deque[Publication] = field(default_factory=deque)
@@ -41,12 +43,19 @@ class _Stream:
 
 
 class MemoryBroker:
-    """Broker and presence manager for a single process."""
+    """Broker and presence manager for a single process.
 
-    def __init__(self) -> None:
+    Args:
+        history_meta_ttl: seconds a channel's epoch and offset outlive its last
+            publication, unless its publications say otherwise.
+    """
+
+    def __init__(self, *, history_meta_ttl: float = 30 * 24 * 3600.0) -> None:
+        self.history_meta_ttl = history_meta_ttl
         self._handler: BrokerEventHandler | None = None
         self._channels: set[str] = set()
         self._streams: dict[str, _Stream] = {}
+        self._next_sweep = 0.0
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
 
@@ -81,7 +90,7 @@ class MemoryBroker:
         position = StreamPosition()
         previous = None
         if history is not None:
-            stream = self._stream(channel)
+            stream = self._stream(channel, now, history.meta_ttl)
             if delta and stream.items and stream.items[-1].offset == stream.top:
                 previous = stream.items[-1]
             stream.top += 1
@@ -121,8 +130,9 @@ class MemoryBroker:
         limit: int,
         reverse: bool = False,
     ) -> tuple[Sequence[Publication], StreamPosition]:
-        stream = self._stream(channel)
-        stream.expire(time.monotonic())
+        now = time.monotonic()
+        stream = self._stream(channel, now)
+        stream.expire(now)
         top = StreamPosition(offset=stream.top, epoch=stream.epoch)
         if since is not None and since.epoch and since.epoch != stream.epoch:
             raise UnrecoverablePosition(channel)
@@ -159,8 +169,23 @@ class MemoryBroker:
         clients = self._presence.get(channel, {})
         return PresenceStats.of(clients)
 
-    def _stream(self, channel: str) -> _Stream:
+    def _stream(self, channel: str, now: float, meta_ttl: float | None = None) -> _Stream:
+        """The channel's stream, a new one (a new epoch) if its position expired.
+
+        A publication (``meta_ttl`` given, 0: ``history_meta_ttl``) keeps the position
+        that long from now; a read does not extend it, as in Redis."""
+        if now >= self._next_sweep:
+            self._sweep(now)
         stream = self._streams.get(channel)
-        if stream is None:
-            stream = self._streams[channel] = _Stream()
+        if stream is None or now >= stream.meta_expires_at:
+            stream = self._streams[channel] = _Stream(now + self.history_meta_ttl)
+        if meta_ttl is not None:
+            stream.meta_expires_at = now + (meta_ttl or self.history_meta_ttl)
         return stream
+
+    def _sweep(self, now: float) -> None:
+        """Forget the streams whose position expired (at most once a minute)."""
+        self._next_sweep = now + 60.0
+        expired = [name for name, s in self._streams.items() if now >= s.meta_expires_at]
+        for name in expired:
+            del self._streams[name]

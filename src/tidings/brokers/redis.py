@@ -568,7 +568,7 @@ def publish_args(
         history.size if history is not None else 0,
         _ms(history.ttl) if history is not None else 0,
         keys.pubsub(channel),
-        _ms(meta_ttl),
+        _ms(history.meta_ttl if history is not None and history.meta_ttl else meta_ttl),
         _new_epoch(),
         exclude_client,
         _ms(idempotency_ttl),

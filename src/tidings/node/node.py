@@ -539,7 +539,7 @@ class Node(Generic[C]):
             Error: 100 when the broker fails.
         """
         history = (
-            HistoryOptions(options.history_size, options.history_ttl)
+            HistoryOptions(options.history_size, options.history_ttl, options.history_meta_ttl)
             if options.history_enabled and not skip_history
             else None
         )
