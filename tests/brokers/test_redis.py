@@ -653,3 +653,18 @@ async def test_closing_a_broker_while_its_shards_connect_does_not_hang(redis_url
         if hung:
             await force_close(broker)
             pytest.fail(f"RedisBroker.close() hung when called {spins} loop turns after start()")
+
+
+async def test_a_publication_keeps_the_position_for_its_own_meta_ttl(
+    peers: PeerFactory, redis_client: aioredis.Redis
+) -> None:
+    (broker, _) = await peers()
+    await broker.publish("short", pub(1), HistoryOptions(size=10, ttl=60.0, meta_ttl=0.2))
+    await broker.publish("default", pub(1), KEEP)
+    short = await redis_client.pttl(broker.keys.meta("short"))
+    default = await redis_client.pttl(broker.keys.meta("default"))
+    assert 0 < short <= 200
+    assert default > 29 * 24 * 3600 * 1000  # the broker's: 30 days
+    await asyncio.sleep(0.25)
+    _, top = await broker.history("short", since=None, limit=0)
+    assert top.offset == 0  # a new epoch
