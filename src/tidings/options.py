@@ -99,7 +99,7 @@ class ChannelOptions(_Options, frozen=True):
     allow_tags_filter: bool = False
     """Clients may subscribe with a tags filter (``tf``): they get only the
     publications whose tags pass it."""
-    allowed_delta_types: tuple[str, ...] = ()
+    allowed_delta_types: list[str] = []
     """Delta compressions a subscription may ask for (``["fossil"]``): its client then
     gets publications as patches against the previous one (needs history; not
     with a tags filter)."""

@@ -65,6 +65,7 @@ DEV_CHANNEL_OPTIONS: dict[str, Any] = {
     "history_size": 100,
     "history_ttl": 300,
     "force_recovery": True,
+    "allowed_delta_types": ["fossil"],
 }
 DEV_CLIENT_OPTIONS: dict[str, Any] = {"allow_anonymous_connect_without_token": True}
 DEV_HTTP_API_OPTIONS: dict[str, Any] = {"insecure": True}
