@@ -28,6 +28,8 @@ __all__ = [
     "ConfigError",
     "HTTPAPIOptions",
     "ProxyOptions",
+    "StreamOptions",
+    "EmulationOptions",
     "WebSocketOptions",
 ]
 
@@ -206,6 +208,24 @@ class WebSocketOptions(_Options, frozen=True):
     one closes the connection with 1009 (0: ten times ``client.max_message_size``)."""
 
 
+class StreamOptions(_Options, frozen=True):
+    """A transport of the client port other than WebSocket (``[http_stream]``,
+    ``[sse]``, ``[uni_http_stream]``, ``[uni_sse]``, ``[uni_websocket]``)."""
+
+    enabled: bool = False
+    """Serve it (``--dev`` serves every one)."""
+    max_request_body_size: Positive = 65536
+    """Largest request body (the connect command), in bytes; a larger one gets 413."""
+
+
+class EmulationOptions(_Options, frozen=True):
+    """``POST /emulation``: the commands of HTTP-streaming and SSE clients (``[emulation]``),
+    served when either transport is."""
+
+    max_request_body_size: Positive = 65536
+    """Largest request body, in bytes; a larger one gets 413."""
+
+
 class HTTPAPIOptions(_Options, frozen=True):
     """The internal HTTP port: server API, metrics, readiness (``[http_api]``)."""
 
@@ -342,6 +362,17 @@ class Config(_Options, frozen=True):
     """Most publications one history call returns (0: positions only)."""
     client: ClientOptions = ClientOptions()
     websocket: WebSocketOptions = WebSocketOptions()
+    http_stream: StreamOptions = StreamOptions()
+    """HTTP-streaming (``POST /connection/http_stream``), the SDKs' first fallback."""
+    sse: StreamOptions = StreamOptions()
+    """Server-sent events (``/connection/sse``), the SDKs' second fallback (JSON)."""
+    emulation: EmulationOptions = EmulationOptions()
+    uni_http_stream: StreamOptions = StreamOptions()
+    """Unidirectional HTTP-streaming (``POST /connection/uni_http_stream``): one push per line."""
+    uni_sse: StreamOptions = StreamOptions()
+    """Unidirectional server-sent events (``/connection/uni_sse``): plain ``EventSource``."""
+    uni_websocket: StreamOptions = StreamOptions()
+    """Unidirectional WebSocket (``/connection/uni_websocket``): one push per message."""
     http_api: HTTPAPIOptions = HTTPAPIOptions()
     proxy: ProxyOptions = ProxyOptions()
     broker: BrokerOptions = BrokerOptions()

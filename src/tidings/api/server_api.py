@@ -13,7 +13,6 @@ import asyncio
 import fnmatch
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -64,7 +63,7 @@ class ServerAPI:
         self.node = node
         self.broker = broker
         self.metrics = metrics
-        self.uid = str(uuid.uuid4())
+        self.uid = node.uid
         self.name = name
         self._started_at = time.monotonic()
 

@@ -71,6 +71,8 @@ DEV_CLIENT_OPTIONS: dict[str, Any] = {"allow_anonymous_connect_without_token": T
 DEV_HTTP_API_OPTIONS: dict[str, Any] = {"insecure": True}
 """Applied only without an ``http_api.key``: a key the user configured is always checked."""
 DEV_ADMIN_OPTIONS: dict[str, Any] = {"password": "admin"}
+STREAM_TRANSPORTS = ("http_stream", "sse", "uni_http_stream", "uni_sse", "uni_websocket")
+"""The transports beside WebSocket, each off unless enabled (``--dev`` enables them)."""
 _DURATIONS = frozenset(
     {
         "shutdown_timeout",
@@ -236,6 +238,7 @@ def _convert_config(data: dict[str, Any]) -> Config:
             ("client", DEV_CLIENT_OPTIONS),
             ("http_api", DEV_HTTP_API_OPTIONS),
             ("admin", DEV_ADMIN_OPTIONS),
+            *((name, {"enabled": True}) for name in STREAM_TRANSPORTS),
         ):
             given = data.get(table, {})
             if table == "http_api" and isinstance(given, dict) and given.get("key"):

@@ -187,7 +187,14 @@ class Client:
         *,
         codec: Codec = JSON,
         headers: Mapping[str, str] | None = None,
+        transport_name: str = "websocket",
+        session_id: str = "",
+        emulated: bool = False,
+        unidirectional: bool = False,
     ) -> None:
+        """``session_id``: the session of an emulated (HTTP-streaming, SSE) or
+        unidirectional connection, sent in the connect reply (with this node's id when
+        ``emulated``: ``/emulation`` posts name both)."""
         self.context = context
         self.node = context.node
         self.config = context.config
@@ -199,7 +206,12 @@ class Client:
             codec,
             channel_limit=self.config.client.channel_limit,
             channel_max_length=self.config.client.channel_max_length,
+            pongs=not unidirectional,
         )
+        self.transport_name = transport_name
+        """``websocket``, ``http_stream``, ``sse``, ``uni_websocket``, ... (for hooks)."""
+        self.session_id = session_id
+        self.emulated = emulated
         self.id = str(uuid.uuid4())
         self.user = ""
         self.conn_info = NO_DATA
@@ -377,7 +389,7 @@ class Client:
         if now >= self._ping_at:
             options = self.config.client
             self._ping_at = now + options.ping_interval
-            if self.send_ping():
+            if self.send_ping() and self.session.pongs:
                 self._pong_at = now + options.pong_timeout
         self.due = min(self._ping_at, self._pong_at, self._stale_at)
 
@@ -457,6 +469,10 @@ class Client:
         limit = self.config.client.user_connection_limit
         if limit and self.user and len(self.node.user_clients(self.user)) >= limit:
             raise DisconnectRequest(DISCONNECT_CONNECTION_LIMIT, f"user {self.user!r} at limit")
+        if not self.session.pongs:
+            # A unidirectional client cannot subscribe: the channels it names in
+            # ``subs`` are subscribed for it where it could subscribe without a token.
+            channels += [c for c in request.subs if c not in channels and self._open_to(c)]
         server_side = {channel: channel_options(self.config, channel) for channel in channels}
 
         self.node.add_client(self)
@@ -482,7 +498,9 @@ class Client:
                 data=connect_data,
                 subs=subs or None,
                 ping=max(1, round(self.config.client.ping_interval)),
-                pong=True,
+                pong=self.session.pongs,
+                session=self.session_id,
+                node=self.node.uid if self.emulated else "",
             )
         )
         held, self._held = self._held, None
@@ -543,6 +561,18 @@ class Client:
             expires=bool(self.expire_at),
             ttl=self._ttl(self.expire_at),
         )
+
+    def _open_to(self, channel: str) -> bool:
+        """Whether this client may subscribe to ``channel`` without a token or a hook."""
+        try:
+            options = channel_options(self.config, channel)
+        except Error:
+            return False  # an unknown namespace
+        if is_private(channel):
+            return False
+        if is_user_limited(channel, options):
+            return user_allowed(channel, self.user)
+        return self._may(SUBSCRIBE, options, subscribed=False)
 
     async def _on_subscribe(self, request: SubscribeRequest) -> None:
         channel = request.channel

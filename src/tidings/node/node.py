@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -184,6 +185,8 @@ class Node(Generic[C]):
         presence_update_interval: float = 25.0,
     ) -> None:
         self.broker = broker
+        self.uid = str(uuid.uuid4())
+        """This node's id: in ``info``, and in emulated connections' connect replies."""
         self.presence_update_interval = presence_update_interval
         self._presence_task: asyncio.Task[None] | None = None
         self.metrics = metrics if metrics is not None else Metrics()

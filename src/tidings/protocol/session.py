@@ -254,12 +254,19 @@ class Session:
         codec: the encoding of the connection's frames (JSON by default).
         channel_limit: most channels one connection may be subscribed to (106 above).
         channel_max_length: longest channel name accepted (107 above).
+        pongs: whether the client answers pings (not on unidirectional transports).
     """
 
     def __init__(
-        self, codec: Codec = JSON, *, channel_limit: int = 128, channel_max_length: int = 255
+        self,
+        codec: Codec = JSON,
+        *,
+        channel_limit: int = 128,
+        channel_max_length: int = 255,
+        pongs: bool = True,
     ) -> None:
         self.codec = codec
+        self.pongs = pongs
         self.channel_limit = channel_limit
         self.channel_max_length = channel_max_length
         self.state = CONNECTING
@@ -390,9 +397,10 @@ class Session:
         self._output.append(self.codec.encode(Reply(push=push)))
 
     def send_ping(self) -> None:
-        """Queue a ping; the client must answer it (see :attr:`awaiting_pong`)."""
+        """Queue a ping; the client must answer it (see :attr:`awaiting_pong`), unless
+        it sends no pongs."""
         if self.state is CONNECTED:
-            self.awaiting_pong = True
+            self.awaiting_pong = self.pongs
             self._output.append(self.codec.ping)
 
     def close(self, disconnect: Disconnect) -> None:

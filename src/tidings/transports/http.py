@@ -37,7 +37,8 @@ __all__ = [
 MAX_HEADER_BYTES = 16 * 1024
 """A request head (request line and headers) longer than this gets 431."""
 MAX_BODY_BYTES = 64 * 1024
-"""A request body longer than this gets 413 (no route on this port takes a large one)."""
+"""A request body longer than this gets 413, unless a transport's
+``max_request_body_size`` allows more (:attr:`Server.max_body_size`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ class HTTPConnection(asyncio.Protocol):
         self._headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
-        if len(self._body) + len(body) > MAX_BODY_BYTES:
+        if len(self._body) + len(body) > self.server.max_body_size:
             raise _TooLarge(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large\n")
         self._body += body
 

@@ -26,8 +26,17 @@ from ..node.client import Client, Context
 from ..node.limits import OriginCheck, TokenBucket
 from ..options import ConfigError
 from ..protocol.codes import DISCONNECT_SHUTDOWN
-from .http import HTTPConnection, HTTPRequest, json_response, static_response, text_response
+from .emulation import EMULATION_PATH, emulate
+from .http import (
+    MAX_BODY_BYTES,
+    HTTPConnection,
+    HTTPRequest,
+    json_response,
+    static_response,
+    text_response,
+)
 from .static import StaticFiles
+from .stream import STREAM_PATHS, StreamConnection, open_stream
 from .websocket import (
     WEBSOCKET_PATH,
     Deflater,
@@ -87,6 +96,21 @@ class Server:
         self.origins = OriginCheck(self.config.allowed_origins)
         rate = self.config.client.connection_rate_limit
         self.connection_rate = TokenBucket(rate, max(1.0, rate)) if rate > 0 else None
+        config = self.config
+        self.streams = {
+            path: name for path, name in STREAM_PATHS.items() if getattr(config, name).enabled
+        }
+        """The streaming transports served: path -> name."""
+        self.emulation = config.http_stream.enabled or config.sse.enabled
+        """Whether ``/emulation`` is served (for HTTP-streaming and SSE clients)."""
+        self.sessions: dict[str, StreamConnection] = {}
+        """Emulated connections (HTTP-streaming, SSE) by session id, for ``/emulation``."""
+        self.max_body_size = max(
+            MAX_BODY_BYTES,
+            config.emulation.max_request_body_size,
+            *(getattr(config, name).max_request_body_size for name in self.streams.values()),
+        )
+        """The largest request body read (a route may allow less)."""
         self.demo = StaticFiles("demo") if self.config.demo else None
         """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
         self.closing = False
@@ -96,6 +120,7 @@ class Server:
         self._port = 0
         self._heartbeat: asyncio.TimerHandle | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._requests: set[asyncio.Task[None]] = set()
         self._all_closed: asyncio.Event | None = None
 
     @property
@@ -212,12 +237,29 @@ class Server:
                 response.headers["Allow"] = "GET"
                 connection.respond(response)
             return
+        stream = self.streams.get(path)
+        if stream is not None:
+            open_stream(self, connection, request, stream)
+            return
+        if path == EMULATION_PATH and self.emulation:
+            emulate(self, connection, request)
+            return
         if self.demo is not None and request.method in ("GET", "HEAD"):
             static = self.demo.get(path)
             if static is not None:
                 connection.respond(static_response(static, head=request.method == "HEAD"))
                 return
         connection.respond(text_response(http.HTTPStatus.NOT_FOUND, "Not Found\n"))
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a request's task until it is done; log its failure."""
+        self._requests.add(task)
+        task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._requests.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("request failed", exc_info=task.exception())
 
     def opened(self, connection: Connection) -> None:
         """A handshake succeeded: its client starts."""

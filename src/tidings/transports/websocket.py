@@ -159,11 +159,13 @@ class FrameCache:
     Each entry keeps its messages alive, so that their ids stay unique meanwhile.
     """
 
-    __slots__ = ("plain", "deflated")
+    __slots__ = ("plain", "deflated", "streamed")
 
     def __init__(self) -> None:
         self.plain: dict[int, tuple[bytes, bytes]] = {}
         """id of a lone message -> (the message, its frame)."""
+        self.streamed: dict[tuple[object, int], tuple[bytes, bytes]] = {}
+        """(framing, id of a lone message) -> (the message, its chunk): HTTP streams."""
         self.deflated: dict[tuple[int, ...], tuple[list[bytes], bytes, int]] = {}
         """ids of the messages -> (the messages, their deflated frames, how many)."""
 

@@ -1,0 +1,428 @@
+"""HTTP-streaming and SSE: Centrifugo's WebSocket fallbacks and unidirectional transports.
+
+Theory of operation. A stream is one long HTTP response (chunked). Its request
+carries the connect command: a ``Command`` for the bidirectional transports
+(``http_stream``, ``sse``), whose later commands arrive through ``POST
+/emulation`` (:mod:`.emulation`), or a bare ``ConnectRequest`` for the
+unidirectional ones (``uni_http_stream``, ``uni_sse``), which only listen.
+:func:`open_stream` checks the request, answers the response head and hands the
+TCP connection to a :class:`StreamConnection`, the client's transport. From then
+on every message is a chunk of the response, in the transport's framing:
+
+===================  ==============================  ==============
+transport            a message                       a ping
+===================  ==============================  ==============
+http_stream, JSON    the reply, then ``\\n``          ``{}\\n``
+http_stream, Proto   the varint-delimited reply      ``\\x00``
+sse                  ``data: <reply>\\n\\n``           ``data: {}\\n\\n``
+uni_http_stream      the bare push, then ``\\n``      ``{}\\n``
+uni_sse              ``data: <push>\\n\\n``            ``data: {}\\n\\n``
+===================  ==============================  ==============
+
+Unidirectional clients get bare pushes: the connect reply becomes a ``connect``
+push, a refused connect a ``disconnect`` push (Centrifugo's codes), and every
+other message is already a push (``{"push": P}`` is written as ``P``). They send
+no pongs.
+
+Writing is WebSocket's (:mod:`.websocket`): the server's :class:`Flusher`
+coalesces a connection's messages into one chunk and one write, a publication
+is framed once per framing for all the connections that get it alone, and a
+client whose unsent bytes pass ``client.queue_max_size`` is closed with 3008.
+Closing writes a ``disconnect`` push and ends the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import http
+import logging
+import urllib.parse
+import uuid
+from typing import TYPE_CHECKING
+
+import msgspec
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from ..node.client import Client
+from ..protocol.codecs import JSON, PROTOBUF, Codec
+from ..protocol.codes import (
+    DISCONNECT_EXPIRED,
+    DISCONNECT_SERVER_ERROR,
+    DISCONNECT_SLOW,
+    DISCONNECT_TOO_MANY_REQUESTS,
+    Disconnect,
+    ErrorCode,
+)
+from ..protocol.wire import (
+    Command,
+    ConnectRequest,
+    DisconnectPush,
+    Push,
+    Reply,
+    encode,
+)
+from .http import HTTPConnection, HTTPRequest, text_response
+from .websocket import CLOSE_TIMEOUT, SLOW_CLOSE_TIMEOUT, FrameCache, reset
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = [
+    "STREAM_PATHS",
+    "Framing",
+    "StreamConnection",
+    "cors_headers",
+    "open_stream",
+    "preflight",
+    "uni_disconnect",
+]
+
+logger = logging.getLogger("tidings.server")
+
+
+class Framing(enum.Enum):
+    """How a transport writes one message (see the module's table)."""
+
+    LINES = "http_stream"
+    BINARY = "http_stream (protobuf)"
+    SSE = "sse"
+    UNI_LINES = "uni_http_stream"
+    UNI_SSE = "uni_sse"
+
+    @property
+    def unidirectional(self) -> bool:
+        return self is Framing.UNI_LINES or self is Framing.UNI_SSE
+
+    @property
+    def sse(self) -> bool:
+        return self is Framing.SSE or self is Framing.UNI_SSE
+
+    def frame(self, message: bytes) -> bytes:
+        if self is Framing.BINARY:
+            return message
+        if self.unidirectional:
+            message = bare_push(message)
+        if self.sse:
+            return b"data: " + message + b"\n\n"
+        return message + b"\n"
+
+
+STREAM_PATHS = {
+    "/connection/http_stream": "http_stream",
+    "/connection/sse": "sse",
+    "/connection/uni_http_stream": "uni_http_stream",
+    "/connection/uni_sse": "uni_sse",
+}
+"""Path -> the transport (its option table) it serves."""
+
+_PUSH_PREFIX = b'{"push":'
+
+_STREAM_HEADERS = [
+    ("Cache-Control", "private, no-cache, no-store, must-revalidate, max-age=0"),
+    ("Pragma", "no-cache"),
+    ("Expires", "0"),
+    # nginx: do not buffer the response (a stream would reach the client in bursts).
+    ("X-Accel-Buffering", "no"),
+    ("Transfer-Encoding", "chunked"),
+]
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def bare_push(message: bytes) -> bytes:
+    """A JSON message as a unidirectional client gets it: the push alone."""
+    if message.startswith(_PUSH_PREFIX):
+        return message[len(_PUSH_PREFIX) : -1]
+    return message  # the ping, {}
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked HTTP/1.1 body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+_UNI_CODES: dict[int, Disconnect] = {
+    ErrorCode.TOKEN_EXPIRED: DISCONNECT_EXPIRED,
+    ErrorCode.TOO_MANY_REQUESTS: DISCONNECT_TOO_MANY_REQUESTS,
+    ErrorCode.PERMISSION_DENIED: Disconnect(3507, "permission denied"),
+}
+
+
+def uni_disconnect(code: int) -> Disconnect:
+    """The disconnect a unidirectional client gets for a connect refused with error ``code``
+    (it cannot read error replies): as Centrifugo maps them."""
+    if code == 110:  # expired, as 109 (Centrifugo's ErrorExpired)
+        return DISCONNECT_EXPIRED
+    return _UNI_CODES.get(code, DISCONNECT_SERVER_ERROR)
+
+
+# --- HTTP: CORS and the handshake ---------------------------------------------------
+
+
+def cors_headers(server: Server, request: HTTPRequest) -> list[tuple[str, str]] | None:
+    """CORS headers for a request from an allowed origin (none without an Origin);
+    None when its origin is not allowed."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return []
+    if not server.origins.allows(origin, request.headers.get("Host")):
+        return None
+    headers = [
+        ("Access-Control-Allow-Origin", origin),
+        ("Access-Control-Allow-Credentials", "true"),
+        ("Vary", "Origin"),
+    ]
+    asked = request.headers.get("Access-Control-Request-Headers")
+    if asked:
+        headers.append(("Access-Control-Allow-Headers", asked))
+    return headers
+
+
+def preflight(server: Server, request: HTTPRequest, methods: str) -> Response:
+    """The answer to a CORS preflight (``OPTIONS``)."""
+    cors = cors_headers(server, request)
+    if cors is None:
+        return text_response(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+    headers = Headers(cors)
+    headers["Access-Control-Allow-Methods"] = methods
+    headers["Access-Control-Max-Age"] = "300"
+    headers["Content-Length"] = "0"
+    return Response(204, "No Content", headers, b"")
+
+
+def _refuse(connection: HTTPConnection, status: http.HTTPStatus, text: str) -> None:
+    connection.respond(text_response(status, text))
+
+
+def open_stream(
+    server: Server, connection: HTTPConnection, request: HTTPRequest, name: str
+) -> None:
+    """Answer a request to a streaming transport: refused, or the start of the stream."""
+    post_only = name in ("http_stream", "uni_http_stream")
+    methods = "POST, OPTIONS" if post_only else "GET, POST, OPTIONS"
+    if request.method == "OPTIONS":
+        connection.respond(preflight(server, request, methods))
+        return
+    if request.method != "POST" and (post_only or request.method != "GET"):
+        response = text_response(http.HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed\n")
+        response.headers["Allow"] = methods
+        connection.respond(response)
+        return
+    cors = cors_headers(server, request)
+    refusal = server.refusal(request.headers.get("Origin"), request.headers.get("Host"))
+    if cors is None or refusal is not None:
+        connection.respond(text_response(*(refusal or _FORBIDDEN)))
+        return
+    if len(request.body) > getattr(server.config, name).max_request_body_size:
+        _refuse(connection, http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large\n")
+        return
+    body = request.body
+    if request.method == "GET":
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
+        body = query.get("cf_connect", [""])[0].encode()
+    content_type = request.headers.get("Content-Type", "")
+    framing: Framing
+    codec: Codec = JSON
+    if name == "http_stream":
+        binary = content_type.startswith("application/octet-stream")
+        framing, codec = (Framing.BINARY, PROTOBUF) if binary else (Framing.LINES, JSON)
+    else:
+        framing = {
+            "sse": Framing.SSE,
+            "uni_http_stream": Framing.UNI_LINES,
+            "uni_sse": Framing.UNI_SSE,
+        }[name]
+    first: str | bytes
+    if framing.unidirectional:
+        try:
+            connect = msgspec.json.decode(body or b"{}", type=ConnectRequest | None)
+        except msgspec.DecodeError as exc:
+            _refuse(connection, http.HTTPStatus.BAD_REQUEST, f"Bad connect request: {exc}\n")
+            return
+        first = encode(Command(id=1, connect=connect or ConnectRequest())).decode()
+    else:
+        if not body:
+            what = "cf_connect" if request.method == "GET" else "a body"
+            _refuse(connection, http.HTTPStatus.BAD_REQUEST, f"The connect command needs {what}\n")
+            return
+        first = body if codec.binary else body.decode("utf-8", "replace")
+    head = [("Connection", "keep-alive"), *_STREAM_HEADERS, *cors]
+    if framing.sse:
+        head.append(("Content-Type", "text/event-stream; charset=utf-8"))
+    transport = connection.detach()
+    lines = [b"HTTP/1.1 200 OK"] + [f"{k}: {v}".encode("latin-1") for k, v in head]
+    transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+    if framing.sse:
+        transport.write(chunk(b"\r\n"))  # EventSource reports "open" once it has bytes
+    stream = StreamConnection(server, transport, codec, framing, name)
+    transport.set_protocol(stream)
+    server.opened(stream)
+    if framing is not Framing.UNI_SSE and framing is not Framing.UNI_LINES:
+        server.sessions[stream.client.session_id] = stream
+    stream.receive(first)
+    if not transport.is_reading():
+        transport.resume_reading()
+
+
+_FORBIDDEN = (http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+
+
+class StreamConnection(asyncio.Protocol):
+    """One HTTP-streaming or SSE response: the :class:`~tidings.node.client.Transport`
+    of a client."""
+
+    __slots__ = (
+        "server",
+        "transport",
+        "codec",
+        "framing",
+        "client",
+        "closing",
+        "_pending",
+        "_dirty",
+        "_connected",
+        "_cut",
+        "_lost",
+        "_reader",
+    )
+
+    def __init__(
+        self,
+        server: Server,
+        transport: asyncio.Transport,
+        codec: Codec,
+        framing: Framing,
+        name: str,
+    ) -> None:
+        self.server = server
+        self.transport = transport
+        self.codec = codec
+        self.framing = framing
+        self.closing: Disconnect | None = None
+        self._pending: list[bytes] = []
+        self._dirty = False
+        self._connected = False
+        """Whether the connect reply went out (a unidirectional client's first push)."""
+        self._cut: asyncio.TimerHandle | None = None
+        self._lost = False
+        self._reader: asyncio.Task[None] | None = None
+        self.client = Client(
+            server.context,
+            self,
+            codec=codec,
+            transport_name=name,
+            session_id=str(uuid.uuid4()),
+            emulated=not framing.unidirectional,
+            unidirectional=framing.unidirectional,
+        )
+
+    # --- input: the connect command, then commands from /emulation ----------------------
+
+    def receive(self, message: str | bytes) -> None:
+        """Hand the client a message (the connect command, or an /emulation post's)."""
+        task = asyncio.ensure_future(self.client.receive(message))
+        task.add_done_callback(self._received)
+
+    def _received(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            logger.error("client %s: failed handling a message", self.client.id, exc_info=error)
+            self.client.disconnect(DISCONNECT_SERVER_ERROR)
+
+    def data_received(self, data: bytes) -> None:
+        """Nothing more is read from a stream's request (commands come through /emulation)."""
+
+    def eof_received(self) -> bool | None:
+        return None  # the client went away: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._pending.clear()
+        if self._cut is not None:
+            self._cut.cancel()
+        self.server.sessions.pop(self.client.session_id, None)
+        self.server.closed(self)
+
+    @property
+    def close_status(self) -> tuple[int, str]:
+        """The code the server chose, else 3000: the client ended the stream."""
+        if self.closing is not None:
+            return self.closing.code, self.closing.reason
+        return 3000, "connection closed"
+
+    # --- output: the client's Transport -------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.closing is not None:
+            return
+        if self.framing.unidirectional and not self._connected:
+            self._connected = True
+            data = self._connect_push(data)
+            if not data:
+                return
+        self._pending.append(data)
+        if not self._dirty:
+            self._dirty = True
+            self.server.flusher.mark(self)
+
+    def _connect_push(self, message: bytes) -> bytes:
+        """A unidirectional client's first message, the connect reply, as a push; a
+        refused connect becomes its disconnect (b"")."""
+        reply = msgspec.json.decode(message, type=Reply)
+        if reply.connect is None:
+            code = reply.error.code if reply.error is not None else ErrorCode.INTERNAL
+            disconnect = uni_disconnect(code)
+            asyncio.get_running_loop().call_soon(self.client.disconnect, disconnect)
+            return b""
+        return encode(Reply(push=Push(connect=reply.connect)))
+
+    def flush(self, framed: FrameCache) -> tuple[int, int]:
+        """Write the pending messages as one chunk; return (1, bytes written) or (0, 0)."""
+        self._dirty = False
+        pending = self._pending
+        if not pending or self.closing is not None or self._lost:
+            pending.clear()
+            return 0, 0
+        if len(pending) == 1:
+            payload = pending[0]
+            key = (self.framing, id(payload))
+            cached = framed.streamed.get(key)
+            if cached is not None and cached[0] is payload:
+                data = cached[1]
+            else:
+                data = chunk(self.framing.frame(payload))
+                framed.streamed[key] = (payload, data)
+        else:
+            data = chunk(b"".join([self.framing.frame(m) for m in pending]))
+        pending.clear()
+        transport = self.transport
+        if transport.get_write_buffer_size() + len(data) > self.server.buffer_limit:
+            self.server.context.metrics.queue_overflows.inc()
+            self._end(DISCONNECT_SLOW, SLOW_CLOSE_TIMEOUT)
+            return 0, 0
+        transport.write(data)
+        return 1, len(data)
+
+    def close(self, disconnect: Disconnect) -> None:
+        """End the response after the pending messages and a ``disconnect`` push."""
+        if self.closing is None:
+            frames, size = self.flush(FrameCache())
+            metrics = self.server.context.metrics
+            metrics.frames_sent.inc(frames)
+            metrics.bytes_sent.inc(size)
+            self._end(disconnect, CLOSE_TIMEOUT)
+
+    def _end(self, disconnect: Disconnect, timeout: float) -> None:
+        self.closing = disconnect
+        if self._lost:
+            return
+        push = Push(disconnect=DisconnectPush(disconnect.code, disconnect.reason))
+        message = self.codec.encode(Reply(push=push))
+        self.transport.write(chunk(self.framing.frame(message)) + _LAST_CHUNK)
+        self.transport.close()
+        self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
+
+    def cut(self) -> None:
+        reset(self.transport)
