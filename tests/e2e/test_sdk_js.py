@@ -16,6 +16,7 @@ they fail.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import shutil
@@ -149,8 +150,9 @@ def parse_lines(text: str) -> list[Record]:
 # ---------------------------------------------------------------------------
 
 
-def config(rpc_endpoint: str = "") -> str:
-    """One hub configuration for every scenario: a namespace per kind of channel."""
+def config(rpc_endpoint: str = "", broker_url: str = "") -> str:
+    """One hub configuration for every scenario: a namespace per kind of channel (with
+    ``broker_url``, on that Redis)."""
     text = f"""
     token_hmac_secret_key = "{HMAC_SECRET}"
 
@@ -195,8 +197,25 @@ def config(rpc_endpoint: str = "") -> str:
 
     [namespaces.secret]
     presence = true
+
+    [namespaces.delta]
+    history_size = 20
+    history_ttl = 60
+    force_recovery = true
+    allowed_delta_types = ["fossil"]
+    allow_subscribe_for_client = true
+
+    [namespaces.deltapub]
+    history_size = 20
+    history_ttl = 60
+    allowed_delta_types = ["fossil"]
+    delta_publish = true
+    allow_subscribe_for_client = true
     """
-    return dedent(text).lstrip()
+    text = dedent(text).lstrip()
+    if broker_url:
+        text += f'\n[broker]\nurl = "{broker_url}"\n'
+    return text
 
 
 @dataclass
@@ -613,3 +632,196 @@ async def test_errors_reported_by_the_sdk(
     bad = res.one("bad_token")
     assert (bad["code"], bad["reason"]) == (3500, "invalid token"), bad
     assert (bad["state"], bad["connected"]) == ("disconnected", 0)
+
+
+# ---------------------------------------------------------------------------
+# Fossil delta compression
+# ---------------------------------------------------------------------------
+
+
+def state_docs(n: int) -> list[Record]:
+    """``n`` versions of a state-like document of about 4 KiB, each one field apart from
+    the one before (a patch is then a few dozen bytes)."""
+    doc: Record = {
+        "board": "operations",
+        "items": [
+            {"id": k, "name": f"item-{k:03d}", "status": "idle", "load": 0, "zone": "eu-west"}
+            for k in range(60)
+        ],
+    }
+    docs = []
+    for i in range(n):
+        doc = copy.deepcopy(doc)
+        doc["items"][(i * 7) % 60]["load"] = i + 1
+        docs.append(doc)
+    return docs
+
+
+def wire_size(doc: Record) -> int:
+    """The size of ``doc`` as the scenario sends it (``JSON.stringify``: compact, UTF-8)."""
+    return len(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def assert_compressed(stats: Record, docs: list[Record], full: int) -> None:
+    """``stats`` (``sub.deltaStats()`` over ``docs``) counts ``full`` full payloads and
+    patches for the rest, decoded to exactly the published bytes, patches being small."""
+    n = len(docs)
+    assert (stats["numPublications"], stats["numFullPayloads"], stats["numDeltaPayloads"]) == (
+        n,
+        full,
+        n - full,
+    ), stats
+    assert stats["bytesDecoded"] == sum(wire_size(d) for d in docs), stats
+    assert wire_size(docs[0]) > 4000  # big enough for delta compression to be worth it
+    if full < n:
+        # A one-field change: a patch is a few dozen bytes against a ~4 KiB document.
+        assert stats["bytesReceived"] < sum(wire_size(d) for d in docs[:full]) + 100 * (n - full)
+        assert stats["bytesReceived"] * 3 < stats["bytesDecoded"], stats
+
+
+DELTA_MODES = {
+    # mode: (channel, publish with `delta: true` through the API, patches expected)
+    "api-delta": ("delta:state", True, True),
+    "delta-publish": ("deltapub:state", False, True),
+    "not-marked": ("delta:state", False, False),
+}
+
+
+@pytest.mark.parametrize("mode", DELTA_MODES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_delta_subscription_decodes_fossil_patches_to_the_published_objects(
+    start_server: StartServer, node: str, protocol: str, mode: str
+) -> None:
+    """A ``delta: 'fossil'`` subscription gets the first publication in full and each later
+    one as a patch when it is published with delta (server API ``delta: true``, or the
+    namespace's ``delta_publish``), in full otherwise; the SDK decodes every one to exactly
+    the published object."""
+    channel, api_delta, patches = DELTA_MODES[mode]
+    server = await start_server(config())
+    docs = state_docs(6)
+    res = await run_js(
+        node,
+        server,
+        "delta",
+        protocol=protocol,
+        token=make_token("gil"),
+        channel=channel,
+        apiDelta=api_delta,
+        docs=docs,
+    )
+    live = res.of("publication", phase="live")
+    assert [p["data"] for p in live] == docs
+    assert [p["offset"] for p in live] == [1, 2, 3, 4, 5, 6]
+    assert {p["encoding"] for p in live} == {"json" if protocol == "json" else "bytes"}
+    assert_compressed(res.one("delta_stats", phase="live"), docs, 1 if patches else len(docs))
+    assert res.one("extra_publications")["count"] == 0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_delta_subscription_recovers_missed_publications_as_a_chain_of_patches(
+    start_server: StartServer, node: str, protocol: str
+) -> None:
+    """Publications missed while disconnected come back in the subscribe reply, the first
+    in full and each next one as a patch against it; the next live one is a patch again."""
+    server = await start_server(config())
+    docs = state_docs(11)
+    live_docs, missed, after = docs[:6], docs[6:10], docs[10]
+    res = await run_js(
+        node,
+        server,
+        "delta",
+        protocol=protocol,
+        token=make_token("gil"),
+        channel="delta:rec",
+        apiDelta=True,
+        docs=live_docs,
+        missed=missed,
+        after=after,
+    )
+    assert [p["data"] for p in res.of("publication", phase="live")] == live_docs
+    live_stats = res.one("delta_stats", phase="live")
+    assert_compressed(live_stats, live_docs, 1)
+
+    again = res.one("resubscribed")
+    assert (again["wasRecovering"], again["recovered"]) == (True, True), again
+    recovered = res.of("publication", phase="recovered")
+    assert [p["data"] for p in recovered] == missed
+    assert [p["offset"] for p in recovered] == [7, 8, 9, 10]
+    stats = res.one("delta_stats", phase="recovered")
+    assert stats["numFullPayloads"] - live_stats["numFullPayloads"] == 1, stats
+    assert stats["numDeltaPayloads"] - live_stats["numDeltaPayloads"] == len(missed) - 1, stats
+
+    [last] = res.of("publication", phase="after")
+    assert (last["data"], last["offset"]) == (after, 11)
+    final = res.one("delta_stats", phase="after")
+    assert final["numFullPayloads"] == stats["numFullPayloads"], final
+    assert final["numDeltaPayloads"] == stats["numDeltaPayloads"] + 1, final
+    assert_compressed(final, docs, 2)
+    assert res.one("extra_publications")["count"] == 0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_delta_across_two_hubs_on_redis(
+    start_server: StartServer, node: str, redis_url: str, protocol: str
+) -> None:
+    """Two hubs share the channel through Redis: publications made through either hub's
+    server API (the subscriber is on hub B) reach it as patches, the previous publication
+    coming from Redis; recovery from Redis's history is chained too."""
+    hub_a = await start_server(config(broker_url=redis_url))
+    hub_b = await start_server(config(broker_url=redis_url))
+    api = {
+        hub: {"url": f"http://{hub.host}:{hub.api_port}", "key": API_KEY} for hub in (hub_a, hub_b)
+    }
+    docs = state_docs(10)
+    live_docs, missed, after = docs[:6], docs[6:9], docs[9]
+    res = await run_js(
+        node,
+        hub_b,
+        "delta",
+        protocol=protocol,
+        token=make_token("gil"),
+        channel="delta:cluster",
+        apiDelta=True,
+        publishApis=[api[hub_a], api[hub_a], api[hub_b]],
+        docs=live_docs,
+        missed=missed,
+        after=after,
+    )
+    assert {r["api"] for r in res.of("api_publish")} == {api[hub_a]["url"], api[hub_b]["url"]}
+    live = res.of("publication", phase="live")
+    assert [p["data"] for p in live] == live_docs
+    assert [p["offset"] for p in live] == [1, 2, 3, 4, 5, 6]
+    assert_compressed(res.one("delta_stats", phase="live"), live_docs, 1)
+
+    again = res.one("resubscribed")
+    assert (again["wasRecovering"], again["recovered"]) == (True, True), again
+    assert [p["data"] for p in res.of("publication", phase="recovered")] == missed
+    [last] = res.of("publication", phase="after")
+    assert (last["data"], last["offset"]) == (after, 10)
+    # Live: 1 full + 5 patches; recovered: 1 full + 2 patches; after: 1 patch.
+    assert_compressed(res.one("delta_stats", phase="after"), docs, 2)
+    assert res.one("extra_publications")["count"] == 0
+
+
+async def test_delta_and_plain_subscribers_of_both_protocols_share_a_channel(
+    start_server: StartServer, node: str
+) -> None:
+    """On one channel, JSON and Protobuf subscribers with and without delta all get exactly
+    the published objects: the patch goes to the delta ones only."""
+    server = await start_server(config())
+    docs = state_docs(5)
+    res = await run_js(
+        node, server, "delta_mixed", token=make_token("hal"), channel="delta:mixed", docs=docs
+    )
+    for receiver in ("json-delta", "json-plain", "protobuf-delta", "protobuf-plain"):
+        got = res.of("publication", receiver=receiver)
+        assert [p["data"] for p in got] == docs, receiver
+        assert [p["offset"] for p in got] == [1, 2, 3, 4, 5], receiver
+        expected_encoding = "json" if receiver.startswith("json") else "bytes"
+        assert {p["encoding"] for p in got} == {expected_encoding}, receiver
+        stats = res.one("delta_stats", receiver=receiver)
+        if receiver.endswith("-delta"):
+            assert_compressed(stats, docs, 1)
+        else:
+            assert stats["numPublications"] == 0, stats  # no delta asked: none decoded
+        assert res.one("extra_publications", receiver=receiver)["count"] == 0

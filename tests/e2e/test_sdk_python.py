@@ -8,17 +8,20 @@ server fails a test quickly instead of hanging the run.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from textwrap import dedent
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 import websockets
 from centrifuge import (
     Client,
     ClientState,
+    DeltaType,
     OperationTimeoutError,
     Publication,
     ReplyError,
@@ -27,6 +30,7 @@ from centrifuge import (
     Subscription,
     SubscriptionState,
     SubscriptionUnsubscribedError,
+    fossil,
 )
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -1153,3 +1157,323 @@ async def test_sigterm_exits_zero(start_server: StartServer, make_client: MakeCl
     ctx = await next_event(events_of(client).connecting, what="client notices the shutdown")
     assert client.state != ClientState.CONNECTED
     print("client saw", ctx)
+
+
+# ---------------------------------------------------------------------------
+# Fossil delta compression
+# ---------------------------------------------------------------------------
+
+DELTA_API_KEY = "e2e-delta-api-key"
+
+
+def delta_config(broker_url: str = "") -> str:
+    """Namespaces for delta compression: ``delta`` allows Fossil (with recovery, history for
+    subscribers and tags filters), ``plain`` has history but no ``allowed_delta_types``."""
+    text = config(
+        namespaces={
+            "delta": """
+            history_size = 20
+            history_ttl = 60
+            force_recovery = true
+            allowed_delta_types = ["fossil"]
+            allow_subscribe_for_client = true
+            allow_history_for_subscriber = true
+            allow_tags_filter = true
+            """,
+            "plain": """
+            history_size = 20
+            history_ttl = 60
+            allow_subscribe_for_client = true
+            """,
+        }
+    )
+    text += f'\n[http_api]\nkey = "{DELTA_API_KEY}"\n'
+    if broker_url:
+        text += f'\n[broker]\nurl = "{broker_url}"\n'
+    return text
+
+
+async def api_call(server: Server, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One server API call; fails unless it succeeded."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://{server.host}:{server.api_port}/api/{method}",
+            data=json.dumps(body, ensure_ascii=False).encode(),
+            headers={"X-API-Key": DELTA_API_KEY, "Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=WAIT),
+        ) as response,
+    ):
+        reply = await response.json()
+    assert response.status == 200 and "error" not in reply, (method, response.status, reply)
+    result: dict[str, Any] = reply["result"]
+    return result
+
+
+async def api_publish(server: Server, channel: str, data: Any, **fields: Any) -> dict[str, Any]:
+    return await api_call(server, "publish", {"channel": channel, "data": data, **fields})
+
+
+def state_docs(n: int) -> list[dict[str, Any]]:
+    """``n`` versions of a state-like document of about 4 KiB, each one field apart from
+    the one before (a patch is then a few dozen bytes)."""
+    doc: dict[str, Any] = {
+        "board": "operations",
+        "items": [
+            {"id": k, "name": f"item-{k:03d}", "status": "idle", "load": 0, "zone": "eu-west"}
+            for k in range(60)
+        ],
+    }
+    docs = []
+    for i in range(n):
+        doc = copy.deepcopy(doc)
+        doc["items"][(i * 7) % 60]["load"] = i + 1
+        docs.append(doc)
+    assert len(json.dumps(docs[0], separators=(",", ":")).encode()) > 4000
+    return docs
+
+
+async def test_delta_subscription_decodes_fossil_patches_exactly(
+    start_server: StartServer, make_client: MakeClient
+) -> None:
+    """With ``delta=DeltaType.FOSSIL`` the first publication comes in full and each later one
+    (published with ``delta: true``) as a patch the SDK decodes to exactly the published
+    object; history, never delta-encoded, gives the same objects."""
+    server = await start_server(delta_config())
+    client = make_client(server, token=make_token("42"))
+    await connect(client)
+    sub, events, _ = await subscribe_ok(client, "delta:state", delta=DeltaType.FOSSIL)
+    docs = state_docs(6)
+    for doc in docs:
+        await api_publish(server, "delta:state", doc, delta=True)
+    got = await pubs(events, len(docs), "delta publications")
+    assert [decoded(p.data) for p in got] == docs
+    assert [p.offset for p in got] == [1, 2, 3, 4, 5, 6]
+    assert [p.delta for p in got] == [False] + [True] * 5
+
+    history = await wait(sub.history(limit=-1), what="history of a delta subscription")
+    assert [decoded(p.data) for p in history.publications] == docs
+    assert not any(p.delta for p in history.publications)
+
+    # Not marked for delta: full again, each one.
+    more = state_docs(8)[6:]
+    for doc in more:
+        await api_publish(server, "delta:state", doc)
+    got = await pubs(events, len(more), "publications without delta")
+    assert [(decoded(p.data), p.delta) for p in got] == [(doc, False) for doc in more]
+
+
+async def test_delta_subscription_recovers_a_chain_of_patches(
+    start_server: StartServer, make_client: MakeClient
+) -> None:
+    """Publications missed while disconnected are recovered the first in full, each next
+    one as a patch against it; the next live one is a patch against the last recovered."""
+    server = await start_server(delta_config())
+    client = make_client(server, token=make_token("42"))
+    await connect(client)
+    _, events, first = await subscribe_ok(client, "delta:rec", delta=DeltaType.FOSSIL)
+    assert first.recoverable, first
+    docs = state_docs(9)
+    for doc in docs[:3]:
+        await api_publish(server, "delta:rec", doc, delta=True)
+    live = await pubs(events, 3, "live")
+    assert [(decoded(p.data), p.delta) for p in live] == [
+        (docs[0], False),
+        (docs[1], True),
+        (docs[2], True),
+    ]
+
+    await wait(client.disconnect())
+    await next_event(events_of(client).disconnected)
+    for doc in docs[3:8]:
+        await api_publish(server, "delta:rec", doc, delta=True)
+    await connect(client)
+    ctx = await next_event(events.subscribed, what="resubscribe with recovery")
+    assert ctx.was_recovering and ctx.recovered, ctx
+    recovered = await pubs(events, 5, "recovered")
+    assert [decoded(p.data) for p in recovered] == docs[3:8]
+    assert [p.offset for p in recovered] == [4, 5, 6, 7, 8]
+    assert [p.delta for p in recovered] == [False, True, True, True, True]
+
+    await api_publish(server, "delta:rec", docs[8], delta=True)
+    [after] = await pubs(events, 1, "after recovery")
+    assert (decoded(after.data), after.offset, after.delta) == (docs[8], 9, True)
+    assert events.publications.empty()
+
+
+async def test_delta_to_a_subscriber_of_another_hub_on_redis(
+    start_server: StartServer, make_client: MakeClient, redis_url: str
+) -> None:
+    """Two hubs on one Redis: publications made through hub A's server API reach a delta
+    subscriber of hub B as patches (the previous publication travels through Redis)."""
+    hub_a = await start_server(delta_config(redis_url))
+    hub_b = await start_server(delta_config(redis_url))
+    client = make_client(hub_b, token=make_token("42"))
+    await connect(client)
+    _, events, _ = await subscribe_ok(client, "delta:cluster", delta=DeltaType.FOSSIL)
+    docs = state_docs(6)
+    for doc in docs:
+        result = await api_publish(hub_a, "delta:cluster", doc, delta=True)
+    assert result["offset"] == 6, result
+    got = await pubs(events, len(docs), "from hub A")
+    assert [decoded(p.data) for p in got] == docs
+    assert [p.offset for p in got] == [1, 2, 3, 4, 5, 6]
+    assert [p.delta for p in got] == [False] + [True] * 5
+
+
+async def test_delta_and_plain_subscribers_of_one_channel(
+    start_server: StartServer, make_client: MakeClient
+) -> None:
+    """A delta subscriber and a plain one of the same channel both get exactly the published
+    objects; the plain one never sees a patch."""
+    server = await start_server(delta_config())
+    delta_client = make_client(server, token=make_token("42"))
+    plain_client = make_client(server, token=make_token("43"))
+    await connect(delta_client)
+    await connect(plain_client)
+    _, delta_events, _ = await subscribe_ok(delta_client, "delta:mixed", delta=DeltaType.FOSSIL)
+    _, plain_events, _ = await subscribe_ok(plain_client, "delta:mixed")
+    docs = state_docs(5)
+    for doc in docs:
+        await api_publish(server, "delta:mixed", doc, delta=True)
+    with_delta = await pubs(delta_events, len(docs), "delta subscriber")
+    plain = await pubs(plain_events, len(docs), "plain subscriber")
+    assert [decoded(p.data) for p in with_delta] == docs
+    assert [p.delta for p in with_delta] == [False, True, True, True, True]
+    assert [decoded(p.data) for p in plain] == docs
+    assert not any(p.delta for p in plain)
+
+
+async def test_delta_with_multibyte_characters_and_patches_that_do_not_pay(
+    start_server: StartServer, make_client: MakeClient
+) -> None:
+    """Multi-byte characters change from one publication to the next (é to è: a patch may
+    cut a character in two, which a JSON client cannot take as a string, so it may get that
+    one in full), and publications unlike the one before go in full; every one decodes
+    exactly. Published with delta through the broadcast API, to two channels."""
+    server = await start_server(delta_config())
+    client = make_client(server, token=make_token("42"))
+    await connect(client)
+    channels = ["delta:text1", "delta:text2"]
+    subs = [await subscribe_ok(client, c, delta=DeltaType.FOSSIL) for c in channels]
+    docs = []
+    for status in ["café", "cafè", "café ✓", "cafê ✓ 🎉", "𝄞 naïve", "𝄞 naïvé"]:
+        doc = copy.deepcopy(state_docs(1)[0])
+        doc["items"][30]["status"] = status
+        docs.append(doc)
+    # Unlike the documents around it: a patch to it, or from it to the next one, would be
+    # no smaller than the full payload.
+    docs[4:4] = [{"replaced": "entirely", "n": [1, 2, 3]}]
+    for doc in docs:
+        # Raw UTF-8 on the wire (not \u escapes): the stored payload has multi-byte characters.
+        await api_call(server, "broadcast", {"channels": channels, "data": doc, "delta": True})
+    for channel, (_, events, _) in zip(channels, subs, strict=True):
+        got = await pubs(events, len(docs), channel)
+        assert [decoded(p.data) for p in got] == docs, channel
+        flags = [p.delta for p in got]
+        assert (flags[0], flags[4], flags[5]) == (False, False, False), flags
+        if isinstance(got[0].data, bytes):  # Protobuf: patches are bytes, any one can go
+            assert flags == [False, True, True, True, False, False, True], flags
+
+
+async def _raw_pushes(ws: Any, n: int) -> list[dict[str, Any]]:
+    """The next ``n`` publication pushes (pings answered, replies skipped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    found: list[dict[str, Any]] = []
+    while len(found) < n:
+        left = max(0.01, deadline - loop.time())
+        frame = await wait(ws.recv(), timeout=left, what=f"publication {len(found) + 1}/{n}")
+        for msg in _messages(frame):
+            if msg == {}:
+                await ws.send("{}")
+            elif "pub" in msg.get("push", {}):
+                found.append(msg["push"]["pub"])
+    return found
+
+
+async def _raw_subscribe(ws: Any, body: dict[str, Any]) -> dict[str, Any]:
+    await ws.send(json.dumps({"id": 1, "connect": {"token": make_token("42")}}))
+    assert "connect" in await _reply(ws, 1)
+    await ws.send(json.dumps({"id": 2, "subscribe": body}))
+    reply = await _reply(ws, 2)
+    assert "subscribe" in reply, reply
+    result: dict[str, Any] = reply["subscribe"]
+    return result
+
+
+def _raw_ws(server: Server) -> Any:
+    return websockets.connect(
+        server.url, ping_interval=None, open_timeout=WAIT, close_timeout=1, proxy=None
+    )
+
+
+@pytest.mark.parametrize("channel", ["delta:x", "plain:x"])
+async def test_unknown_delta_type_closes_3501_raw(start_server: StartServer, channel: str) -> None:
+    """A delta type the server does not know is a bad request: the connection closes with
+    3501, whether the channel allows delta or not (the SDKs refuse it before sending)."""
+    server = await start_server(delta_config())
+    async with _raw_ws(server) as ws:
+        await ws.send(json.dumps({"id": 1, "connect": {"token": make_token("42")}}))
+        assert "connect" in await _reply(ws, 1)
+        await ws.send(json.dumps({"id": 2, "subscribe": {"channel": channel, "delta": "xdelta"}}))
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                frame = await wait(ws.recv(), what="close 3501 for an unknown delta type")
+                assert all("subscribe" not in m for m in _messages(frame)), frame
+    assert info.value.rcvd is not None, "closed without a close frame"
+    assert info.value.rcvd.code == 3501, info.value
+
+
+async def test_fossil_over_json_sends_strings_then_patches_raw(start_server: StartServer) -> None:
+    """On the JSON wire a fossil subscription gets ``delta: true`` in its reply, then the
+    first publication's JSON text as a string, then Fossil patches (``delta: true``) as
+    strings, which the SDK's own Fossil decoder turns into the published JSON."""
+    server = await start_server(delta_config())
+    docs = state_docs(3)
+    async with _raw_ws(server) as ws:
+        result = await _raw_subscribe(ws, {"channel": "delta:raw", "delta": "fossil"})
+        assert result.get("delta") is True, result
+        for doc in docs:
+            await api_publish(server, "delta:raw", doc, delta=True)
+        first, *patches = await _raw_pushes(ws, len(docs))
+    assert isinstance(first["data"], str) and not first.get("delta"), first
+    assert json.loads(first["data"]) == docs[0]
+    previous = first["data"].encode()
+    for pub, doc in zip(patches, docs[1:], strict=True):
+        assert pub.get("delta") is True and isinstance(pub["data"], str), pub
+        assert len(pub["data"]) < 200, pub  # a patch, not the ~4 KiB document
+        assert pub["data"].endswith(";"), pub  # Fossil's checksum terminator
+        previous = fossil.apply_delta(previous, pub["data"].encode())
+        assert json.loads(previous) == doc
+    assert [p["offset"] for p in [first, *patches]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("channel", "extra"),
+    [
+        pytest.param("plain:raw", {}, id="not-allowed-in-namespace"),
+        pytest.param(
+            "delta:raw",
+            {"tf": {"key": "k", "cmp": "eq", "val": "v"}},
+            id="with-a-tags-filter",
+        ),
+    ],
+)
+async def test_delta_silently_off_raw(
+    start_server: StartServer, channel: str, extra: dict[str, Any]
+) -> None:
+    """Where delta cannot be had, a fossil subscribe succeeds without ``delta`` in its reply
+    and publications come in full, as JSON values: in a namespace without
+    ``allowed_delta_types``, and with a tags filter (a filtered client's previous
+    publication is not the channel's)."""
+    server = await start_server(delta_config())
+    docs = state_docs(3)
+    async with _raw_ws(server) as ws:
+        result = await _raw_subscribe(ws, {"channel": channel, "delta": "fossil", **extra})
+        assert "delta" not in result, result
+        for doc in docs:
+            await api_publish(server, channel, doc, delta=True, tags={"k": "v"})
+        got = await _raw_pushes(ws, len(docs))
+    assert [p["data"] for p in got] == docs
+    assert not any("delta" in p for p in got), got

@@ -569,9 +569,88 @@ async function tagsFilter(input) {
   }
 }
 
+/** Fossil delta compression: a `delta: 'fossil'` subscription gets the `docs` published
+ * through the server API (through each of `publishApis` in turn, default the hub's own),
+ * with `delta: true` when `apiDelta`. With `missed`, the client then disconnects, those are
+ * published, and it reconnects and recovers them; then `after` is published live. Each
+ * phase ends with the subscription's deltaStats(). */
+async function delta(input) {
+  const { protocol, channel } = input;
+  const client = newClient(input, protocol, 'client', { token: input.token });
+  await connect(client);
+  const sub = newSub(client, channel, { delta: 'fossil' });
+  await subscribe(client, sub);
+  const apis = input.publishApis ?? [input.api];
+  let count = 0;
+  async function publish(doc) {
+    const api = apis[count % apis.length];
+    count += 1;
+    const body = { channel, data: doc, ...(input.apiDelta ? { delta: true } : {}) };
+    out({ type: 'api_publish', api: api.url, result: await apiPublish({ ...input, api }, body) });
+  }
+  async function phase(name, n) {
+    for (const ctx of await sub.events.take('publication', n)) {
+      out({ type: 'publication', phase: name, ...publication(ctx) });
+    }
+    out({ type: 'delta_stats', phase: name, ...sub.deltaStats() });
+  }
+
+  for (const doc of input.docs) {
+    await publish(doc);
+  }
+  await phase('live', input.docs.length);
+  if (input.missed) {
+    client.disconnect();
+    await client.events.next('disconnected');
+    for (const doc of input.missed) {
+      await publish(doc);
+    }
+    await connect(client);
+    const ctx = await sub.events.next('subscribed');
+    out({ type: 'resubscribed', ...subscribed(ctx) });
+    // Recovered publications come right after 'subscribed'; none when recovery failed.
+    await phase('recovered', ctx.recovered ? input.missed.length : 0);
+    await publish(input.after);
+    await phase('after', 1);
+  }
+  await sleep(100);
+  out({ type: 'extra_publications', count: sub.events.drain('publication').length });
+}
+
+/** One channel, four subscribers: JSON and Protobuf, each with and without delta. */
+async function deltaMixed(input) {
+  const { channel } = input;
+  const subs = {};
+  for (const protocol of ['json', 'protobuf']) {
+    for (const mode of ['delta', 'plain']) {
+      const label = `${protocol}-${mode}`;
+      const client = newClient(input, protocol, label, { token: input.token });
+      await connect(client);
+      subs[label] = newSub(client, channel, mode === 'delta' ? { delta: 'fossil' } : {});
+      await subscribe(client, subs[label]);
+    }
+  }
+  for (const doc of input.docs) {
+    await apiPublish(input, { channel, data: doc, delta: true });
+  }
+  for (const [label, sub] of Object.entries(subs)) {
+    for (const ctx of await sub.events.take('publication', input.docs.length)) {
+      out({ type: 'publication', receiver: label, ...publication(ctx) });
+    }
+    out({ type: 'delta_stats', receiver: label, ...sub.deltaStats() });
+  }
+  await sleep(100);
+  for (const [label, sub] of Object.entries(subs)) {
+    out({ type: 'extra_publications', receiver: label,
+      count: sub.events.drain('publication').length });
+  }
+}
+
 const SCENARIOS = {
   messages,
   tags_filter: tagsFilter,
+  delta,
+  delta_mixed: deltaMixed,
   stream_state: streamState,
   cross_protocol: crossProtocol,
   presence_history: presenceHistory,
