@@ -11,24 +11,69 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
+from msgspec import Raw
 
 from ..__about__ import __version__
-from ..brokers.base import Broker, NodeRegistry, PresenceStats
+from ..brokers.base import Broker, ControlBus, NodeRegistry, PresenceStats
 from ..node.channels import channel_options
 from ..node.client import Client
+from ..node.control import Control
 from ..node.metrics import Metrics
 from ..node.node import Node
 from ..options import Config
 from ..protocol.codes import DISCONNECT_FORCE_NO_RECONNECT, Disconnect, Error, ErrorCode
-from ..protocol.wire import ClientInfo, Publication, StreamPosition, optional_raw, to_raw
+from ..protocol.wire import NO_DATA, ClientInfo, Publication, StreamPosition, to_raw
 
 __all__ = ["NodeInfo", "ServerAPI"]
+
+logger = logging.getLogger("tidings.api")
+
+
+class _UserCommand(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A server API command about a user's connections, as it travels between nodes."""
+
+    user: str
+    client: str = ""
+
+
+class _Subscribe(_UserCommand, frozen=True, kw_only=True):
+    channel: str
+    info: Raw | None = None
+    data: Raw | None = None
+    recover_since: StreamPosition | None = None
+
+
+class _Unsubscribe(_UserCommand, frozen=True, kw_only=True):
+    channel: str
+
+
+class _Disconnect(_UserCommand, frozen=True, kw_only=True):
+    code: int
+    reason: str
+    whitelist: list[str] = []
+
+
+class _Refresh(_UserCommand, frozen=True, kw_only=True):
+    expired: bool = False
+    expire_at: int | None = None
+    info: Raw | None = None
+
+
+class _Send(_UserCommand, frozen=True, kw_only=True):
+    data: Raw
+
+
+_COMMANDS: dict[str, type[_UserCommand]] = {
+    command.__name__: command
+    for command in (_Subscribe, _Unsubscribe, _Disconnect, _Refresh, _Send)
+}
 
 
 class NodeInfo(msgspec.Struct, frozen=True):
@@ -64,6 +109,14 @@ class ServerAPI:
         self.broker = broker
         self.metrics = metrics
         self.uid = node.uid
+        self.control = Control(
+            node.uid,
+            broker if isinstance(broker, ControlBus) else None,
+            broker if isinstance(broker, NodeRegistry) else None,
+        )
+        """Control messages to the other nodes (and theirs to this one)."""
+        for name, command_type in _COMMANDS.items():
+            self.control.on(name, self._remote(command_type))
         self.name = name
         self._started_at = time.monotonic()
 
@@ -155,19 +208,20 @@ class ServerAPI:
         """Subscribe the user's connections (or one, ``client``) to ``channel``."""
         _check_channel(channel)
         channel_options(self.config, channel)  # 102 before touching anyone
-        for target in self._targets(user, client):
-            await target.subscribe_by_server(
-                channel,
-                info=optional_raw(info),
-                data=optional_raw(data),
-                recover_since=recover_since,
-            )
+        command = _Subscribe(
+            user=user,
+            client=client,
+            channel=channel,
+            info=to_raw(info) if info is not None else None,
+            data=to_raw(data) if data is not None else None,
+            recover_since=recover_since,
+        )
+        await self._everywhere(command)
 
     async def unsubscribe(self, user: str, channel: str, *, client: str = "") -> None:
         """Unsubscribe the user's connections (or one) from ``channel`` (push code 2000)."""
         _check_channel(channel)
-        for target in self._targets(user, client):
-            await target.unsubscribe_by_server(channel)
+        await self._everywhere(_Unsubscribe(user=user, client=client, channel=channel))
 
     async def disconnect(
         self,
@@ -178,10 +232,14 @@ class ServerAPI:
         disconnect: Disconnect = DISCONNECT_FORCE_NO_RECONNECT,
     ) -> None:
         """Close the user's connections (or one), except the ``whitelist`` client ids."""
-        keep = set(whitelist)
-        for target in self._targets(user, client):
-            if target.id not in keep:
-                target.disconnect(disconnect)
+        command = _Disconnect(
+            user=user,
+            client=client,
+            whitelist=list(whitelist),
+            code=disconnect.code,
+            reason=disconnect.reason,
+        )
+        await self._everywhere(command)
 
     async def refresh(
         self,
@@ -193,19 +251,54 @@ class ServerAPI:
         info: Any = None,
     ) -> None:
         """Extend the user's connections to ``expire_at``, or end them (3005) if ``expired``."""
-        for target in self._targets(user, client):
-            target.refresh_by_server(
-                expired=expired,
-                expire_at=expire_at,
-                info=to_raw(info) if info is not None else None,
-            )
+        command = _Refresh(
+            user=user,
+            client=client,
+            expired=expired,
+            expire_at=expire_at,
+            info=to_raw(info) if info is not None else None,
+        )
+        await self._everywhere(command)
 
     async def send(self, user: str, data: Any, *, client: str = "") -> None:
         """Push ``data`` to the user's connections (or one, ``client``) alone: a
         ``message`` push, which the SDKs hand to their ``message`` event handler."""
-        payload = to_raw(data)
-        for target in self._targets(user, client):
-            target.send_message(payload)
+        await self._everywhere(_Send(user=user, client=client, data=to_raw(data)))
+
+    # The commands about a user's connections run here, then on every other node
+    # (control messages), where the user may be connected too.
+
+    async def _everywhere(self, command: _UserCommand) -> None:
+        await self._apply(command)
+        if command.client and self._targets(command.user, command.client):
+            return  # that one connection is here
+        try:
+            await self.control.broadcast(type(command).__name__, command)
+        except Exception as exc:
+            logger.exception("%s: the other nodes could not be told", type(command).__name__)
+            raise Error(ErrorCode.INTERNAL) from exc
+
+    async def _apply(self, command: _UserCommand) -> None:
+        """Run a command on this node's connections of the user."""
+        for target in self._targets(command.user, command.client):
+            if isinstance(command, _Subscribe):
+                await target.subscribe_by_server(
+                    command.channel,
+                    info=command.info if command.info is not None else NO_DATA,
+                    data=command.data if command.data is not None else NO_DATA,
+                    recover_since=command.recover_since,
+                )
+            elif isinstance(command, _Unsubscribe):
+                await target.unsubscribe_by_server(command.channel)
+            elif isinstance(command, _Disconnect):
+                if target.id not in command.whitelist:
+                    target.disconnect(Disconnect(command.code, command.reason))
+            elif isinstance(command, _Refresh):
+                target.refresh_by_server(
+                    expired=command.expired, expire_at=command.expire_at, info=command.info
+                )
+            elif isinstance(command, _Send):
+                target.send_message(command.data)
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         self._check_feature(channel, "presence")
@@ -267,6 +360,14 @@ class ServerAPI:
             num_subs=node.num_subscriptions,
             uptime=int(time.monotonic() - self._started_at),
         )
+
+    def _remote(self, command_type: type[_UserCommand]) -> Callable[[Raw], Awaitable[None]]:
+        """The handler of another node's command: run it here."""
+
+        async def handle(args: Raw) -> None:
+            await self._apply(msgspec.json.decode(args, type=command_type))
+
+        return handle
 
     def _targets(self, user: str, client: str) -> list[Client]:
         clients = self.node.user_clients(user)

@@ -109,7 +109,12 @@ class Hub(ServerAPI):
             users=lambda: self.node.num_users,
         )
         context = Context(
-            self.node, self.config, TokenVerifier.from_config(self.config), self.hooks, self.metrics
+            self.node,
+            self.config,
+            TokenVerifier.from_config(self.config),
+            self.hooks,
+            self.metrics,
+            control=self.control,
         )
         self.server = Server(context)
         self.api: APIServer | None = None
@@ -129,6 +134,11 @@ class Hub(ServerAPI):
         its connections (:meth:`asgi`), and the API port opens only if ``api=True``.
         """
         await self.node.start()
+        try:
+            await self.control.start()
+        except BaseException:
+            await self.node.close()
+            raise
         # Worker processes share the ports (SO_REUSEPORT): the kernel spreads connections.
         reuse_port = self.config.workers > 1
         if listen:
@@ -177,6 +187,7 @@ class Hub(ServerAPI):
                 await self._quietly(self.broker.forget_node(self.uid))
         if self.api is not None:
             await self.api.stop()
+        await self.control.close()
         await self.proxy.close()
         await self.node.close()
         self._stopped.set()

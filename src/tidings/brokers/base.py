@@ -24,7 +24,7 @@ Contract the node relies on:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +35,7 @@ __all__ = [
     "Broker",
     "BrokerEventHandler",
     "BrokerUnavailable",
+    "ControlBus",
     "HistoryOptions",
     "NodeRegistry",
     "PresenceManager",
@@ -151,6 +152,21 @@ class Broker(Protocol):
         ...
 
     async def remove_history(self, channel: str) -> None: ...
+
+
+@runtime_checkable
+class ControlBus(Protocol):
+    """Messages from one node to the others, or to one (optional for a broker: a
+    broker that serves one process needs none)."""
+
+    async def start_control(self, node: str, handler: Callable[[bytes], None]) -> None:
+        """Hand ``handler`` every message to all nodes and every one to ``node``; return
+        once they are routed here."""
+        ...
+
+    async def publish_control(self, data: bytes, node: str = "") -> None:
+        """Send ``data`` to every node (this one included), or to ``node`` alone."""
+        ...
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ import secrets
 import time
 import urllib.parse
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -157,6 +157,10 @@ class RedisKeys:
     @property
     def nodes(self) -> str:
         return f"{self.prefix}.nodes"
+
+    def control(self, node: str = "") -> str:
+        """The pub/sub channel of control messages to every node, or to ``node``."""
+        return f"{self.prefix}.control.{node}" if node else f"{self.prefix}.control"
 
     def node(self, uid: str) -> str:
         return f"{self.prefix}.node.{uid}"
@@ -342,6 +346,9 @@ class RedisBroker:
         self._presence = self.redis.register_script(PRESENCE_SCRIPT)
         self._shards = [_Shard(self, index) for index in range(max(1, shards))]
         self._handler: BrokerEventHandler | None = None
+        self._control: Callable[[bytes], None] | None = None
+        self._client_prefix = self.keys.pubsub("")
+        self._control_prefix = self.keys.control()
         self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -357,7 +364,7 @@ class RedisBroker:
             shard.start()
 
     async def close(self) -> None:
-        self._handler = None
+        self._handler = self._control = None
         for shard in self._shards:
             await shard.stop()
         for task in list(self._background):
@@ -382,11 +389,29 @@ class RedisBroker:
         name = self.keys.pubsub(channel)
         self._shard(name).unsubscribe(name)
 
+    # --- control messages --------------------------------------------------------
+
+    async def start_control(self, node: str, handler: Callable[[bytes], None]) -> None:
+        self._control = handler
+        for name in (self.keys.control(), self.keys.control(node)):
+            confirmed = self._shard(name).subscribe(name)
+            try:
+                await asyncio.wait_for(confirmed, self.subscribe_timeout)
+            except TimeoutError:
+                raise RedisError(f"no SUBSCRIBE confirmation for {name} (Redis down?)") from None
+
+    async def publish_control(self, data: bytes, node: str = "") -> None:
+        await self.redis.publish(self.keys.control(node), data)
+
     def _dispatch(self, name: str, data: bytes) -> None:
+        if not name.startswith(self._client_prefix):
+            if self._control is not None and name.startswith(self._control_prefix):
+                self._control(data)
+            return
         handler = self._handler
         if handler is None:
             return
-        channel = name[len(self.keys.prefix) + len(".client.") :]
+        channel = name[len(self._client_prefix) :]
         kind = data[:1]
         try:
             if kind == b"p" or kind == b"d":
@@ -412,8 +437,8 @@ class RedisBroker:
 
     def _lost(self, names: set[str]) -> None:
         """A pub/sub connection came back: its channels may have missed publications."""
-        prefix = len(self.keys.prefix) + len(".client.")
-        channels = [name[prefix:] for name in names]
+        prefix = self._client_prefix
+        channels = [name[len(prefix) :] for name in names if name.startswith(prefix)]
         if self._handler is not None and channels:
             self._handler.handle_lost(channels)
 

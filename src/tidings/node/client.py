@@ -116,6 +116,7 @@ from ..protocol.wire import (
 )
 from .auth import ConnectToken, InvalidToken, SubscribeToken, TokenExpired, TokenVerifier
 from .channels import channel_options, is_private, is_user_limited, user_allowed
+from .control import Control
 from .hooks import (
     ConnectEvent,
     DisconnectEvent,
@@ -168,6 +169,8 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     turns: Turns = field(default_factory=lambda: Turns(TURNS_PER_ITERATION))
     """Shared by handshakes and received messages: see :class:`~tidings._limits.Turns`."""
+    control: Control | None = None
+    """Messages to the other nodes (``/emulation`` posts for their sessions)."""
 
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})

@@ -22,11 +22,14 @@ import socket
 import ssl
 from typing import Protocol
 
+import msgspec
+from msgspec import Raw
+
 from ..node.client import Client, Context
 from ..node.limits import OriginCheck, TokenBucket
 from ..options import ConfigError
 from ..protocol.codes import DISCONNECT_SHUTDOWN
-from .emulation import EMULATION_PATH, emulate
+from .emulation import EMULATION_PATH, EmulationRequest, emulate, feed
 from .http import (
     MAX_BODY_BYTES,
     HTTPConnection,
@@ -111,6 +114,8 @@ class Server:
             *(getattr(config, name).max_request_body_size for name in self.streams.values()),
         )
         """The largest request body read (a route may allow less)."""
+        if context.control is not None:
+            context.control.on("emulation", self._remote_emulation)
         self.demo = StaticFiles("demo") if self.config.demo else None
         """The demo app, served on this port's other paths (``demo``, on with ``--dev``)."""
         self.closing = False
@@ -250,6 +255,10 @@ class Server:
                 connection.respond(static_response(static, head=request.method == "HEAD"))
                 return
         connection.respond(text_response(http.HTTPStatus.NOT_FOUND, "Not Found\n"))
+
+    async def _remote_emulation(self, args: Raw) -> None:
+        """Another node routed an ``/emulation`` post for a session of this one."""
+        await feed(self, msgspec.json.decode(args, type=EmulationRequest))
 
     def keep(self, task: asyncio.Task[None]) -> None:
         """Hold a request's task until it is done; log its failure."""
