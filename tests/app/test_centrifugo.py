@@ -32,7 +32,6 @@ BACKEND = "http://backend:3000/centrifugo"
 FIXTURE_WARNINGS = [
     "client.token.jwks_public_endpoint",
     "client.concurrency",
-    "uni_sse.enabled",
     "consumers[outbox].enabled",
     "consumers[outbox].type",
     "consumers[outbox].postgresql.dsn",
@@ -80,6 +79,7 @@ def test_the_fixture_maps_every_supported_key(name: str) -> None:
     assert (client.channel_limit, client.queue_max_size) == (64, 2097152)
     assert client.max_message_size == 131072
     assert config.websocket.compression is True
+    assert config.uni_sse.enabled is True
     assert config.history_max_publication_limit == 100
     assert config.proxy.connect_endpoint == f"{BACKEND}/connect"
     assert config.proxy.refresh_endpoint == f"{BACKEND}/refresh"

@@ -70,6 +70,18 @@ class ListOf:
 
 _FEATURE: dict[str, Any] = {"enabled": False, "*": ANY}
 """A feature tidings lacks, off unless enabled (``*``: any other key, not checked)."""
+
+
+def _stream(name: str) -> dict[str, Any]:
+    """The keys of a streaming transport's section."""
+    return {
+        "enabled": False,
+        "handler_prefix": f"/connection/{name}",
+        "max_request_body_size": 65536,
+        "*": ANY,
+    }
+
+
 _TLS: dict[str, Any] = {
     "enabled": False,
     "cert_pem": "",
@@ -295,12 +307,17 @@ CENTRIFUGO: Final[dict[str, Any]] = {
         "message_size_limit": 65536,
         "decompressed_message_size_limit": 0,
     },
-    "sse": _FEATURE,
-    "http_stream": _FEATURE,
+    "sse": _stream("sse"),
+    "http_stream": _stream("http_stream"),
     "webtransport": _FEATURE,
-    "uni_sse": _FEATURE,
-    "uni_http_stream": _FEATURE,
-    "uni_websocket": _FEATURE,
+    "uni_sse": _stream("uni_sse"),
+    "uni_http_stream": _stream("uni_http_stream"),
+    "uni_websocket": {
+        "enabled": False,
+        "handler_prefix": "/connection/uni_websocket",
+        "message_size_limit": 65536,
+        "*": ANY,
+    },
     "uni_grpc": _FEATURE,
     "emulation": {"handler_prefix": "/emulation", "max_request_body_size": 65536},
     "admin": {
@@ -534,6 +551,13 @@ MAPPING: Final[dict[str, Rule]] = {
     "admin.password": Rule("admin.password"),
     "admin.secret": Rule("admin.secret"),
     "websocket.message_size_limit": Rule("client.max_message_size"),
+    **{
+        f"{name}.{key}": Rule(f"{name}.{key}")
+        for name in ("http_stream", "sse", "uni_http_stream", "uni_sse")
+        for key in ("enabled", "max_request_body_size")
+    },
+    "uni_websocket.enabled": Rule("uni_websocket.enabled"),
+    "emulation.max_request_body_size": Rule("emulation.max_request_body_size"),
     "websocket.compression": Rule("websocket.compression"),
     "websocket.compression_level": Rule("websocket.compression_level"),
     "websocket.compression_min_size": Rule("websocket.compression_min_size"),
