@@ -454,6 +454,7 @@ class Client:
                     headers=self.headers,
                     channels=tuple(channels),
                     protocol=self.codec.name,
+                    transport=self.transport_name,
                 )
             )
             if reply is not None:
@@ -591,7 +592,12 @@ class Client:
                 raise Error(ErrorCode.PERMISSION_DENIED)
         elif self.hooks.subscribe is not None:
             event = SubscribeEvent(
-                self.id, self.user, channel, _decode(request.data), self.codec.name
+                self.id,
+                self.user,
+                channel,
+                _decode(request.data),
+                self.codec.name,
+                transport=self.transport_name,
             )
             decision = await self.hooks.subscribe(event)
             if decision is not None:
@@ -719,7 +725,14 @@ class Client:
             raise Error(ErrorCode.BAD_REQUEST, "publish needs data")
         if self.hooks.publish is not None:
             reply = await self.hooks.publish(
-                PublishEvent(self.id, self.user, channel, _decode(data), self.codec.name)
+                PublishEvent(
+                    self.id,
+                    self.user,
+                    channel,
+                    _decode(data),
+                    self.codec.name,
+                    transport=self.transport_name,
+                )
             )
             if reply is not None:
                 if reply.data is not None:
@@ -760,7 +773,14 @@ class Client:
         if self.hooks.rpc is None:
             raise Error(ErrorCode.METHOD_NOT_FOUND)
         result = await self.hooks.rpc(
-            RPCEvent(self.id, self.user, request.method, _decode(request.data), self.codec.name)
+            RPCEvent(
+                self.id,
+                self.user,
+                request.method,
+                _decode(request.data),
+                self.codec.name,
+                transport=self.transport_name,
+            )
         )
         return RPCResult(data=optional_raw(result))
 
@@ -769,7 +789,13 @@ class Client:
             # As in Centrifugo: else the client would never learn its messages go nowhere.
             raise DisconnectRequest(DISCONNECT_NOT_AVAILABLE, "send without a message hook")
         await self.hooks.message(
-            MessageEvent(self.id, self.user, _decode(request.data), self.codec.name)
+            MessageEvent(
+                self.id,
+                self.user,
+                _decode(request.data),
+                self.codec.name,
+                transport=self.transport_name,
+            )
         )
 
     def send_message(self, data: Raw) -> None:
@@ -1005,7 +1031,9 @@ class Client:
         """Extend a hook-given expiry by the sub_refresh hook, or end the subscription."""
         reply = None
         if self.hooks.sub_refresh is not None:
-            event = SubRefreshEvent(self.id, self.user, channel, self.codec.name)
+            event = SubRefreshEvent(
+                self.id, self.user, channel, self.codec.name, transport=self.transport_name
+            )
             try:
                 reply = await self.hooks.sub_refresh(event)
             except Exception:
@@ -1030,7 +1058,9 @@ class Client:
     async def _run_refresh_hook(self) -> None:
         assert self.hooks.refresh is not None
         try:
-            reply = await self.hooks.refresh(RefreshEvent(self.id, self.user, self.codec.name))
+            reply = await self.hooks.refresh(
+                RefreshEvent(self.id, self.user, self.codec.name, transport=self.transport_name)
+            )
         except Exception:
             logger.exception("refresh hook failed for client %s", self.id)
             reply = None

@@ -57,6 +57,8 @@ class ConnectEvent:
     """Server-side subscriptions from the token."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
+    transport: str = "websocket"
+    """The client's transport: ``websocket``, ``http_stream``, ``sse``, ``uni_sse``, ..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,8 @@ class RefreshEvent:
     user: str
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
+    transport: str = "websocket"
+    """The client's transport: ``websocket``, ``http_stream``, ``sse``, ``uni_sse``, ..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class SubscribeEvent:
     when a Protobuf client sent something other than JSON)."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
+    transport: str = "websocket"
+    """The client's transport: ``websocket``, ``http_stream``, ``sse``, ``uni_sse``, ..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,8 @@ class SubRefreshEvent:
     """The subscription's channel."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
+    transport: str = "websocket"
+    """The client's transport: ``websocket``, ``http_stream``, ``sse``, ``uni_sse``, ..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +172,8 @@ class PublishEvent:
     something other than JSON)."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
+    transport: str = "websocket"
+    """The client's transport: ``websocket``, ``http_stream``, ``sse``, ``uni_sse``, ..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +202,8 @@ class RPCEvent:
     client sent something other than JSON)."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
+    transport: str = "websocket"
+    """The client's transport: ``websocket``, ``http_stream``, ``sse``, ``uni_sse``, ..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +219,8 @@ class MessageEvent:
     something other than JSON)."""
     protocol: str = "json"
     """The client's protocol: ``json`` or ``protobuf``."""
+    transport: str = "websocket"
+    """The client's transport: ``websocket``, ``http_stream``, ``sse``, ``uni_sse``, ..."""
 
 
 @dataclass(frozen=True, slots=True)

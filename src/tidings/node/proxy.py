@@ -43,7 +43,7 @@ def _common(
     event: ConnectEvent | RefreshEvent | SubscribeEvent | SubRefreshEvent | PublishEvent | RPCEvent,
 ) -> dict[str, str]:
     """Over what the client came (payloads are passed as JSON)."""
-    return {"transport": "websocket", "protocol": event.protocol, "encoding": "json"}
+    return {"transport": event.transport, "protocol": event.protocol, "encoding": "json"}
 
 
 class _ErrorBody(msgspec.Struct):

@@ -41,6 +41,7 @@ from .http import (
 from .static import StaticFiles
 from .stream import STREAM_PATHS, StreamConnection, open_stream
 from .websocket import (
+    UNI_WEBSOCKET_PATH,
     WEBSOCKET_PATH,
     Deflater,
     Flusher,
@@ -234,9 +235,10 @@ class Server:
         if connection.transport is None or connection.transport.is_closing():
             return
         path = request.path
-        if path == WEBSOCKET_PATH:
+        uni = path == UNI_WEBSOCKET_PATH and self.config.uni_websocket.enabled
+        if path == WEBSOCKET_PATH or uni:
             if request.method == "GET":
-                upgrade(self, connection, request, rest)
+                upgrade(self, connection, request, rest, unidirectional=uni)
             else:
                 response = text_response(http.HTTPStatus.METHOD_NOT_ALLOWED, "Use GET\n")
                 response.headers["Allow"] = "GET"

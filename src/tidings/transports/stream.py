@@ -47,22 +47,9 @@ from websockets.http11 import Response
 
 from ..node.client import Client
 from ..protocol.codecs import JSON, PROTOBUF, Codec
-from ..protocol.codes import (
-    DISCONNECT_EXPIRED,
-    DISCONNECT_SERVER_ERROR,
-    DISCONNECT_SLOW,
-    DISCONNECT_TOO_MANY_REQUESTS,
-    Disconnect,
-    ErrorCode,
-)
-from ..protocol.wire import (
-    Command,
-    ConnectRequest,
-    DisconnectPush,
-    Push,
-    Reply,
-    encode,
-)
+from ..protocol.codes import DISCONNECT_SERVER_ERROR, DISCONNECT_SLOW, Disconnect
+from ..protocol.unidirectional import bare_push, connect_command, connect_push
+from ..protocol.wire import DisconnectPush, Push, Reply
 from .http import HTTPConnection, HTTPRequest, text_response
 from .websocket import CLOSE_TIMEOUT, SLOW_CLOSE_TIMEOUT, FrameCache, reset
 
@@ -76,7 +63,6 @@ __all__ = [
     "cors_headers",
     "open_stream",
     "preflight",
-    "uni_disconnect",
 ]
 
 logger = logging.getLogger("tidings.server")
@@ -117,8 +103,6 @@ STREAM_PATHS = {
 }
 """Path -> the transport (its option table) it serves."""
 
-_PUSH_PREFIX = b'{"push":'
-
 _STREAM_HEADERS = [
     ("Cache-Control", "private, no-cache, no-store, must-revalidate, max-age=0"),
     ("Pragma", "no-cache"),
@@ -131,31 +115,9 @@ _STREAM_HEADERS = [
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
-def bare_push(message: bytes) -> bytes:
-    """A JSON message as a unidirectional client gets it: the push alone."""
-    if message.startswith(_PUSH_PREFIX):
-        return message[len(_PUSH_PREFIX) : -1]
-    return message  # the ping, {}
-
-
 def chunk(data: bytes) -> bytes:
     """``data`` as one chunk of a chunked HTTP/1.1 body."""
     return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-_UNI_CODES: dict[int, Disconnect] = {
-    ErrorCode.TOKEN_EXPIRED: DISCONNECT_EXPIRED,
-    ErrorCode.TOO_MANY_REQUESTS: DISCONNECT_TOO_MANY_REQUESTS,
-    ErrorCode.PERMISSION_DENIED: Disconnect(3507, "permission denied"),
-}
-
-
-def uni_disconnect(code: int) -> Disconnect:
-    """The disconnect a unidirectional client gets for a connect refused with error ``code``
-    (it cannot read error replies): as Centrifugo maps them."""
-    if code == 110:  # expired, as 109 (Centrifugo's ErrorExpired)
-        return DISCONNECT_EXPIRED
-    return _UNI_CODES.get(code, DISCONNECT_SERVER_ERROR)
 
 
 # --- HTTP: CORS and the handshake ---------------------------------------------------
@@ -237,11 +199,10 @@ def open_stream(
     first: str | bytes
     if framing.unidirectional:
         try:
-            connect = msgspec.json.decode(body or b"{}", type=ConnectRequest | None)
+            first = connect_command(body)
         except msgspec.DecodeError as exc:
             _refuse(connection, http.HTTPStatus.BAD_REQUEST, f"Bad connect request: {exc}\n")
             return
-        first = encode(Command(id=1, connect=connect or ConnectRequest())).decode()
     else:
         if not body:
             what = "cf_connect" if request.method == "GET" else "a body"
@@ -368,15 +329,13 @@ class StreamConnection(asyncio.Protocol):
             self.server.flusher.mark(self)
 
     def _connect_push(self, message: bytes) -> bytes:
-        """A unidirectional client's first message, the connect reply, as a push; a
-        refused connect becomes its disconnect (b"")."""
-        reply = msgspec.json.decode(message, type=Reply)
-        if reply.connect is None:
-            code = reply.error.code if reply.error is not None else ErrorCode.INTERNAL
-            disconnect = uni_disconnect(code)
-            asyncio.get_running_loop().call_soon(self.client.disconnect, disconnect)
+        """A unidirectional client's first message as a push; b"" for a refused connect,
+        which becomes its disconnect."""
+        push = connect_push(message)
+        if isinstance(push, Disconnect):
+            asyncio.get_running_loop().call_soon(self.client.disconnect, push)
             return b""
-        return encode(Reply(push=Push(connect=reply.connect)))
+        return push
 
     def flush(self, framed: FrameCache) -> tuple[int, int]:
         """Write the pending messages as one chunk; return (1, bytes written) or (0, 0)."""

@@ -51,10 +51,12 @@ import logging
 import socket
 import struct
 import urllib.parse
+import uuid
 import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -67,13 +69,21 @@ from websockets.typing import Subprotocol
 
 from ..node.client import Client
 from ..protocol.codecs import JSON, PROTOBUF, Codec
-from ..protocol.codes import DISCONNECT_SERVER_ERROR, DISCONNECT_SLOW, Disconnect
+from ..protocol.codes import (
+    DISCONNECT_BAD_REQUEST,
+    DISCONNECT_SERVER_ERROR,
+    DISCONNECT_SLOW,
+    Disconnect,
+)
+from ..protocol.unidirectional import bare_push, connect_command, connect_push
+from ..protocol.wire import DisconnectPush, Push, Reply
 from .http import HTTPConnection, HTTPRequest, text_response
 
 if TYPE_CHECKING:
     from .server import Server
 
 __all__ = [
+    "UNI_WEBSOCKET_PATH",
     "WEBSOCKET_PATH",
     "Deflater",
     "FrameCache",
@@ -92,12 +102,15 @@ __all__ = [
 logger = logging.getLogger("tidings.server")
 
 WEBSOCKET_PATH = "/connection/websocket"
+UNI_WEBSOCKET_PATH = "/connection/uni_websocket"
 MAX_FRAME_SIZE = 64 * 1024
 """Coalesced messages are cut into frames of at most this size."""
 SLOW_CLOSE_TIMEOUT = 1.0
 """Seconds a slow client gets to take the close frame before the TCP connection is reset."""
 CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take before the TCP connection is reset."""
+UNI_OFF, UNI_AWAITING_CONNECT, UNI_CONNECTING, UNI_CONNECTED = range(4)
+"""The states of a ``uni_websocket`` connection (``OFF``: a bidirectional one)."""
 INBOX_LIMIT = 16
 """Messages received and not yet handled, at most, before reading pauses."""
 
@@ -199,8 +212,18 @@ def codec_of(subprotocol: Subprotocol | None, target: str) -> Codec:
     return JSON
 
 
-def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, rest: bytes) -> None:
-    """Answer a WebSocket handshake; on success the connection becomes a WebSocket."""
+def upgrade(
+    server: Server,
+    connection: HTTPConnection,
+    request: HTTPRequest,
+    rest: bytes,
+    *,
+    unidirectional: bool = False,
+) -> None:
+    """Answer a WebSocket handshake; on success the connection becomes a WebSocket.
+
+    ``unidirectional``: Centrifugo's ``uni_websocket``: a bare ConnectRequest as the
+    first message (or ``?cf_connect=``), then one bare push per message (JSON)."""
     headers = request.headers
     refusal = server.refusal(headers.get("Origin"), headers.get("Host"))
     if refusal is not None:
@@ -226,11 +249,26 @@ def upgrade(server: Server, connection: HTTPConnection, request: HTTPRequest, re
         response, protocol = _accept(request, offer, inflated)
     transport = connection.detach()
     transport.write(response.serialize())
-    codec = codec_of(protocol.subprotocol, request.target)
+    codec = JSON if unidirectional else codec_of(protocol.subprotocol, request.target)
     websocket = WebSocketConnection(server, transport, protocol, codec, deflater)
-    websocket.client = Client(server.context, websocket, codec=codec, headers=headers)
+    if unidirectional:
+        websocket.uni = UNI_AWAITING_CONNECT
+        websocket.client = Client(
+            server.context,
+            websocket,
+            headers=headers,
+            transport_name="uni_websocket",
+            session_id=str(uuid.uuid4()),
+            unidirectional=True,
+        )
+    else:
+        websocket.client = Client(server.context, websocket, codec=codec, headers=headers)
     transport.set_protocol(websocket)
     server.opened(websocket)
+    if unidirectional:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
+        if "cf_connect" in query:
+            websocket.uni_connect(query["cf_connect"][0].encode())
     if rest:
         websocket.data_received(rest)
     if not transport.is_reading():
@@ -340,6 +378,7 @@ class WebSocketConnection(asyncio.Protocol):
         "protocol",
         "codec",
         "deflater",
+        "uni",
         "client",
         "closing",
         "_pending",
@@ -368,6 +407,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.codec = codec
         self.deflater = deflater
         """Compresses what this connection is sent (permessage-deflate negotiated)."""
+        self.uni = UNI_OFF
+        """Where a ``uni_websocket`` connection is: its connect request and reply."""
         self.closing: Disconnect | None = None
         """The disconnect the server chose, once it started closing."""
         self._pending: list[bytes] = []
@@ -415,6 +456,10 @@ class WebSocketConnection(asyncio.Protocol):
     def _message(self, text: bool, data: bytes) -> None:
         if self.protocol.state is not OPEN:
             return
+        if self.uni:
+            if self.uni == UNI_AWAITING_CONNECT:
+                self.uni_connect(data)
+            return  # a unidirectional client has nothing more to say
         message: str | bytes = data
         if text:
             try:
@@ -426,6 +471,18 @@ class WebSocketConnection(asyncio.Protocol):
             self._inbox = [message]
         else:
             self._inbox.append(message)
+
+    def uni_connect(self, request: bytes) -> None:
+        """Take a unidirectional client's ConnectRequest (3501 if it is not one)."""
+        self.uni = UNI_CONNECTING
+        try:
+            command = connect_command(request)
+        except msgspec.DecodeError as exc:
+            self.client.disconnect(DISCONNECT_BAD_REQUEST)
+            logger.warning("uni_websocket: bad connect request: %s", exc)
+            return
+        self._inbox = [command]
+        self._reader = asyncio.get_running_loop().create_task(self._read(self._inbox))
 
     async def _read(self, inbox: list[str | bytes]) -> None:
         """Hand the inbox to the client, one message at a time, then end."""
@@ -476,6 +533,16 @@ class WebSocketConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.closing is not None:
             return
+        if self.uni:
+            if self.uni == UNI_CONNECTING:
+                self.uni = UNI_CONNECTED
+                push = connect_push(data)
+                if isinstance(push, Disconnect):
+                    asyncio.get_running_loop().call_soon(self.client.disconnect, push)
+                    return
+                data = push
+            else:
+                data = bare_push(data)
         self._pending.append(data)
         if not self._dirty:
             self._dirty = True
@@ -499,6 +566,9 @@ class WebSocketConnection(asyncio.Protocol):
         if self._lost:
             return
         if self.protocol.state is OPEN:
+            if self.uni:  # a unidirectional client reads the reason in a push first
+                push = Push(disconnect=DisconnectPush(disconnect.code, disconnect.reason))
+                self.transport.write(frame(bare_push(JSON.encode(Reply(push=push))), False))
             self.protocol.send_close(disconnect.code, disconnect.reason)
             self._send_protocol_data()
         self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
@@ -510,7 +580,10 @@ class WebSocketConnection(asyncio.Protocol):
         if not pending or self.closing is not None or self.protocol.state is not OPEN:
             pending.clear()
             return 0, 0
-        if self.deflater is not None:
+        if self.uni:  # a push per message, as its clients read them
+            frame_one = self.deflater.frame if self.deflater is not None else frame
+            data, frames = b"".join([frame_one(m, False) for m in pending]), len(pending)
+        elif self.deflater is not None:
             data, frames = self._deflated(pending, framed.deflated, self.deflater)
         elif len(pending) == 1:
             payload = pending[0]
