@@ -20,7 +20,8 @@ export default defineConfig(({ command, mode }) => {
   // against `make run` (WebSocket 8000, API 9000).
   const proxy =
     mode === "demo"
-      ? { "/connection": { target: "ws://127.0.0.1:8000", ws: true } }
+      ? { "/connection": { target: "ws://127.0.0.1:8000", ws: true },
+          "/emulation": "http://127.0.0.1:8000" }
       : { "/admin/login": "http://127.0.0.1:9000", "/admin/logout": "http://127.0.0.1:9000",
           "/admin/session": "http://127.0.0.1:9000", "/admin/api": "http://127.0.0.1:9000" };
   return {
@@ -29,6 +30,10 @@ export default defineConfig(({ command, mode }) => {
     publicDir: false,
     logLevel: command === "build" ? "warn" : "info",
     build: {
+      // The demo has a second page: listen.html, a plain EventSource on uni_sse.
+      rollupOptions: mode === "demo"
+        ? { input: { main: `${root}index.html`, listen: `${root}listen.html` } }
+        : {},
       outDir,
       emptyOutDir: true,
       assetsDir: "assets",

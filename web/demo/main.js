@@ -16,6 +16,14 @@ const params = new URLSearchParams(location.search);
 const wsURL =
   params.get("ws") ||
   `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/connection/websocket`;
+// Where WebSocket is blocked (a proxy, a carrier), the SDK falls back to HTTP-streaming,
+// then to SSE, with its commands posted to /emulation (all served with --dev).
+const httpBase = params.get("http") || location.origin;
+const TRANSPORTS = [
+  { transport: "websocket", endpoint: wsURL },
+  { transport: "http_stream", endpoint: `${httpBase}/connection/http_stream` },
+  { transport: "sse", endpoint: `${httpBase}/connection/sse` },
+];
 
 const $ = (selector) => document.querySelector(selector);
 const el = (tag, props = {}, ...children) => {
@@ -41,7 +49,8 @@ const state = {
 
 // Anonymous by default (--dev allows it); `?token=<JWT>` connects as a user instead, with a
 // token from `tidings token --user 42` or your backend.
-const centrifuge = new Centrifuge(wsURL, {
+const centrifuge = new Centrifuge(TRANSPORTS, {
+  emulationEndpoint: `${httpBase}/emulation`,
   token: params.get("token") || "",
   name: "tidings-demo",
   minReconnectDelay: 200,
@@ -67,11 +76,17 @@ function setBadge(connState, detail = "") {
   badge.querySelector(".reconnect").hidden = connState !== "disconnected";
 }
 
+function setTransport(transport) {
+  badge.dataset.transport = transport;
+  badge.querySelector(".transport").textContent = transport.replace("_", "-");
+}
+
 centrifuge.on("connecting", (ctx) => setBadge("connecting", ctx.reason));
 centrifuge.on("connected", (ctx) => {
   state.clientId = ctx.client;
   if (state.connectedOnce) state.reconnects += 1;
   state.connectedOnce = true;
+  setTransport(ctx.transport);
   setBadge("connected", `client ${ctx.client} over ${ctx.transport}`);
   renderMe();
 });
