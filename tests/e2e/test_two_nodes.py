@@ -470,3 +470,68 @@ async def test_user_commands_through_hub_a_reach_a_connection_of_hub_b(
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 3503
+
+
+ROOM = """
+presence = true
+history_size = 10
+history_ttl = 60
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_subscriber = true
+allow_publish_for_anonymous = true
+allow_history_for_subscriber = true
+allow_history_for_anonymous = true
+allow_presence_for_subscriber = true
+allow_presence_for_anonymous = true
+"""
+
+
+async def test_emulation_posts_alternating_between_the_nodes_reach_the_session(
+    start_server: StartServer, redis_url: str
+) -> None:
+    """An HTTP-streaming client of hub A whose /emulation posts alternate between A and
+    B (a load balancer without sticky sessions): every command is handled, in order,
+    and its reply comes on the stream. A node nobody announced gets 404."""
+    config = hub_config(
+        redis_url,
+        client="allow_anonymous_connect_without_token = true",
+        namespaces={"room": ROOM},
+    ).replace("[broker]", "[http_stream]\nenabled = true\n\n[broker]")
+    hub_a, hub_b = await two_hubs(start_server, config)
+    http = f"http://{hub_a.host}"
+    async with aiohttp.ClientSession() as session:
+        stream = await session.post(
+            f"{http}:{hub_a.port}/connection/http_stream", json={"id": 1, "connect": {}}
+        )
+        assert stream.status == 200
+
+        async def next_line() -> dict[str, Any]:
+            line: dict[str, Any] = json.loads(await asyncio.wait_for(stream.content.readline(), 5))
+            return line
+
+        connected = (await next_line())["connect"]
+        commands = [
+            {"id": 2, "subscribe": {"channel": "room:a"}},
+            {"id": 3, "publish": {"channel": "room:a", "data": {"n": 1}}},
+            {"id": 4, "presence_stats": {"channel": "room:a"}},
+            {"id": 5, "history": {"channel": "room:a", "limit": -1}},
+        ]
+        for command, hub in zip(commands, [hub_b, hub_a, hub_b, hub_b], strict=True):
+            post = {"session": connected["session"], "node": connected["node"]}
+            response = await session.post(
+                f"{http}:{hub.port}/emulation", json={**post, "data": json.dumps(command)}
+            )
+            assert response.status == 204, await response.text()
+        replies = {}
+        while len(replies) < len(commands):
+            line = await next_line()
+            if "id" in line:
+                replies[line["id"]] = line
+        assert "subscribe" in replies[2] and "publish" in replies[3]
+        assert replies[4]["presence_stats"] == {"num_clients": 1, "num_users": 1}
+        assert [p["data"] for p in replies[5]["history"]["publications"]] == [{"n": 1}]
+        unknown = {"session": connected["session"], "node": "no-such-node", "data": "{}"}
+        response = await session.post(f"{http}:{hub_b.port}/emulation", json=unknown)
+        assert response.status == 404
+        stream.close()
