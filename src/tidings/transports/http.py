@@ -11,6 +11,7 @@ Requests on one connection are answered in order (keep-alive, pipelining).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ class HTTPConnection(asyncio.Protocol):
         self._closed = False
         self._keep_alive = False
         """Whether the request being answered lets the connection stay open."""
+        self._head = False
+        """Whether the request being answered is a HEAD (its answer has no body)."""
         self._eof = False
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -165,6 +168,7 @@ class HTTPConnection(asyncio.Protocol):
         request, rest = self._queue.pop(0)
         # After an upgrade request refused, what follows is not HTTP.
         self._keep_alive = request.keep_alive and not request.upgrade
+        self._head = request.method == "HEAD"
         self.server.route(self, request, rest)
 
     def respond(self, response: Response, *, keep_alive: bool = True) -> None:
@@ -175,6 +179,9 @@ class HTTPConnection(asyncio.Protocol):
         keep_alive = keep_alive and self._keep_alive and not self.server.closing
         if not keep_alive:
             response.headers["Connection"] = "close"
+        if self._head and response.body:
+            # RFC 9110 9.3.2: the headers of a GET, no body (the next response follows).
+            response = dataclasses.replace(response, body=b"")
         self.transport.write(response.serialize())
         self._busy = False
         if keep_alive and not (self._eof and not self._queue):

@@ -177,13 +177,14 @@ def open_stream(
     if cors is None or refusal is not None:
         connection.respond(text_response(*(refusal or _FORBIDDEN)))
         return
-    if len(request.body) > getattr(server.config, name).max_request_body_size:
-        _refuse(connection, http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large\n")
-        return
     body = request.body
     if request.method == "GET":
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.target).query)
         body = query.get("cf_connect", [""])[0].encode()
+    if len(body) > getattr(server.config, name).max_request_body_size:
+        # The limit applies to the connect request, in a body or in cf_connect.
+        _refuse(connection, http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large\n")
+        return
     content_type = request.headers.get("Content-Type", "")
     framing: Framing
     codec: Codec = JSON
