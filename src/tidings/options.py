@@ -419,6 +419,13 @@ class Config(_Options, frozen=True):
                     f"{where}force_recovery_mode must be 'stream' or 'cache', "
                     f"got {channel.force_recovery_mode!r}"
                 )
+            meta_ttl = channel.history_meta_ttl or broker.history_meta_ttl
+            if channel.history_ttl > meta_ttl:
+                problems.append(
+                    f"{where}history_ttl ({channel.history_ttl:g}) must not exceed the "
+                    f"history_meta_ttl ({meta_ttl:g}): the position would expire before "
+                    "the publications it numbers"
+                )
             for delta in channel.allowed_delta_types:
                 if delta != "fossil":
                     problems.append(f"{where}allowed_delta_types: only 'fossil', got {delta!r}")

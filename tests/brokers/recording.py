@@ -32,6 +32,7 @@ class Recorder:
         publication: Publication,
         exclude_client: str = "",
         previous: Publication | None = None,
+        epoch: str = "",
     ) -> None:
         self.publications.append((channel, publication))
         self.excluded.append(exclude_client)

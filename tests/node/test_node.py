@@ -99,6 +99,9 @@ class Client:
         self.disconnects.append(disconnect.code)
         self.log.append(("disconnect", disconnect.code))
 
+    def resubscribe(self, channel: str) -> None:
+        self.log.append(("resubscribe", channel))
+
     @property
     def pushes(self) -> list[dict[str, Any]]:
         return [entry for kind, entry in self.log if kind == "push"]
@@ -251,9 +254,10 @@ class _Lossy:
         publication: Publication,
         exclude_client: str = "",
         previous: Publication | None = None,
+        epoch: str = "",
     ) -> None:
         if publication.offset not in self.lost:
-            self.handler.handle_publication(channel, publication, exclude_client, previous)
+            self.handler.handle_publication(channel, publication, exclude_client, previous, epoch)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.handler.handle_join(channel, info)
@@ -1269,3 +1273,30 @@ async def test_a_patch_that_does_not_pay_or_cuts_a_character_goes_full(node: Nod
     assert json_client.documents == [
         (offset, False, document) for offset, _, document in protobuf_client.documents
     ]
+
+
+async def test_a_new_epoch_ends_positioned_subscriptions_and_resets_delta_bases(
+    node: Node,
+) -> None:
+    """The channel's position expired while it was idle (history_meta_ttl): offsets
+    start again from 1 in a new epoch. A positioned client must not take them for
+    duplicates, nor a delta client patch its old base with them."""
+    short = msgspec.structs.replace(DELTA, history_meta_ttl=0.05, history_ttl=0.05)
+    positioned, floating = DeltaClient("p"), DeltaClient("f")
+    await delta_subscribe(node, positioned, "doc")
+    results: list[SubscribeResult] = []
+    unpositioned = msgspec.structs.replace(short, force_recovery=False)
+    await node.subscribe(
+        floating, "doc", unpositioned, info=floating.info, delta=True, reply=results.append
+    )
+    for n in range(3):
+        await node.publish("doc", state(n), short)
+    await asyncio.sleep(0.06)
+    await node.publish("doc", state(10), short)  # offset 1 of a new epoch
+    await node.publish("doc", state(11), short)
+    assert ("resubscribe", "doc") in positioned.log
+    assert [d["version"] for _, _, d in positioned.documents] == [0, 1, 2]
+    assert [(offset, delta) for offset, delta, _ in floating.documents] == [
+        (1, False), (2, True), (3, True), (1, False), (2, True)
+    ]  # fmt: skip
+    assert floating.documents[-1][2]["version"] == 11

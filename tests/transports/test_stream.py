@@ -28,7 +28,7 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from tidings import Hub, make_token
+from tidings import ConnectReply, Hub, make_token
 from tidings.protocol import client_pb2 as pb
 from tidings.transports.stream import StreamConnection
 
@@ -1190,3 +1190,78 @@ async def test_sigterm_of_tidings_serve_ends_every_stream_with_3001(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --- found in review ---------------------------------------------------------------
+
+
+async def test_posts_racing_for_one_session_are_handled_in_order(
+    make_hub: HubFactory, streams: Opener, http: aiohttp.ClientSession
+) -> None:
+    """An SDK subscribing to several channels at once posts them without waiting: each
+    post waits for its turn (the session takes one command at a time), none fails."""
+    hub = await make_hub(dev=True, **QUIET)
+    stream = await streams(hub.port, HTTP_STREAM, commands({"id": 1, "connect": {}}))
+    connect = (await stream.message())["connect"]
+    posts = [
+        post_emulation(
+            http,
+            hub.port,
+            connect["session"],
+            connect["node"],
+            json.dumps({"id": n, "subscribe": {"channel": f"c{n}"}}),
+        )
+        for n in range(2, 12)
+    ]
+    assert await asyncio.gather(*posts) == [204] * 10
+    replies = [await stream.until(lambda m: "id" in m) for _ in range(10)]
+    assert sorted(r["id"] for r in replies) == list(range(2, 12))
+    assert all("subscribe" in r for r in replies)
+
+
+@pytest.mark.parametrize("path", [HTTP_STREAM, UNI_HTTP_STREAM])
+async def test_a_stream_closed_while_connecting_leaves_no_client_behind(
+    make_hub: HubFactory, streams: Opener, path: str
+) -> None:
+    """The connect hook is still thinking when the client goes away: once it answers,
+    the client is not added to the node (nothing would ever remove it)."""
+    hub = await make_hub(dev=True, **QUIET)
+    answered = asyncio.Event()
+
+    @hub.on_connect
+    async def slow(event: Any) -> ConnectReply:
+        await asyncio.sleep(0.3)
+        answered.set()
+        return ConnectReply(user="alice")
+
+    body = commands({"id": 1, "connect": {}}) if path == HTTP_STREAM else b"{}"
+    stream = await streams(hub.port, path, body)
+    await asyncio.sleep(0.05)
+    await stream.close()
+    await asyncio.wait_for(answered.wait(), TIMEOUT)
+    await eventually(lambda: not hub.server.clients)
+    await asyncio.sleep(0.05)
+    assert hub.node.num_clients == 0 and hub.node.user_clients("alice") == []
+
+
+async def test_uni_subs_are_held_to_the_channel_limits(
+    make_hub: HubFactory, streams: Opener
+) -> None:
+    hub = await make_hub(dev=True, **QUIET, **{"client.channel_limit": 3})
+    subs = {"x" * 300: {}, "bad channel": {}, **{f"c{n}": {} for n in range(10)}}
+    stream = await streams(hub.port, UNI_HTTP_STREAM, json.dumps({"subs": subs}).encode())
+    first = await stream.message()
+    assert list(first["connect"]["subs"]) == ["c0", "c1", "c2"]
+
+
+async def test_a_uni_client_whose_channel_lost_publications_reconnects_with_3010(
+    make_hub: HubFactory, streams: Opener
+) -> None:
+    """It cannot subscribe again itself (2500 would leave it without the channel): it is
+    disconnected with 3010, to reconnect and recover through its subs."""
+    hub = await make_hub(dev=True, **QUIET)
+    stream = await streams(hub.port, UNI_HTTP_STREAM, b'{"subs":{"news":{}}}')
+    await stream.message()
+    hub.node.handle_lost(["news"])
+    message = await stream.until(lambda m: "disconnect" in m)
+    assert message["disconnect"]["code"] == 3010

@@ -115,8 +115,8 @@ class ServerAPI:
             broker if isinstance(broker, NodeRegistry) else None,
         )
         """Control messages to the other nodes (and theirs to this one)."""
-        for name, command_type in _COMMANDS.items():
-            self.control.on(name, self._remote(command_type))
+        for op, command_type in _COMMANDS.items():
+            self.control.on(op, self._remote(command_type))
         self.name = name
         self._started_at = time.monotonic()
 

@@ -91,9 +91,11 @@ class BrokerEventHandler(Protocol):
         publication: Publication,
         exclude_client: str = "",
         previous: Publication | None = None,
+        epoch: str = "",
     ) -> None:
         """Deliver to local subscribers, except the client ``exclude_client``;
-        ``previous`` is the publication before it (when published with delta)."""
+        ``previous`` is the publication before it (when published with delta), and
+        ``epoch`` the stream's epoch its offset belongs to (with history)."""
         ...
 
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...

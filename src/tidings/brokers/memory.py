@@ -103,7 +103,9 @@ class MemoryBroker:
         if idempotency_key:
             self._idempotent[(channel, idempotency_key)] = (now + IDEMPOTENCY_TTL, position)
         if self._handler is not None and channel in self._channels:
-            self._handler.handle_publication(channel, publication, exclude_client, previous)
+            self._handler.handle_publication(
+                channel, publication, exclude_client, previous, position.epoch
+            )
         return position
 
     def _forget_idempotency_keys(self, now: float) -> None:

@@ -53,8 +53,8 @@ logger = logging.getLogger("tidings.redis")
 # ARGV: publication JSON (no offset), history size (0: no history), history ttl ms,
 #       pub/sub channel, meta ttl ms, epoch for a new stream, excluded client,
 #       idempotency ttl ms (0: none), delta (1: send the previous publication along).
-# Published: "p<offset> <excluded> <publication>", or with delta and a previous
-# publication "d<offset> <excluded> <length of previous> <previous><publication>".
+# Published: "p<offset>:<epoch> <excluded> <publication>", or with delta and a previous
+# publication "d<offset>:<epoch> <excluded> <length of previous> <previous><publication>".
 PUBLISH_SCRIPT = """
 if ARGV[8] ~= '0' then
   local seen = redis.call('get', KEYS[3])
@@ -66,8 +66,10 @@ local previous = nil
 if ARGV[2] ~= '0' then
   epoch = redis.call('hget', KEYS[2], 'e')
   if not epoch then
+    -- A new epoch: what is left of the old stream is not of it.
     epoch = ARGV[6]
     redis.call('hset', KEYS[2], 'e', epoch)
+    redis.call('del', KEYS[1])
   end
   offset = redis.call('hincrby', KEYS[2], 's', 1)
   if ARGV[5] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[5]) end
@@ -80,10 +82,10 @@ if ARGV[2] ~= '0' then
   redis.call('pexpire', KEYS[1], ARGV[3])
 end
 if previous then
-  redis.call('publish', ARGV[4],
-    'd' .. offset .. ' ' .. ARGV[7] .. ' ' .. #previous .. ' ' .. previous .. ARGV[1])
+  redis.call('publish', ARGV[4], 'd' .. offset .. ':' .. epoch .. ' ' .. ARGV[7] .. ' '
+    .. #previous .. ' ' .. previous .. ARGV[1])
 else
-  redis.call('publish', ARGV[4], 'p' .. offset .. ' ' .. ARGV[7] .. ' ' .. ARGV[1])
+  redis.call('publish', ARGV[4], 'p' .. offset .. ':' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[1])
 end
 local result = offset .. ' ' .. epoch
 if ARGV[8] ~= '0' then redis.call('set', KEYS[3], result, 'PX', ARGV[8]) end
@@ -97,6 +99,7 @@ local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[1]
   redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
   if ARGV[2] ~= '0' then redis.call('pexpire', KEYS[2], ARGV[2]) end
 end
 local top = redis.call('hget', KEYS[2], 's') or '0'
@@ -417,7 +420,8 @@ class RedisBroker:
             if kind == b"p" or kind == b"d":
                 head, exclude, payload = data[1:].split(b" ", 2)
                 previous = None
-                offset = int(head)
+                position, _, epoch = head.partition(b":")
+                offset = int(position)
                 if kind == b"d":
                     size, payload = payload.split(b" ", 1)
                     split = int(size)
@@ -427,7 +431,9 @@ class RedisBroker:
                 publication = _publication_decoder.decode(payload)
                 if offset:
                     publication = msgspec.structs.replace(publication, offset=offset)
-                handler.handle_publication(channel, publication, exclude.decode(), previous)
+                handler.handle_publication(
+                    channel, publication, exclude.decode(), previous, epoch.decode()
+                )
             elif kind == b"j":
                 handler.handle_join(channel, _info_decoder.decode(data[2:]))
             elif kind == b"l":

@@ -46,6 +46,7 @@ from ..protocol.codes import (
     DISCONNECT_CONNECTION_LIMIT,
     DISCONNECT_EXPIRED,
     DISCONNECT_INAPPROPRIATE_PROTOCOL,
+    DISCONNECT_INSUFFICIENT_STATE,
     DISCONNECT_INVALID_TOKEN,
     DISCONNECT_NO_PONG,
     DISCONNECT_NOT_AVAILABLE,
@@ -228,6 +229,8 @@ class Client:
         self._sub_leases: dict[str, int] | None = None
         """Channel -> expiry the subscribe hook gave: the sub_refresh hook extends it."""
         self._sub_expiry_timer: asyncio.TimerHandle | None = None
+        self._server_side: set[str] | None = None
+        """Channels the server subscribed this client to (made on first use)."""
         self._background: set[asyncio.Task[None]] | None = None  # made on first use
         # Heartbeat deadlines (loop time; see heartbeat()).
         self.due = math.inf
@@ -475,10 +478,15 @@ class Client:
             raise DisconnectRequest(DISCONNECT_CONNECTION_LIMIT, f"user {self.user!r} at limit")
         if not self.session.pongs:
             # A unidirectional client cannot subscribe: the channels it names in
-            # ``subs`` are subscribed for it where it could subscribe without a token.
-            channels += [c for c in request.subs if c not in channels and self._open_to(c)]
+            # ``subs`` are subscribed for it where it could subscribe without a token
+            # (up to client.channel_limit in all).
+            room = self.config.client.channel_limit - len(channels)
+            named = [c for c in request.subs if c not in channels and self._open_to(c)]
+            channels += named[: max(0, room)]
         server_side = {channel: channel_options(self.config, channel) for channel in channels}
 
+        if self.closed:  # the connection ended while the hooks were asked
+            return
         self.node.add_client(self)
         self._held = []  # pushes wait until the connect reply is written
         try:
@@ -507,6 +515,7 @@ class Client:
                 node=self.node.uid if self.emulated else "",
             )
         )
+        self._mark_server_side(subs)
         held, self._held = self._held, None
         self._flush()
         for data in held:
@@ -567,7 +576,10 @@ class Client:
         )
 
     def _open_to(self, channel: str) -> bool:
-        """Whether this client may subscribe to ``channel`` without a token or a hook."""
+        """Whether this client may subscribe to ``channel`` without a token, by the
+        channel's options (not where a subscribe hook decides)."""
+        if self.hooks.subscribe is not None or self.session.channel_problem(channel):
+            return False
         try:
             options = channel_options(self.config, channel)
         except Error:
@@ -833,6 +845,7 @@ class Client:
             )
             self.session.subscribe_server_side(channel, push)
             self._flush()
+            self._mark_server_side((channel,))
             for publication in result.publications:
                 encoded = encode_push(self.codec, Push(channel=channel, pub=publication))
                 if encoded is None:
@@ -863,6 +876,12 @@ class Client:
         self._flush()
         await self._unsubscribed(channel, unsubscribe)
 
+    def _mark_server_side(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            if self._server_side is None:
+                self._server_side = set()
+            self._server_side.add(channel)
+
     def resubscribe(self, channel: str) -> None:
         """The node dropped the subscription (publications may be lost): tell the client.
 
@@ -871,6 +890,11 @@ class Client:
         where the channel keeps history.
         """
         if channel not in self.session.channels or self.closed:
+            return
+        if not self.session.pongs or (self._server_side and channel in self._server_side):
+            # The client cannot subscribe to it again itself: it reconnects (3010) and
+            # the server subscribes it, recovering from the positions it sends.
+            self.disconnect(DISCONNECT_INSUFFICIENT_STATE)
             return
         self._forget_expiries(channel)
         self.session.unsubscribe_server_side(channel, UNSUBSCRIBE_INSUFFICIENT_STATE)

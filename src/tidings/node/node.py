@@ -137,6 +137,11 @@ class _Subscription:
     """The same for the same filter: each distinct filter is evaluated once per publication."""
     delta: bool = False
     """Delta compression negotiated: publications go as patches where they can."""
+    positioned: bool = False
+    epoch: str = ""
+    """The stream epoch of ``floor`` and ``base``: a publication of another epoch (the
+    stream's position expired) ends a positioned subscription (the client resubscribes
+    and learns it) and resets a delta base."""
     base: int = 0
     """The offset of the last publication the client got, which a patch may apply to
     (0: none; the next publication goes in full)."""
@@ -465,6 +470,7 @@ class Node(Generic[C]):
                     subscription.base = offset
         if result.positioned:
             subscription.floor = last
+            subscription.positioned, subscription.epoch = True, result.epoch
 
     async def unsubscribe(self, subscriber: Subscriber, channel: str) -> None:
         """Remove the subscription (leave, presence) if there is one."""
@@ -572,10 +578,12 @@ class Node(Generic[C]):
         publication: Publication,
         exclude_client: str = "",
         previous: Publication | None = None,
+        epoch: str = "",
     ) -> None:
         entry = self._channels.get(channel)
         if entry is None:
             return
+        lost: list[str] = []
         encodings = Encodings(Push(channel=channel, pub=publication))
         deltas: DeltaEncodings | None = None
         offset = publication.offset
@@ -592,6 +600,11 @@ class Node(Generic[C]):
                     )
                 skip = not verdict
                 filtered += skip
+            if epoch and subscription.epoch != epoch and subscription.buffer is None:
+                if subscription.positioned:
+                    lost.append(client_id)  # its offsets are of another epoch
+                    continue
+                subscription.epoch, subscription.base = epoch, 0
             if subscription.delta:
                 if deltas is None:
                     deltas = DeltaEncodings(channel, publication, previous)
@@ -614,10 +627,13 @@ class Node(Generic[C]):
                     subscriber.disconnect(DISCONNECT_INAPPROPRIATE_PROTOCOL)
                     continue
                 subscription.buffer.append((offset, data))
-        recipients = len(entry.subscriptions) - filtered
+        recipients = len(entry.subscriptions) - filtered - len(lost)
         if exclude_client and exclude_client in entry.subscriptions:
             recipients -= 1
         self.metrics.sent_publication.inc(recipients)
+        if lost:
+            logger.warning("%r: a new epoch, %d subscribers resubscribe", channel, len(lost))
+            self._lose(channel, lost)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         sent = self._push_join_leave(channel, Push(channel=channel, join=Join(info=info)))
@@ -643,13 +659,24 @@ class Node(Generic[C]):
                 channel,
                 len(entry.subscriptions),
             )
-            for client_id, subscription in list(entry.subscriptions.items()):
-                if subscription.buffer is not None:
-                    subscription.lost = True
-                    continue
-                self._drop(channel, client_id)
-                subscription.subscriber.resubscribe(channel)
-                self._spawn(self._forget(channel, subscription))
+            self._lose(channel, list(entry.subscriptions))
+
+    def _lose(self, channel: str, client_ids: Sequence[str]) -> None:
+        """Drop these subscriptions, which may have missed publications, and tell their
+        clients; fail those being subscribed (their clients retry)."""
+        entry = self._channels.get(channel)
+        if entry is None:
+            return
+        for client_id in client_ids:
+            subscription = entry.subscriptions.get(client_id)
+            if subscription is None:
+                continue
+            if subscription.buffer is not None:
+                subscription.lost = True
+                continue
+            self._drop(channel, client_id)
+            subscription.subscriber.resubscribe(channel)
+            self._spawn(self._forget(channel, subscription))
 
     def _push_join_leave(self, channel: str, push: Push) -> int:
         entry = self._channels.get(channel)

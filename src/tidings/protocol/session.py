@@ -396,6 +396,14 @@ class Session:
         push = Push(channel=channel, unsubscribe=UnsubscribePush(*unsubscribe))
         self._output.append(self.codec.encode(Reply(push=push)))
 
+    def channel_problem(self, channel: str) -> str:
+        """What is wrong with a channel name (too long, characters), or ``""``."""
+        if len(channel) > self.channel_max_length:
+            return "channel too long"
+        if not _CHANNEL_CHARACTERS.fullmatch(channel):
+            return "invalid channel name"
+        return ""
+
     def send_ping(self) -> None:
         """Queue a ping; the client must answer it (see :attr:`awaiting_pong`), unless
         it sends no pongs."""
@@ -449,11 +457,9 @@ class Session:
             channel = cast(ChannelRequest, request).channel
             if not channel:
                 return _close(DISCONNECT_BAD_REQUEST, f"{method} (id {command.id}): empty channel")
-            if len(channel) > self.channel_max_length:
-                self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, "channel too long"))
-                return None
-            if not _CHANNEL_CHARACTERS.fullmatch(channel):
-                self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, "invalid channel name"))
+            problem = self.channel_problem(channel)
+            if problem:
+                self._send_error(command.id, Error(ErrorCode.BAD_REQUEST, problem))
                 return None
             if method is SUBSCRIBE:
                 if channel in self.channels:

@@ -70,7 +70,7 @@ async def feed(server: Server, post: EmulationRequest) -> None:
     """Hand the post's commands to its session, if it is held here."""
     stream = server.sessions.get(post.session)
     if stream is not None:
-        await stream.client.receive(post.data)
+        await stream.receive(post.data)
 
 
 async def route(server: Server, post: EmulationRequest) -> http.HTTPStatus:

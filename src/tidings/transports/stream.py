@@ -247,6 +247,7 @@ class StreamConnection(asyncio.Protocol):
         "_connected",
         "_cut",
         "_lost",
+        "_inbox",
         "_reader",
     )
 
@@ -269,6 +270,8 @@ class StreamConnection(asyncio.Protocol):
         """Whether the connect reply went out (a unidirectional client's first push)."""
         self._cut: asyncio.TimerHandle | None = None
         self._lost = False
+        self._inbox: list[tuple[str | bytes, asyncio.Future[None]]] = []
+        """Messages for the client, each with what its sender waits on."""
         self._reader: asyncio.Task[None] | None = None
         self.client = Client(
             server.context,
@@ -282,16 +285,40 @@ class StreamConnection(asyncio.Protocol):
 
     # --- input: the connect command, then commands from /emulation ----------------------
 
-    def receive(self, message: str | bytes) -> None:
-        """Hand the client a message (the connect command, or an /emulation post's)."""
-        task = asyncio.ensure_future(self.client.receive(message))
-        task.add_done_callback(self._received)
+    def receive(self, message: str | bytes) -> asyncio.Future[None]:
+        """Queue a message for the client (the connect command, or an /emulation post's);
+        the future is done once it was handled.
 
-    def _received(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            logger.error("client %s: failed handling a message", self.client.id, exc_info=error)
+        One reader hands them over one at a time, in order, as a WebSocket's frames:
+        the session takes a command only once the one before it was answered."""
+        done = asyncio.get_running_loop().create_future()
+        if self._lost:
+            done.set_result(None)
+            return done
+        self._inbox.append((message, done))
+        if self._reader is None:
+            self._reader = asyncio.ensure_future(self._read())
+        return done
+
+    async def _read(self) -> None:
+        inbox = self._inbox
+        try:
+            while inbox and not self._lost:
+                message, done = inbox.pop(0)
+                try:
+                    await self.client.receive(message)
+                finally:
+                    done.set_result(None)
+        except Exception:
+            logger.exception("client %s: failed handling a message", self.client.id)
             self.client.disconnect(DISCONNECT_SERVER_ERROR)
+        finally:
+            for _, done in inbox:  # the connection ended: nothing more is handled
+                done.set_result(None)
+            inbox.clear()
+            self._reader = None
+            if self._lost:
+                self.server.closed(self)
 
     def data_received(self, data: bytes) -> None:
         """Nothing more is read from a stream's request (commands come through /emulation)."""
@@ -305,7 +332,8 @@ class StreamConnection(asyncio.Protocol):
         if self._cut is not None:
             self._cut.cancel()
         self.server.sessions.pop(self.client.session_id, None)
-        self.server.closed(self)
+        if self._reader is None:  # else the reader reports it when done
+            self.server.closed(self)
 
     @property
     def close_status(self) -> tuple[int, str]:
