@@ -205,7 +205,9 @@ class WebSocketOptions(_Options, frozen=True):
     per connection, as Centrifugo does (kept to measure the difference)."""
     decompressed_message_size_limit: Limit = 0
     """Largest message a compressing client may send once inflated, in bytes; a larger
-    one closes the connection with 1009 (0: ten times ``client.max_message_size``)."""
+    one closes the connection with 1009 (0: ten times ``client.max_message_size``). On
+    a connection that negotiated compression this bound replaces
+    ``client.max_message_size``, for compressed and plain messages alike."""
 
 
 class StreamOptions(_Options, frozen=True):

@@ -64,6 +64,8 @@ class Control:
         self._handlers: dict[str, Handler] = {}
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
+        self._known: set[str] = set()
+        """Nodes seen announced (read again for a node not among them)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on(self, op: str, handler: Handler) -> None:
@@ -80,7 +82,9 @@ class Control:
             return True
         if self.registry is None or self.bus is None:
             return False
-        return any(_decode_announced(info).uid == node for info in await self.registry.nodes())
+        if node not in self._known:
+            self._known = {_decode_announced(info).uid for info in await self.registry.nodes()}
+        return node in self._known
 
     async def broadcast(self, op: str, args: msgspec.Struct) -> None:
         """Ask every other node to run ``op`` (nothing waits for them)."""

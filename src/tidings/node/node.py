@@ -777,8 +777,12 @@ class DeltaEncodings:
         patch = patch and self.previous is not None
         key = (codec, patch)
         if key not in self._encoded:
-            data = self._encode(codec, patch) if patch else None
-            self._encoded[key] = data if data is not None else self._encode(codec, False)
+            if patch:
+                # Where a patch does not pay, its subscribers share the full form's bytes.
+                data = self._encode(codec, True)
+                self._encoded[key] = data if data is not None else self.get(codec, False)
+            else:
+                self._encoded[key] = self._encode(codec, False)
         return self._encoded[key]
 
     def _encode(self, codec: Codec, patch: bool) -> bytes | None:
