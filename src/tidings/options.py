@@ -218,6 +218,10 @@ class StreamOptions(_Options, frozen=True):
     """Serve it (``--dev`` serves every one)."""
     max_request_body_size: Positive = 65536
     """Largest request body (the connect command), in bytes; a larger one gets 413."""
+    connect_code_to_http_response: bool = False
+    """``uni_http_stream``, ``uni_sse``: answer a refused connect with an HTTP status
+    (401 for an invalid or expired token, 400, 403, 429, 503, else 500) instead of a
+    200 stream holding a ``disconnect`` push."""
 
 
 class EmulationOptions(_Options, frozen=True):

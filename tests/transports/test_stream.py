@@ -1265,3 +1265,23 @@ async def test_a_uni_client_whose_channel_lost_publications_reconnects_with_3010
     hub.node.handle_lost(["news"])
     message = await stream.until(lambda m: "disconnect" in m)
     assert message["disconnect"]["code"] == 3010
+
+
+@pytest.mark.parametrize("path", [UNI_HTTP_STREAM, UNI_SSE])
+async def test_a_refused_uni_connect_can_be_an_http_status(
+    make_hub: HubFactory, streams: Opener, path: str
+) -> None:
+    """With ``connect_code_to_http_response`` the response waits for the connect: a
+    refusal is a plain status (401 for a bad token), an accepted one the stream."""
+    name = path.rsplit("/", 1)[1]
+    hub = await make_hub(
+        **{f"{name}.enabled": True, f"{name}.connect_code_to_http_response": True},
+        **{"client.allow_anonymous_connect_without_token": True},
+    )
+    kind = "sse" if path == UNI_SSE else "lines"
+    refused = await streams(hub.port, path, b'{"token": "not.a.token"}', kind=kind)
+    assert refused.status == 401 and refused.text == b"invalid token\n"
+    accepted = await streams(hub.port, path, b"{}", kind=kind)
+    assert accepted.status == 200
+    assert "connect" in await accepted.message()
+    await eventually(lambda: hub.node.num_clients == 1)

@@ -215,10 +215,14 @@ def open_stream(
         head.append(("Content-Type", "text/event-stream; charset=utf-8"))
     transport = connection.detach()
     lines = [b"HTTP/1.1 200 OK"] + [f"{k}: {v}".encode("latin-1") for k, v in head]
-    transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+    start = b"\r\n".join(lines) + b"\r\n\r\n"
     if framing.sse:
-        transport.write(chunk(b"\r\n"))  # EventSource reports "open" once it has bytes
+        start += chunk(b"\r\n")  # EventSource reports "open" once it has bytes
     stream = StreamConnection(server, transport, codec, framing, name)
+    if framing.unidirectional and getattr(server.config, name).connect_code_to_http_response:
+        stream.head = start  # written with the connect push; a refusal gets a status
+    else:
+        transport.write(start)
     transport.set_protocol(stream)
     server.opened(stream)
     if framing is not Framing.UNI_SSE and framing is not Framing.UNI_LINES:
@@ -229,6 +233,21 @@ def open_stream(
 
 
 _FORBIDDEN = (http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+
+_HTTP_STATUSES: dict[int, http.HTTPStatus] = {
+    3005: http.HTTPStatus.UNAUTHORIZED,  # expired
+    3500: http.HTTPStatus.UNAUTHORIZED,  # invalid token
+    3501: http.HTTPStatus.BAD_REQUEST,
+    3504: http.HTTPStatus.SERVICE_UNAVAILABLE,  # connection limit
+    3507: http.HTTPStatus.FORBIDDEN,  # permission denied
+    3013: http.HTTPStatus.TOO_MANY_REQUESTS,
+    3001: http.HTTPStatus.SERVICE_UNAVAILABLE,  # shutdown
+}
+
+
+def http_status(disconnect: Disconnect) -> http.HTTPStatus:
+    """The HTTP status that answers a refused unidirectional connect (500 for the rest)."""
+    return _HTTP_STATUSES.get(disconnect.code, http.HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 class StreamConnection(asyncio.Protocol):
@@ -245,6 +264,7 @@ class StreamConnection(asyncio.Protocol):
         "_pending",
         "_dirty",
         "_connected",
+        "head",
         "_cut",
         "_lost",
         "_inbox",
@@ -268,6 +288,9 @@ class StreamConnection(asyncio.Protocol):
         self._dirty = False
         self._connected = False
         """Whether the connect reply went out (a unidirectional client's first push)."""
+        self.head: bytes | None = None
+        """The response's start, when it waits for the connect's outcome
+        (``connect_code_to_http_response``)."""
         self._cut: asyncio.TimerHandle | None = None
         self._lost = False
         self._inbox: list[tuple[str | bytes, asyncio.Future[None]]] = []
@@ -359,11 +382,14 @@ class StreamConnection(asyncio.Protocol):
 
     def _connect_push(self, message: bytes) -> bytes:
         """A unidirectional client's first message as a push; b"" for a refused connect,
-        which becomes its disconnect."""
+        which becomes its disconnect (or an HTTP status, if the response has not started)."""
         push = connect_push(message)
         if isinstance(push, Disconnect):
             asyncio.get_running_loop().call_soon(self.client.disconnect, push)
             return b""
+        head, self.head = self.head, None
+        if head is not None:
+            self.transport.write(head)
         return push
 
     def flush(self, framed: FrameCache) -> tuple[int, int]:
@@ -405,6 +431,13 @@ class StreamConnection(asyncio.Protocol):
     def _end(self, disconnect: Disconnect, timeout: float) -> None:
         self.closing = disconnect
         if self._lost:
+            return
+        if self.head is not None:  # the response has not started: a status says it all
+            response = text_response(http_status(disconnect), f"{disconnect.reason}\n")
+            response.headers["Connection"] = "close"
+            self.transport.write(response.serialize())
+            self.transport.close()
+            self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
             return
         push = Push(disconnect=DisconnectPush(disconnect.code, disconnect.reason))
         message = self.codec.encode(Reply(push=push))
