@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from tidings import Hub, make_token
 from tidings.transports.websocket import Deflater, frame as plain_frame
@@ -456,3 +457,19 @@ async def test_a_compressed_message_is_bounded_once_inflated(make_hub: HubFactor
         bomb = json.dumps({"id": 3, "publish": {"channel": "a", "data": "x" * 1_000_000}})
         await ws.send(bomb)  # about 1 KiB deflated
         assert (await closed_with(ws))[0] == 1009
+
+
+async def test_uni_websocket_takes_no_subprotocol_and_sends_bare_pushes(
+    make_hub: HubFactory,
+) -> None:
+    """It speaks JSON only: a client offering centrifuge-protobuf is not told it got it."""
+    hub = await make_hub(dev=True, join_leave=False, force_push_join_leave=False)
+    url = hub.url.replace("/connection/websocket", "/connection/uni_websocket")
+    async with connect(url, subprotocols=[Subprotocol("centrifuge-protobuf")]) as ws:
+        assert ws.subprotocol is None
+        await ws.send(json.dumps({"subs": {"news": {}}}))
+        first = json.loads(await ws.recv())
+        assert list(first) == ["connect"] and "news" in first["connect"]["subs"]
+        await hub.publish("news", {"n": 1})
+        pub = json.loads(await ws.recv())
+        assert (pub["channel"], pub["pub"]["data"]) == ("news", {"n": 1})

@@ -232,7 +232,7 @@ def upgrade(
     options = server.config.client
     compression = server.config.websocket
     offer = _deflate_offer(compression.compression_level) if compression.compression else None
-    response, protocol = _accept(request, offer, options.max_message_size)
+    response, protocol = _accept(request, offer, options.max_message_size, unidirectional)
     if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
         if headers.get("Sec-WebSocket-Version") not in (None, "13"):
             # RFC 6455 4.2.2: name the version this server speaks.
@@ -246,7 +246,7 @@ def upgrade(
         # websockets bounds a message once inflated by its max_size, which is set
         # when the protocol is made: the same answer again, with the inflated bound.
         inflated = compression.decompressed_message_size_limit or 10 * options.max_message_size
-        response, protocol = _accept(request, offer, inflated)
+        response, protocol = _accept(request, offer, inflated, unidirectional)
     transport = connection.detach()
     transport.write(response.serialize())
     codec = JSON if unidirectional else codec_of(protocol.subprotocol, request.target)
@@ -276,12 +276,20 @@ def upgrade(
 
 
 def _accept(
-    request: HTTPRequest, offer: list[ServerPerMessageDeflateFactory] | None, max_size: int
+    request: HTTPRequest,
+    offer: list[ServerPerMessageDeflateFactory] | None,
+    max_size: int,
+    unidirectional: bool,
 ) -> tuple[Response, ServerProtocol]:
-    """websockets' answer to the handshake, and the protocol that reads what follows."""
+    """websockets' answer to the handshake, and the protocol that reads what follows.
+
+    A unidirectional connection speaks JSON only: it takes no subprotocol."""
     # state=OPEN: the request was parsed already; the protocol reads frames from the start.
-    protocol = _ServerProtocol(
-        subprotocols=_OFFERED, extensions=offer, state=OPEN, max_size=max_size
+    protocol = (ServerProtocol if unidirectional else _ServerProtocol)(
+        subprotocols=None if unidirectional else _OFFERED,
+        extensions=offer,
+        state=OPEN,
+        max_size=max_size,
     )
     return protocol.accept(Request(request.target, request.headers)), protocol
 
