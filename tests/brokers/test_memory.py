@@ -362,3 +362,24 @@ async def test_a_position_outliving_its_meta_ttl_starts_a_new_epoch(broker: Memo
     kept = await broker.publish("other", pub(1), KEEP)
     await asyncio.sleep(0.06)
     assert (await broker.history("other", since=None, limit=0))[1] == kept
+
+
+async def test_churn_through_fresh_channels_leaves_no_stream_behind(broker: MemoryBroker):
+    """Subscribers of per-user or per-document channels read a position each: once they
+    left, the streams of channels never published to go at the next sweep, and the
+    broker holds what it held before."""
+    recorder = Recorder()
+    await broker.start(recorder)
+    await fill(broker, "kept", 1)
+    before = len(broker._streams)
+    for n in range(2_000):
+        channel = f"doc-{n}"
+        await broker.subscribe(channel)
+        await broker.history(channel, since=None, limit=0)
+        await broker.unsubscribe(channel)
+    await broker.subscribe("open")
+    await broker.history("open", since=None, limit=0)  # still subscribed: kept
+    assert len(broker._streams) == before + 2_001
+    broker._next_sweep = 0.0  # as a minute later
+    await broker.history("kept", since=None, limit=0)
+    assert set(broker._streams) == {"kept", "open"}

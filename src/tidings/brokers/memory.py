@@ -25,6 +25,9 @@ from .base import (
 
 __all__ = ["MemoryBroker"]
 
+SWEEP_INTERVAL = 60.0
+"""Seconds between two sweeps of the streams no one needs any more."""
+
 
 @dataclass(slots=True)
 class _Stream:
@@ -186,8 +189,14 @@ class MemoryBroker:
         return stream
 
     def _sweep(self, now: float) -> None:
-        """Forget the streams whose position expired (at most once a minute)."""
-        self._next_sweep = now + 60.0
-        expired = [name for name, s in self._streams.items() if now >= s.meta_expires_at]
+        """Forget the streams whose position expired, and those of channels never
+        published to that nobody here subscribes to (a subscribe reads the position:
+        per-user or per-document channels would pile up). At most once a minute."""
+        self._next_sweep = now + SWEEP_INTERVAL
+        expired = [
+            name
+            for name, stream in self._streams.items()
+            if now >= stream.meta_expires_at or (stream.top == 0 and name not in self._channels)
+        ]
         for name in expired:
             del self._streams[name]
