@@ -342,7 +342,8 @@ class Config(_Options, frozen=True):
     demo: bool = False
     """Serve the demo app on the WebSocket port (``--dev`` turns it on)."""
     workers: Annotated[int, msgspec.Meta(ge=1)] = 1
-    """Processes sharing the ports (needs a shared broker such as Redis)."""
+    """Processes sharing the ports (needs a shared broker such as Redis); ``"auto"`` in a
+    file, the environment or ``--workers``: one per core."""
     log_level: str = "info"
     """``debug``, ``info``, ``warning``, ``error`` or ``critical``."""
     log_format: str = "text"

@@ -284,6 +284,9 @@ def test_serve_flags_are_validated_like_the_file(
     path = write_config(tmp_path, "port = 8001\n")
     assert main(["serve", "--workers", "0", "--config", str(path)]) == 2
     assert "workers must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: neither a number nor auto
+        main(["serve", "--workers", "many", "--config", str(path)])
+    assert "a number or auto, not 'many'" in capsys.readouterr().err
 
 
 def test_serve_refuses_a_port_flag_out_of_range_in_process(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1057,3 +1058,11 @@ def test_options_that_need_each_other_are_checked_together(tmp_path: Path) -> No
     )
     config = load_text(tmp_path, text)
     assert (config.workers, config.tls_key) == (2, "k.pem")
+
+
+def test_workers_auto_is_one_per_core(tmp_path: Path) -> None:
+    path = tmp_path / "tidings.toml"
+    path.write_text('workers = "auto"\n[broker]\nurl = "redis://r:6379/0"\n')
+    assert load_config(path, env={}).workers == (os.cpu_count() or 1)
+    env = {"TIDINGS_WORKERS": "auto", "TIDINGS_BROKER_URL": "redis://r:6379/0"}
+    assert load_config(env=env).workers == (os.cpu_count() or 1)

@@ -103,6 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(config)
 
 
+def _workers(value: str) -> int | str:
+    """``--workers``: a count, or ``auto`` (one per core, resolved with the config)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto, not {value!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidings", description="A real-time messaging hub.")
     parser.add_argument("--version", action="version", version=f"tidings {__version__}")
@@ -114,7 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="WebSocket port (default 8000)")
     serve.add_argument("--api-port", type=int, help="server API / metrics port (default 9000)")
     serve.add_argument("--broker", metavar="URL", help="memory (default) or redis://host:6379/0")
-    serve.add_argument("--workers", type=int, help="processes sharing the port (needs --broker)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="processes sharing the port, or auto: one per core (needs --broker)",
+    )
     serve.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate")
     serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--dev", action="store_true", help="open everything for local development")

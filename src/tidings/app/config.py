@@ -171,6 +171,8 @@ def read_config(
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
         origins.pop(key, None)
+    if data.get("workers") == "auto":
+        data["workers"] = os.cpu_count() or 1  # one process per core
     for key, problem in _problems(data):
         origin = origins.get(key)
         problems.append(problem if origin is None else f"{problem} (from {origin})")
