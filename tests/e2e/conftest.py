@@ -7,20 +7,28 @@ teardown, and when the test fails its stderr is attached to the report.
 
 ``make_client(...)`` builds unmodified centrifuge-python clients whose events land
 in asyncio queues (see :class:`ClientEvents` / :class:`SubEvents`), and disconnects
-them at teardown, before the server is stopped.
+them at teardown, before the server is stopped; :func:`connect`, :func:`subscribe_ok`
+and :func:`pubs` drive them with bounded waits.
+
+``node`` and :func:`run_script` run the centrifuge-js scenarios of ``js/`` in Node
+(test_sdk_js.py, test_sdk_js_transports.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from textwrap import dedent
 from typing import Any, TypeVar
 
 import jwt
@@ -28,12 +36,15 @@ import pytest
 from centrifuge import (
     Client,
     ClientEventHandler,
+    ClientState,
     ConnectedContext,
     ConnectingContext,
     DisconnectedContext,
     ErrorContext,
     JoinContext,
     LeaveContext,
+    OperationTimeoutError,
+    Publication,
     PublicationContext,
     ServerJoinContext,
     ServerLeaveContext,
@@ -43,8 +54,10 @@ from centrifuge import (
     ServerUnsubscribedContext,
     SubscribedContext,
     SubscribingContext,
+    Subscription,
     SubscriptionErrorContext,
     SubscriptionEventHandler,
+    SubscriptionUnsubscribedError,
     UnsubscribedContext,
 )
 
@@ -489,3 +502,306 @@ async def make_client(
     pending = [t for c in clients for t in list(getattr(c, "_background_tasks", ()))]
     if pending:
         await asyncio.wait(pending, timeout=2)
+
+
+def state_docs(n: int) -> list[dict[str, Any]]:
+    """``n`` versions of a state-like document of about 4 KiB, each one field apart from
+    the one before (a patch is then a few dozen bytes): what delta compression is for."""
+    doc: dict[str, Any] = {
+        "board": "operations",
+        "items": [
+            {"id": k, "name": f"item-{k:03d}", "status": "idle", "load": 0, "zone": "eu-west"}
+            for k in range(60)
+        ],
+    }
+    docs = []
+    for i in range(n):
+        doc = copy.deepcopy(doc)
+        doc["items"][(i * 7) % 60]["load"] = i + 1
+        docs.append(doc)
+    assert len(json.dumps(docs[0], separators=(",", ":")).encode()) > 4000
+    return docs
+
+
+# ---------------------------------------------------------------------------
+# Driving centrifuge-python clients
+# ---------------------------------------------------------------------------
+
+
+def events_of(client: Client) -> ClientEvents:
+    events = client.events
+    assert isinstance(events, ClientEvents)
+    return events
+
+
+async def connect(client: Client) -> None:
+    await wait(client.connect(), what="client.connect()")
+    try:
+        await client.ready(timeout=WAIT)
+    except Exception as exc:  # noqa: BLE001 - turned into a readable failure
+        events = events_of(client)
+        pytest.fail(
+            f"client did not connect: {exc!r}; state={client.state}; "
+            f"disconnected={drain(events.disconnected)}; errors={drain(events.errors)}"
+        )
+    assert client.state == ClientState.CONNECTED
+
+
+def new_sub(client: Client, channel: str, **kwargs: Any) -> tuple[Subscription, SubEvents]:
+    events = SubEvents()
+    return client.new_subscription(channel, events=events, **kwargs), events
+
+
+async def subscribe_ok(
+    client: Client, channel: str, **kwargs: Any
+) -> tuple[Subscription, SubEvents, SubscribedContext]:
+    """Subscribe and wait until subscribed; fails with the unsubscribe code otherwise."""
+    sub, events = new_sub(client, channel, **kwargs)
+    await wait(sub.subscribe(), what=f"sub.subscribe({channel!r})")
+    ctx = await expect_subscribed(sub, events)
+    return sub, events, ctx
+
+
+async def expect_subscribed(sub: Subscription, events: SubEvents) -> SubscribedContext:
+    try:
+        await sub.ready(timeout=WAIT)
+    except SubscriptionUnsubscribedError:
+        pytest.fail(
+            f"subscribe to {sub.channel!r} was refused: "
+            f"unsubscribed={drain(events.unsubscribed)} errors={drain(events.errors)}"
+        )
+    except OperationTimeoutError:
+        pytest.fail(
+            f"subscribe to {sub.channel!r} not done within {WAIT}s: "
+            f"state={sub.state} errors={drain(events.errors)}"
+        )
+    return await next_event(events.subscribed, what=f"on_subscribed({sub.channel!r})")
+
+
+async def pubs(events: SubEvents | ClientEvents, n: int, what: str = "") -> list[Publication]:
+    out = []
+    for i in range(n):
+        ctx = await next_event(events.publications, what=f"publication {i + 1}/{n} {what}")
+        out.append(ctx.pub)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Node and centrifuge-js
+# ---------------------------------------------------------------------------
+
+JS = Path(__file__).resolve().parent / "js"
+"""The Node scripts of the centrifuge-js tests, with the SDK in ``node_modules``."""
+
+SCENARIO_DEADLINE = 15.0
+"""Bound of one scenario inside Node (it then reports a failure itself)."""
+RUN_TIMEOUT = SCENARIO_DEADLINE + 10.0
+"""Bound of the Node process as seen from here (a hung process is killed)."""
+
+Record = dict[str, Any]
+Step = Callable[[Record], Awaitable[Record]]
+
+
+JS_NAMESPACES = """
+[namespaces.room]
+presence = true
+join_leave = true
+history_size = 10
+history_ttl = 60
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_history_for_subscriber = true
+allow_presence_for_subscriber = true
+
+[namespaces.rec]
+history_size = 100
+history_ttl = 300
+force_recovery = true
+allow_subscribe_for_client = true
+allow_publish_for_client = true
+"""
+"""The namespaces of both suites' scenarios: ``room`` for presence, join/leave and history,
+``rec`` for recovery."""
+
+
+def js_hub_config(api_key: str, sections: str = "", broker_url: str = "") -> str:
+    """A hub for the centrifuge-js scenarios: the HMAC key, the server API's ``api_key``,
+    ``sections`` (TOML, indented or not), ``room`` and ``rec`` (:data:`JS_NAMESPACES`), and
+    with ``broker_url`` that Redis as broker."""
+    text = f'token_hmac_secret_key = "{HMAC_SECRET}"\n\n[http_api]\nkey = "{api_key}"\n'
+    text += dedent(sections) + JS_NAMESPACES
+    if broker_url:
+        text += f'\n[broker]\nurl = "{broker_url}"\n'
+    return text
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"centrifuge-js tests cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """The ``node`` executable, once the SDK is installed in ``tests/e2e/js/node_modules``."""
+    path = shutil.which("node")
+    if path is None:
+        _unavailable("no node on PATH (apt-get install nodejs npm)")
+    assert path is not None
+    for package in ("centrifuge", "ws"):
+        if not (JS / "node_modules" / package / "package.json").exists():
+            _unavailable(f"{package} is not installed in {JS} (run make test, or npm ci there)")
+    return path
+
+
+@dataclass
+class Results:
+    """The JSON lines one scenario printed."""
+
+    records: list[Record]
+    stderr: str
+
+    def of(self, type_: str, **match: Any) -> list[Record]:
+        return [
+            r
+            for r in self.records
+            if r["type"] == type_ and all(r.get(k) == v for k, v in match.items())
+        ]
+
+    def one(self, type_: str, **match: Any) -> Record:
+        found = self.of(type_, **match)
+        assert len(found) == 1, f"expected one {type_!r} record {match}, got {found}\n{self}"
+        return found[0]
+
+    def ids(self, who: str) -> list[str]:
+        """The client ids the scenario's client ``who`` got, in connection order."""
+        return [r["client"] for r in self.of("connected", who=who)]
+
+    def __str__(self) -> str:
+        lines = "\n".join(json.dumps(r) for r in self.records)
+        return f"--- scenario output ---\n{lines}\n--- node stderr ---\n{self.stderr}"
+
+
+def check_recovery(res: Results, missed: int, encoding: str) -> str:
+    """What the ``recovery`` scenario (js/common.mjs) must report: the reader reconnected with
+    a new client id and recovered the ``missed`` publications of the server API (no publisher,
+    their tags) and of the writer, in the stream's epoch, each once and in ``encoding``; then
+    one more came live. The epoch."""
+    first_id, second_id = res.ids("reader")
+    assert first_id != second_id, "a reconnected client got the same client id"
+    [writer_id] = res.ids("writer")
+    first = res.one("subscribed", who="reader")
+    assert first["recoverable"] is True and first["wasRecovering"] is False, first
+    assert first["streamPosition"]["epoch"], first
+    assert first["streamPosition"]["offset"] == 0, first
+    epoch: str = first["streamPosition"]["epoch"]
+
+    [live] = res.of("publication", phase="live")
+    assert (live["data"], live["offset"]) == ({"live": 1}, 1)
+    assert live["info"]["client"] == writer_id
+
+    gone = res.one("disconnected")
+    assert gone["clientState"] == "disconnected"
+    assert gone["subState"] == "subscribing", "the SDK keeps the subscription to recover it"
+
+    again = res.one("resubscribed")
+    assert again["wasRecovering"] is True, again
+    assert again["recovered"] is True, again
+    assert again["hasRecoveredPublications"] is True, again
+    assert again["streamPosition"]["epoch"] == epoch, again
+
+    recovered = res.of("publication", phase="recovered")
+    assert [p["data"] for p in recovered] == [{"missed": i} for i in range(missed)]
+    assert [p["offset"] for p in recovered] == list(range(2, missed + 2))
+    # Server API publications have no publisher and keep their tags; the writer's have it.
+    assert [p["info"] for p in recovered[0::2]] == [None] * len(recovered[0::2])
+    assert [p["tags"] for p in recovered[0::2]] == [{"via": "api"}] * len(recovered[0::2])
+    assert [p["info"]["client"] for p in recovered[1::2]] == [writer_id] * len(recovered[1::2])
+    assert {p["encoding"] for p in recovered} == {encoding}
+
+    [after] = res.of("publication", phase="after")
+    assert (after["data"], after["offset"]) == ({"after": True}, missed + 2)
+    assert res.one("extra_publications")["count"] == 0, "duplicates after recovery"
+    return epoch
+
+
+def parse_lines(text: str) -> list[Record]:
+    """The scenario's JSON lines (anything else printed is kept as a ``stdout`` record)."""
+    records: list[Record] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        records.append(record if isinstance(record, dict) else {"type": "stdout", "line": line})
+    return records
+
+
+async def run_script(
+    node: str,
+    script: Path,
+    server: Server,
+    api_key: str,
+    scenario: str,
+    params: Record,
+    steps: dict[str, Step] | None = None,
+) -> Results:
+    """Run ``scenario`` of the Node ``script`` against ``server`` (whose server API takes
+    ``api_key``), answering the steps it asks for; fail unless it ran to its end.
+
+    The input is one JSON line on the script's stdin, and so is each answer to a step.
+    """
+    request = {
+        "scenario": scenario,
+        "base": server.http_url,
+        "url": server.url,
+        "api": {"url": f"http://{server.host}:{server.api_port}", "key": api_key},
+        "deadlineMs": int(SCENARIO_DEADLINE * 1000),
+        **params,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(script),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=str(JS),
+        env=clean_environment(),
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stdout = proc.stdin, proc.stdout
+    records: list[Record] = []
+    errors = asyncio.ensure_future(proc.stderr.read())
+
+    async def converse() -> None:
+        stdin.write(json.dumps(request).encode() + b"\n")
+        await stdin.drain()
+        while line := await stdout.readline():
+            for record in parse_lines(line.decode(errors="replace")):
+                records.append(record)
+                if record["type"] == "step":
+                    answer = await (steps or {})[record["name"]](record)
+                    stdin.write(json.dumps(answer).encode() + b"\n")
+                    await stdin.drain()
+
+    try:
+        await asyncio.wait_for(converse(), RUN_TIMEOUT)
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        pytest.fail(f"node scenario {scenario!r} still running after {RUN_TIMEOUT}s: killed")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        results = Results(records, (await errors).decode(errors="replace"))
+        print(results)  # the whole output, shown by pytest when the test fails
+    last = results.records[-1] if results.records else None
+    if proc.returncode != 0 or last is None or last["type"] != "done":
+        pytest.fail(
+            f"node scenario {scenario!r} did not finish (exit {proc.returncode}): "
+            f"{last and last.get('error')}\n{results.stderr}",
+            pytrace=False,
+        )
+    return results

@@ -16,58 +16,34 @@ except under ``CI=true`` where they fail.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import shutil
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from textwrap import dedent
 from typing import Any
 
 import aiohttp
 import pytest
 
-from ..conftest import clean_environment, free_port
-from .conftest import HMAC_SECRET, Server, StartServer, make_token
-from .test_sdk_js import Results, parse_lines
+from ..conftest import free_port
+from .conftest import (
+    JS,
+    Record,
+    Results,
+    Server,
+    StartServer,
+    Step,
+    _unavailable,
+    check_recovery,
+    js_hub_config,
+    make_token,
+    run_script,
+)
 
-JS = Path(__file__).resolve().parent / "js"
 SCRIPT = JS / "transports.mjs"
 API_KEY = "e2e-js-transports-api-key"
 VARIANTS = ["http_stream-json", "http_stream-protobuf", "sse-json"]
 
-SCENARIO_DEADLINE = 15.0
-"""Bound of one scenario inside Node (it then reports a failure itself)."""
-RUN_TIMEOUT = SCENARIO_DEADLINE + 10.0
-"""Bound of the Node process as seen from here (a hung process is killed)."""
-
-Record = dict[str, Any]
-Step = Callable[[Record], Awaitable[Record]]
-
 
 # ---------------------------------------------------------------------------
-# Node, the SDK and EventSource
+# The variants
 # ---------------------------------------------------------------------------
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"centrifuge-js tests cannot run under CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """The ``node`` executable, once the SDK is installed in ``tests/e2e/js/node_modules``."""
-    path = shutil.which("node")
-    if path is None:
-        _unavailable("no node on PATH (apt-get install nodejs npm)")
-    assert path is not None
-    for package in ("centrifuge", "ws"):
-        if not (JS / "node_modules" / package / "package.json").exists():
-            _unavailable(f"{package} is not installed in {JS} (run make test, or npm ci there)")
-    return path
 
 
 @pytest.fixture(params=VARIANTS)
@@ -99,59 +75,9 @@ async def run_js(
     steps: dict[str, Step] | None = None,
     **params: Any,
 ) -> Results:
-    """Run ``scenario`` against ``server``, answering its steps; fail unless it ran to its end."""
-    request = {
-        "scenario": scenario,
-        "base": server.http_url,
-        "url": server.url,
-        "api": {"url": f"http://{server.host}:{server.api_port}", "key": API_KEY},
-        "deadlineMs": int(SCENARIO_DEADLINE * 1000),
-        **params,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        str(SCRIPT),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=str(JS),
-        env=clean_environment(),
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    stdin, stdout = proc.stdin, proc.stdout
-    records: list[Record] = []
-    errors = asyncio.ensure_future(proc.stderr.read())
-
-    async def converse() -> None:
-        stdin.write(json.dumps(request).encode() + b"\n")
-        await stdin.drain()
-        while line := await stdout.readline():
-            for record in parse_lines(line.decode(errors="replace")):
-                records.append(record)
-                if record["type"] == "step":
-                    answer = await (steps or {})[record["name"]](record)
-                    stdin.write(json.dumps(answer).encode() + b"\n")
-                    await stdin.drain()
-
-    try:
-        await asyncio.wait_for(converse(), RUN_TIMEOUT)
-        await asyncio.wait_for(proc.wait(), 5)
-    except TimeoutError:
-        pytest.fail(f"node scenario {scenario!r} still running after {RUN_TIMEOUT}s: killed")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        results = Results(records, (await errors).decode(errors="replace"))
-        print(results)  # the whole output, shown by pytest when the test fails
-    last = results.records[-1] if results.records else None
-    if proc.returncode != 0 or last is None or last["type"] != "done":
-        pytest.fail(
-            f"node scenario {scenario!r} did not finish (exit {proc.returncode}): "
-            f"{last and last.get('error')}\n{results.stderr}",
-            pytrace=False,
-        )
-    return results
+    """Run ``scenario`` of transports.mjs against ``server``, answering its steps; fail unless
+    it ran to its end."""
+    return await run_script(node, SCRIPT, server, API_KEY, scenario, params, steps)
 
 
 # ---------------------------------------------------------------------------
@@ -162,42 +88,14 @@ async def run_js(
 def config(broker_url: str = "", transports: bool = True) -> str:
     """The hub: HTTP-streaming and SSE on (unless not ``transports``: ``--dev`` turns them on),
     a ``room`` namespace for presence and history, ``rec`` for recovery."""
-    text = f"""
-    token_hmac_secret_key = "{HMAC_SECRET}"
-
-    [http_api]
-    key = "{API_KEY}"
-    """
-    if transports:
-        text += """
+    sections = """
     [http_stream]
     enabled = true
 
     [sse]
     enabled = true
     """
-    text += """
-    [namespaces.room]
-    presence = true
-    join_leave = true
-    history_size = 10
-    history_ttl = 60
-    allow_subscribe_for_client = true
-    allow_publish_for_subscriber = true
-    allow_history_for_subscriber = true
-    allow_presence_for_subscriber = true
-
-    [namespaces.rec]
-    history_size = 100
-    history_ttl = 300
-    force_recovery = true
-    allow_subscribe_for_client = true
-    allow_publish_for_client = true
-    """
-    text = dedent(text).lstrip()
-    if broker_url:
-        text += f'\n[broker]\nurl = "{broker_url}"\n'
-    return text
+    return js_hub_config(API_KEY, sections if transports else "", broker_url)
 
 
 async def api_publish(server: Server, channel: str, data: Any) -> Record:
@@ -215,11 +113,6 @@ async def api_publish(server: Server, channel: str, data: Any) -> Record:
     assert response.status == 200 and "error" not in reply, reply
     result: Record = reply["result"]
     return result
-
-
-def ids(results: Results, who: str) -> list[str]:
-    """The client ids a client of the scenario got, in connection order."""
-    return [r["client"] for r in results.of("connected", who=who)]
 
 
 def check_connected(record: Record, kind: str) -> None:
@@ -338,40 +231,11 @@ async def test_recovery_after_the_client_reconnects(
         missed=missed,
         tokens={"reader": make_token("reader"), "writer": make_token("writer")},
     )
+    check_recovery(res, missed, encoding_of(variant))
     first, second = res.of("connected", who="reader")
     check_connected(first, variant)
     check_connected(second, variant)
-    assert first["client"] != second["client"]
     assert first["session"] != second["session"], "a new stream reused the session"
-    [writer_id] = ids(res, "writer")
-
-    subscribed = res.one("subscribed", who="reader")
-    assert subscribed["recoverable"] is True and subscribed["wasRecovering"] is False
-    epoch = subscribed["streamPosition"]["epoch"]
-    assert epoch and subscribed["streamPosition"]["offset"] == 0, subscribed
-
-    [live] = res.of("publication", phase="live")
-    assert (live["data"], live["offset"], live["info"]["client"]) == ({"live": 1}, 1, writer_id)
-
-    gone = res.one("disconnected")
-    assert (gone["clientState"], gone["subState"]) == ("disconnected", "subscribing"), gone
-
-    again = res.one("resubscribed")
-    assert (again["wasRecovering"], again["recovered"]) == (True, True), again
-    assert again["hasRecoveredPublications"] is True, again
-    assert again["streamPosition"]["epoch"] == epoch, again
-
-    recovered = res.of("publication", phase="recovered")
-    assert [p["data"] for p in recovered] == [{"missed": i} for i in range(missed)]
-    assert [p["offset"] for p in recovered] == [2, 3, 4, 5]
-    assert [p["info"] for p in recovered[0::2]] == [None, None]
-    assert [p["tags"] for p in recovered[0::2]] == [{"via": "api"}, {"via": "api"}]
-    assert [p["info"]["client"] for p in recovered[1::2]] == [writer_id, writer_id]
-    assert {p["encoding"] for p in recovered} == {encoding_of(variant)}
-
-    [after] = res.of("publication", phase="after")
-    assert (after["data"], after["offset"]) == ({"after": True}, 6)
-    assert res.one("extra_publications")["count"] == 0, "duplicates after recovery"
 
 
 async def test_recovery_after_the_hub_restarts(

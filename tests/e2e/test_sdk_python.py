@@ -22,14 +22,9 @@ from centrifuge import (
     Client,
     ClientState,
     DeltaType,
-    OperationTimeoutError,
-    Publication,
     ReplyError,
     StreamPosition,
-    SubscribedContext,
-    Subscription,
     SubscriptionState,
-    SubscriptionUnsubscribedError,
     fossil,
 )
 from cryptography.hazmat.primitives import serialization
@@ -39,18 +34,23 @@ from .conftest import (
     HMAC_SECRET,
     WAIT,
     WRONG_SECRET,
-    ClientEvents,
     MakeClient,
     Server,
     StartServer,
-    SubEvents,
+    connect,
     decoded,
     drain,
     event_where,
+    events_of,
+    expect_subscribed,
     make_sub_token,
     make_token,
+    new_sub,
     next_event,
     payload,
+    pubs,
+    state_docs,
+    subscribe_ok,
     wait,
 )
 
@@ -72,56 +72,6 @@ def config(
     for name, body in (namespaces or {}).items():
         parts += ["", f"[namespaces.{name}]", dedent(body).strip()]
     return "\n".join(parts) + "\n"
-
-
-def events_of(client: Client) -> ClientEvents:
-    events = client.events
-    assert isinstance(events, ClientEvents)
-    return events
-
-
-async def connect(client: Client) -> None:
-    await wait(client.connect(), what="client.connect()")
-    try:
-        await client.ready(timeout=WAIT)
-    except Exception as exc:  # noqa: BLE001 - turned into a readable failure
-        events = events_of(client)
-        pytest.fail(
-            f"client did not connect: {exc!r}; state={client.state}; "
-            f"disconnected={drain(events.disconnected)}; errors={drain(events.errors)}"
-        )
-    assert client.state == ClientState.CONNECTED
-
-
-def new_sub(client: Client, channel: str, **kwargs: Any) -> tuple[Subscription, SubEvents]:
-    events = SubEvents()
-    return client.new_subscription(channel, events=events, **kwargs), events
-
-
-async def subscribe_ok(
-    client: Client, channel: str, **kwargs: Any
-) -> tuple[Subscription, SubEvents, SubscribedContext]:
-    """Subscribe and wait until subscribed; fails with the unsubscribe code otherwise."""
-    sub, events = new_sub(client, channel, **kwargs)
-    await wait(sub.subscribe(), what=f"sub.subscribe({channel!r})")
-    ctx = await expect_subscribed(sub, events)
-    return sub, events, ctx
-
-
-async def expect_subscribed(sub: Subscription, events: SubEvents) -> SubscribedContext:
-    try:
-        await sub.ready(timeout=WAIT)
-    except SubscriptionUnsubscribedError:
-        pytest.fail(
-            f"subscribe to {sub.channel!r} was refused: "
-            f"unsubscribed={drain(events.unsubscribed)} errors={drain(events.errors)}"
-        )
-    except OperationTimeoutError:
-        pytest.fail(
-            f"subscribe to {sub.channel!r} not done within {WAIT}s: "
-            f"state={sub.state} errors={drain(events.errors)}"
-        )
-    return await next_event(events.subscribed, what=f"on_subscribed({sub.channel!r})")
 
 
 async def expect_refused(client: Client, channel: str, code: int, **kwargs: Any) -> None:
@@ -148,14 +98,6 @@ async def expect_reply_error(aw: Any, code: int, what: str) -> ReplyError:
         await wait(aw, what=what)
     assert info.value.code == code, f"{what}: expected error {code}, got {info.value}"
     return info.value
-
-
-async def pubs(events: SubEvents | ClientEvents, n: int, what: str = "") -> list[Publication]:
-    out = []
-    for i in range(n):
-        ctx = await next_event(events.publications, what=f"publication {i + 1}/{n} {what}")
-        out.append(ctx.pub)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -1212,25 +1154,6 @@ async def api_call(server: Server, method: str, body: dict[str, Any]) -> dict[st
 
 async def api_publish(server: Server, channel: str, data: Any, **fields: Any) -> dict[str, Any]:
     return await api_call(server, "publish", {"channel": channel, "data": data, **fields})
-
-
-def state_docs(n: int) -> list[dict[str, Any]]:
-    """``n`` versions of a state-like document of about 4 KiB, each one field apart from
-    the one before (a patch is then a few dozen bytes)."""
-    doc: dict[str, Any] = {
-        "board": "operations",
-        "items": [
-            {"id": k, "name": f"item-{k:03d}", "status": "idle", "load": 0, "zone": "eu-west"}
-            for k in range(60)
-        ],
-    }
-    docs = []
-    for i in range(n):
-        doc = copy.deepcopy(doc)
-        doc["items"][(i * 7) % 60]["load"] = i + 1
-        docs.append(doc)
-    assert len(json.dumps(docs[0], separators=(",", ":")).encode()) > 4000
-    return docs
 
 
 async def test_delta_subscription_decodes_fossil_patches_exactly(

@@ -22,28 +22,28 @@ import pytest
 import websockets
 from centrifuge import (
     Client,
-    ClientState,
     Filter,
     FilterNode,
     Publication,
-    SubscribedContext,
-    Subscription,
     SubscriptionState,
 )
 
 from .conftest import (
     HMAC_SECRET,
     WAIT,
-    ClientEvents,
     MakeClient,
     Server,
     StartServer,
     SubEvents,
+    connect,
     decoded,
     drain,
+    events_of,
     make_sub_token,
     make_token,
     next_event,
+    pubs,
+    subscribe_ok,
     wait,
 )
 
@@ -110,49 +110,6 @@ async def publish(
         body["tags"] = tags
     result = await api_call(server, "publish", body)
     return int(result.get("offset", 0))
-
-
-def events_of(client: Client) -> ClientEvents:
-    events = client.events
-    assert isinstance(events, ClientEvents)
-    return events
-
-
-async def connect(client: Client) -> None:
-    await wait(client.connect(), what="client.connect()")
-    try:
-        await client.ready(timeout=WAIT)
-    except Exception as exc:  # noqa: BLE001 - turned into a readable failure
-        events = events_of(client)
-        pytest.fail(
-            f"client did not connect: {exc!r}; state={client.state}; "
-            f"disconnected={drain(events.disconnected)}; errors={drain(events.errors)}"
-        )
-    assert client.state == ClientState.CONNECTED
-
-
-async def subscribe_ok(
-    client: Client, channel: str, **kwargs: Any
-) -> tuple[Subscription, SubEvents, SubscribedContext]:
-    """Subscribe and wait for ``on_subscribed``; fails naming why it did not come."""
-    events = SubEvents()
-    sub = client.new_subscription(channel, events=events, **kwargs)
-    await wait(sub.subscribe(), what=f"sub.subscribe({channel!r})")
-    try:
-        ctx = await asyncio.wait_for(events.subscribed.get(), WAIT)
-    except TimeoutError:
-        pytest.fail(
-            f"subscribe to {channel!r} not done within {WAIT}s: state={sub.state} "
-            f"unsubscribed={drain(events.unsubscribed)} errors={drain(events.errors)}"
-        )
-    return sub, events, ctx
-
-
-async def pubs(events: SubEvents, n: int, what: str = "") -> list[Publication]:
-    return [
-        (await next_event(events.publications, what=f"publication {i + 1}/{n} {what}")).pub
-        for i in range(n)
-    ]
 
 
 async def pubs_until(events: SubEvents, last: dict[str, Any], what: str) -> list[Publication]:
