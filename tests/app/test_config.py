@@ -1063,6 +1063,6 @@ def test_options_that_need_each_other_are_checked_together(tmp_path: Path) -> No
 def test_workers_auto_is_one_per_core(tmp_path: Path) -> None:
     path = tmp_path / "tidings.toml"
     path.write_text('workers = "auto"\n[broker]\nurl = "redis://r:6379/0"\n')
-    assert load_config(path, env={}).workers == (os.cpu_count() or 1)
+    assert load_config(path, env={}).workers == len(os.sched_getaffinity(0))
     env = {"TIDINGS_WORKERS": "auto", "TIDINGS_BROKER_URL": "redis://r:6379/0"}
-    assert load_config(env=env).workers == (os.cpu_count() or 1)
+    assert load_config(env=env).workers == len(os.sched_getaffinity(0))

@@ -359,3 +359,33 @@ async def test_a_subscription_that_no_longer_has_its_token_does_not_lapse(
     token = make_token(SECRET, "kim", channel="$room", ttl=60)
     await ws.send(json.dumps({"id": 4, "sub_refresh": {"channel": "$room", "token": token}}))
     assert (await closed_with(ws))[0] == 3501
+
+
+async def test_a_server_side_channel_lost_while_the_connect_runs_reconnects_the_client() -> None:
+    """A channel of the token is subscribed, then loses publications before the connect
+    reply went out (the next one is still being subscribed): the reply must not list a
+    channel that no longer delivers; the client reconnects (3010) and recovers."""
+    overrides: dict[str, object] = {
+        "token_hmac_secret_key": SECRET,
+        "allow_subscribe_for_client": True,
+    }
+    config = load_config(env={}, overrides=overrides)
+    broker = MemoryBroker()
+    node: Node[Client] = Node(broker, broker)
+    await node.start()
+    written = Written()
+    client = Client(Context(node, config, TokenVerifier.from_config(config)), written)
+    subscribe = node.subscribe
+
+    async def losing_a(subscriber: Any, channel: str, *args: Any, **kwargs: Any) -> None:
+        if channel == "b":  # "a" is live by now
+            node.handle_lost(["a"])
+        await subscribe(subscriber, channel, *args, **kwargs)
+
+    node.subscribe = losing_a  # type: ignore[method-assign]
+    token = make_token(SECRET, "42", channels=["a", "b"])
+    await client.receive(json.dumps({"id": 1, "connect": {"token": token}}))
+    assert written.closed is not None and written.closed.code == 3010
+    assert not any("connect" in m for m in written.messages)
+    await client.cleanup(3010, "")
+    assert node.channels() == {}

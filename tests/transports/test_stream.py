@@ -1277,10 +1277,13 @@ async def test_a_refused_uni_connect_can_be_an_http_status(
     hub = await make_hub(
         **{f"{name}.enabled": True, f"{name}.connect_code_to_http_response": True},
         **{"client.allow_anonymous_connect_without_token": True},
+        allowed_origins=["http://example.com"],
     )
     kind = "sse" if path == UNI_SSE else "lines"
-    refused = await streams(hub.port, path, b'{"token": "not.a.token"}', kind=kind)
+    origin = {"Origin": "http://example.com"}  # a page of another origin reads the status
+    refused = await streams(hub.port, path, b'{"token": "not.a.token"}', kind=kind, headers=origin)
     assert refused.status == 401 and refused.text == b"invalid token\n"
+    assert refused.headers["access-control-allow-origin"] == "http://example.com"
     accepted = await streams(hub.port, path, b"{}", kind=kind)
     assert accepted.status == 200
     assert "connect" in await accepted.message()

@@ -172,7 +172,7 @@ def read_config(
         _set_dotted(data, key, value)
         origins.pop(key, None)
     if data.get("workers") == "auto":
-        data["workers"] = os.cpu_count() or 1  # one process per core
+        data["workers"] = len(os.sched_getaffinity(0))  # one process per core it may use
     for key, problem in _problems(data):
         origin = origins.get(key)
         problems.append(problem if origin is None else f"{problem} (from {origin})")

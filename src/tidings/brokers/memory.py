@@ -27,12 +27,17 @@ __all__ = ["MemoryBroker"]
 
 SWEEP_INTERVAL = 60.0
 """Seconds between two sweeps of the streams no one needs any more."""
+UNPUBLISHED_TTL = 300.0
+"""Seconds the position of a channel never published to outlives its last read once
+nobody here subscribes to it: a client that comes back within it recovers."""
 
 
 @dataclass(slots=True)
 class _Stream:
     meta_expires_at: float
     """When its position (epoch and top) is forgotten: a later one starts anew."""
+    read_at: float = 0.0
+    """When it was last read or published to."""
     epoch: str = field(default_factory=lambda: secrets.token_urlsafe(6))
     top: int = 0
     items: deque[Publication] = field(default_factory=deque)
@@ -184,6 +189,7 @@ class MemoryBroker:
         stream = self._streams.get(channel)
         if stream is None or now >= stream.meta_expires_at:
             stream = self._streams[channel] = _Stream(now + self.history_meta_ttl)
+        stream.read_at = now
         if meta_ttl is not None:
             stream.meta_expires_at = now + (meta_ttl or self.history_meta_ttl)
         return stream
@@ -196,7 +202,12 @@ class MemoryBroker:
         expired = [
             name
             for name, stream in self._streams.items()
-            if now >= stream.meta_expires_at or (stream.top == 0 and name not in self._channels)
+            if now >= stream.meta_expires_at
+            or (
+                stream.top == 0
+                and name not in self._channels
+                and now - stream.read_at > UNPUBLISHED_TTL
+            )
         ]
         for name in expired:
             del self._streams[name]

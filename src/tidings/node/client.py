@@ -871,6 +871,8 @@ class Client:
         if channel not in self.session.channels or self.closed:
             return
         self._forget_expiries(channel)
+        if self._server_side is not None:
+            self._server_side.discard(channel)
         await self.node.unsubscribe(self, channel)
         self.session.unsubscribe_server_side(channel, unsubscribe)
         self._flush()
@@ -889,7 +891,13 @@ class Client:
         node sends: SDKs subscribe again, recovering from their last position
         where the channel keeps history.
         """
-        if channel not in self.session.channels or self.closed:
+        if self.closed:
+            return
+        if channel not in self.session.channels:
+            if self._held is not None:
+                # Lost while the connect subscribes it (server-side): the reply would
+                # list a channel that no longer delivers. The client connects again.
+                self.disconnect(DISCONNECT_INSUFFICIENT_STATE)
             return
         if not self.session.pongs or (self._server_side and channel in self._server_side):
             # The client cannot subscribe to it again itself: it reconnects (3010) and

@@ -106,6 +106,9 @@ class Control:
         try:
             await self.bus.publish_control(msgspec.json.encode(envelope), node)
             await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._known.discard(node)  # gone, maybe: the registry says next time
+            raise
         finally:
             self._waiting.pop(request_id, None)
 

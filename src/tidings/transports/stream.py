@@ -221,6 +221,7 @@ def open_stream(
     stream = StreamConnection(server, transport, codec, framing, name)
     if framing.unidirectional and getattr(server.config, name).connect_code_to_http_response:
         stream.head = start  # written with the connect push; a refusal gets a status
+        stream.cors = cors
     else:
         transport.write(start)
     transport.set_protocol(stream)
@@ -265,6 +266,7 @@ class StreamConnection(asyncio.Protocol):
         "_dirty",
         "_connected",
         "head",
+        "cors",
         "_cut",
         "_lost",
         "_inbox",
@@ -291,6 +293,8 @@ class StreamConnection(asyncio.Protocol):
         self.head: bytes | None = None
         """The response's start, when it waits for the connect's outcome
         (``connect_code_to_http_response``)."""
+        self.cors: list[tuple[str, str]] = []
+        """The CORS headers of the response, for a status answered instead of it."""
         self._cut: asyncio.TimerHandle | None = None
         self._lost = False
         self._inbox: list[tuple[str | bytes, asyncio.Future[None]]] = []
@@ -331,13 +335,15 @@ class StreamConnection(asyncio.Protocol):
                 try:
                     await self.client.receive(message)
                 finally:
-                    done.set_result(None)
+                    if not done.done():  # its poster may have given up (cancelled)
+                        done.set_result(None)
         except Exception:
             logger.exception("client %s: failed handling a message", self.client.id)
             self.client.disconnect(DISCONNECT_SERVER_ERROR)
         finally:
             for _, done in inbox:  # the connection ended: nothing more is handled
-                done.set_result(None)
+                if not done.done():
+                    done.set_result(None)
             inbox.clear()
             self._reader = None
             if self._lost:
@@ -435,6 +441,8 @@ class StreamConnection(asyncio.Protocol):
         if self.head is not None:  # the response has not started: a status says it all
             response = text_response(http_status(disconnect), f"{disconnect.reason}\n")
             response.headers["Connection"] = "close"
+            for name, value in self.cors:  # a page of another origin may read it
+                response.headers[name] = value
             self.transport.write(response.serialize())
             self.transport.close()
             self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
