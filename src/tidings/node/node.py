@@ -590,6 +590,11 @@ class Node(Generic[C]):
         passed: dict[bytes, bool] = {}  # filter key -> verdict: once per distinct filter
         filtered = 0
         for client_id, subscription in entry.subscriptions.items():
+            if epoch and subscription.epoch != epoch and subscription.buffer is None:
+                if subscription.positioned:
+                    lost.append(client_id)  # its offsets are of another epoch
+                    continue
+                subscription.epoch, subscription.base = epoch, 0
             subscriber = subscription.subscriber
             skip = client_id == exclude_client
             if subscription.tags_filter is not None and not skip:
@@ -600,11 +605,6 @@ class Node(Generic[C]):
                     )
                 skip = not verdict
                 filtered += skip
-            if epoch and subscription.epoch != epoch and subscription.buffer is None:
-                if subscription.positioned:
-                    lost.append(client_id)  # its offsets are of another epoch
-                    continue
-                subscription.epoch, subscription.base = epoch, 0
             if subscription.delta:
                 if deltas is None:
                     deltas = DeltaEncodings(channel, publication, previous)
@@ -628,7 +628,7 @@ class Node(Generic[C]):
                     continue
                 subscription.buffer.append((offset, data))
         recipients = len(entry.subscriptions) - filtered - len(lost)
-        if exclude_client and exclude_client in entry.subscriptions:
+        if exclude_client in entry.subscriptions and exclude_client not in lost:
             recipients -= 1
         self.metrics.sent_publication.inc(recipients)
         if lost:
