@@ -33,9 +33,27 @@ from typing import Final, Protocol
 import msgspec
 
 from . import protobuf
-from .wire import Command, Publication, Reply, decode_frame, encode, strip_newlines
+from .codes import Disconnect
+from .wire import (
+    Command,
+    DisconnectPush,
+    Publication,
+    Push,
+    Reply,
+    decode_frame,
+    encode,
+    strip_newlines,
+)
 
-__all__ = ["JSON", "PROTOBUF", "Codec", "JSONCodec", "ProtobufCodec", "fit_publication"]
+__all__ = [
+    "JSON",
+    "PROTOBUF",
+    "Codec",
+    "JSONCodec",
+    "ProtobufCodec",
+    "disconnect_push",
+    "fit_publication",
+]
 
 
 class Codec(Protocol):
@@ -129,6 +147,13 @@ _validate_json = msgspec.json.Decoder(msgspec.Raw).decode
 
 JSON: Final = JSONCodec()
 PROTOBUF: Final = ProtobufCodec()
+
+
+def disconnect_push(codec: Codec, disconnect: Disconnect) -> bytes:
+    """A ``disconnect`` push, for the transports that cannot close with a code of their
+    own (HTTP-streaming, SSE) and the unidirectional ones, which read it before closing."""
+    push = Push(disconnect=DisconnectPush(disconnect.code, disconnect.reason))
+    return codec.encode(Reply(push=push))
 
 
 def fit_publication(codec: Codec, publication: Publication) -> Publication | None:

@@ -46,12 +46,11 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 
 from ..node.client import Client
-from ..protocol.codecs import JSON, PROTOBUF, Codec
+from ..protocol.codecs import JSON, PROTOBUF, Codec, disconnect_push
 from ..protocol.codes import DISCONNECT_SERVER_ERROR, DISCONNECT_SLOW, Disconnect
 from ..protocol.unidirectional import bare_push, connect_command, connect_push
-from ..protocol.wire import DisconnectPush, Push, Reply
 from .http import HTTPConnection, HTTPRequest, text_response
-from .websocket import CLOSE_TIMEOUT, SLOW_CLOSE_TIMEOUT, FrameCache, reset
+from .websocket import CLOSE_TIMEOUT, SLOW_CLOSE_TIMEOUT, Flusher, FrameCache, reset
 
 if TYPE_CHECKING:
     from .server import Server
@@ -428,10 +427,7 @@ class StreamConnection(asyncio.Protocol):
     def close(self, disconnect: Disconnect) -> None:
         """End the response after the pending messages and a ``disconnect`` push."""
         if self.closing is None:
-            frames, size = self.flush(FrameCache())
-            metrics = self.server.context.metrics
-            metrics.frames_sent.inc(frames)
-            metrics.bytes_sent.inc(size)
+            Flusher.flush_now(self)
             self._end(disconnect, CLOSE_TIMEOUT)
 
     def _end(self, disconnect: Disconnect, timeout: float) -> None:
@@ -447,8 +443,7 @@ class StreamConnection(asyncio.Protocol):
             self.transport.close()
             self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
             return
-        push = Push(disconnect=DisconnectPush(disconnect.code, disconnect.reason))
-        message = self.codec.encode(Reply(push=push))
+        message = disconnect_push(self.codec, disconnect)
         self.transport.write(chunk(self.framing.frame(message)) + _LAST_CHUNK)
         self.transport.close()
         self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)

@@ -68,7 +68,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from ..node.client import Client
-from ..protocol.codecs import JSON, PROTOBUF, Codec
+from ..protocol.codecs import JSON, PROTOBUF, Codec, disconnect_push
 from ..protocol.codes import (
     DISCONNECT_BAD_REQUEST,
     DISCONNECT_SERVER_ERROR,
@@ -76,7 +76,6 @@ from ..protocol.codes import (
     Disconnect,
 )
 from ..protocol.unidirectional import bare_push, connect_command, connect_push
-from ..protocol.wire import DisconnectPush, Push, Reply
 from .http import HTTPConnection, HTTPRequest, text_response
 
 if TYPE_CHECKING:
@@ -372,9 +371,18 @@ class Flusher:
             frames += count
             written += size
         if frames:  # metrics once per flush, not per connection
-            metrics = dirty[0].server.context.metrics
-            metrics.frames_sent.inc(frames)
-            metrics.bytes_sent.inc(written)
+            _count(dirty[0], frames, written)
+
+    @staticmethod
+    def flush_now(connection: Flushable) -> None:
+        """Write one connection's pending messages at once (it is closing)."""
+        _count(connection, *connection.flush(FrameCache()))
+
+
+def _count(connection: Flushable, frames: int, written: int) -> None:
+    metrics = connection.server.context.metrics
+    metrics.frames_sent.inc(frames)
+    metrics.bytes_sent.inc(written)
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -559,10 +567,7 @@ class WebSocketConnection(asyncio.Protocol):
     def close(self, disconnect: Disconnect) -> None:
         """Close after the pending messages are written."""
         if self.closing is None:
-            frames, size = self.flush(FrameCache())
-            metrics = self.server.context.metrics
-            metrics.frames_sent.inc(frames)
-            metrics.bytes_sent.inc(size)
+            Flusher.flush_now(self)
             self._start_close(disconnect, CLOSE_TIMEOUT)
 
     def cut(self) -> None:
@@ -575,8 +580,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if self.protocol.state is OPEN:
             if self.uni:  # a unidirectional client reads the reason in a push first
-                push = Push(disconnect=DisconnectPush(disconnect.code, disconnect.reason))
-                self.transport.write(frame(bare_push(JSON.encode(Reply(push=push))), False))
+                self.transport.write(frame(bare_push(disconnect_push(JSON, disconnect)), False))
             self.protocol.send_close(disconnect.code, disconnect.reason)
             self._send_protocol_data()
         self._cut = asyncio.get_running_loop().call_later(timeout, reset, self.transport)
