@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,12 +78,15 @@ def browser() -> Iterator[Browser]:
 
 
 class HubProcess:
-    """``tidings serve --dev`` in a subprocess, restartable on the same ports."""
+    """``tidings serve --dev`` (or ``arguments``) in a subprocess, restartable on the
+    same ports; ``api_key`` goes with server API calls."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, arguments: Sequence[str] = ("--dev",), api_key: str = "") -> None:
         self.port = free_port()
         self.api_port = free_port()
         self.log = log
+        self.arguments = list(arguments)
+        self.api_key = api_key
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,7 +99,7 @@ class HubProcess:
         return f"http://127.0.0.1:{self.api_port}/admin/"
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "tidings", "serve", "--dev"]
+        command = [sys.executable, "-m", "tidings", "serve", *self.arguments]
         command += ["--port", str(self.port), "--api-port", str(self.api_port)]
         # --dev, plus a key for connection tokens: pages are anonymous unless given a token.
         env = {**clean_environment(), "TIDINGS_TOKEN_HMAC_SECRET_KEY": TOKEN_SECRET}
@@ -141,13 +144,14 @@ class HubProcess:
         return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, TOKEN_SECRET, "HS256")
 
     def api(self, method: str, body: dict[str, Any]) -> Any:
-        """Call the server API (no key needed with --dev)."""
+        """Call the server API (no key needed with --dev); its whole reply."""
         import json
 
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.api_port}/api/{method}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            # UTF-8 as is (not \u escapes): the hub keeps the bytes (delta patches cut them).
+            data=json.dumps(body, ensure_ascii=False).encode(),
+            headers={"Content-Type": "application/json", "X-API-Key": self.api_key},
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())

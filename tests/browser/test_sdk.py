@@ -18,13 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import signal
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..conftest import clean_environment, free_port
-from .conftest import ARTIFACTS, ROOT, TOKEN_SECRET, Pages, _unavailable
+from .conftest import ARTIFACTS, ROOT, TOKEN_SECRET, HubProcess, Pages, _unavailable
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, WebSocket
@@ -124,76 +117,21 @@ def config(origin: str) -> str:
     return dedent(text).lstrip()
 
 
-class Hub:
-    """``tidings serve --config`` in a subprocess, with the server API at hand."""
+class Hub(HubProcess):
+    """``tidings serve --config`` with this module's config, the server API at hand."""
 
     def __init__(self, config_text: str, log: Path) -> None:
-        self.port = free_port()
-        self.api_port = free_port()
-        self.config_path = log.with_suffix(".toml")
-        self.config_path.write_text(config_text)
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
+        config_path = log.with_suffix(".toml")
+        config_path.write_text(config_text)
+        super().__init__(log, ["--config", str(config_path), "--host", "127.0.0.1"], API_KEY)
 
     @property
-    def url(self) -> str:
+    def url(self) -> str:  # type: ignore[override]
         return f"ws://127.0.0.1:{self.port}/connection/websocket"
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "tidings", "serve", "--config", str(self.config_path)]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--api-port", str(self.api_port)]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-                env=clean_environment(),
-            )
-        deadline = time.monotonic() + 15
-        while not self._healthy():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the hub exited with {self.process.returncode}: {self.log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the hub did not start: {self.log}")
-            time.sleep(0.05)
-
-    def _healthy(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.port}/health"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def token(self, user: str) -> str:
-        import jwt
-
-        return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, TOKEN_SECRET, "HS256")
 
     def api(self, method: str, body: Record) -> Any:
         """A server API call; its ``result`` (an ``error`` fails the test)."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.api_port}/api/{method}",
-            # UTF-8 as is (not \u escapes): the hub keeps the bytes, and patches cut them.
-            data=json.dumps(body, ensure_ascii=False).encode(),
-            headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            reply = json.loads(response.read())
+        reply = super().api(method, body)
         assert "error" not in reply, f"server API {method} {body}: {reply}"
         return reply.get("result")
 
@@ -207,7 +145,9 @@ def hub(browser: Browser, site: str) -> Iterator[Hub]:
     """One hub for the module's tests (each test has channels of its own); it stands in
     for conftest's ``--dev`` hub, which admits any origin."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    process = Hub(config(site), ARTIFACTS / "test_sdk.hub.log")
+    log = ARTIFACTS / "test_sdk.hub.log"
+    log.unlink(missing_ok=True)
+    process = Hub(config(site), log)
     process.start()
     try:
         yield process

@@ -33,6 +33,8 @@ from tidings.protocol import client_pb2 as pb
 from tidings.transports.stream import StreamConnection
 
 from ..conftest import SECRET, HubFactory, clean_environment, eventually, free_port
+from ..sockets import send_queues
+from .test_framing import varint
 
 TIMEOUT = 5.0
 
@@ -272,18 +274,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 # --- encoding helpers ------------------------------------------------------------
 
 
-def _uvarint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _read_uvarint(data: bytes | bytearray) -> tuple[int, int] | None:
     """(value, bytes it took), or None when the varint is not complete yet."""
     value = shift = 0
@@ -297,7 +287,7 @@ def _read_uvarint(data: bytes | bytearray) -> tuple[int, int] | None:
 
 def delimited(*messages: Message) -> bytes:
     """Protobuf messages framed as the SDKs frame commands: uvarint(len) + bytes each."""
-    return b"".join(_uvarint(m.ByteSize()) + m.SerializeToString() for m in messages)
+    return b"".join(varint(m.ByteSize()) + m.SerializeToString() for m in messages)
 
 
 def chunk(data: bytes) -> bytes:
@@ -1019,17 +1009,6 @@ async def test_the_endpoints_are_off_unless_enabled(
 # --- slow readers and shutdown ------------------------------------------------------
 
 
-def _send_queues(port: int, peer: int) -> list[int]:
-    """Send-Q of the server's socket of ``port`` to the client's ``peer`` port (``ss``)."""
-    out = subprocess.run(
-        ["ss", "-tnH", "state", "all", f"( sport = :{port} and dport = :{peer} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [int(line.split()[2]) for line in out.splitlines()]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [HTTP_STREAM, UNI_HTTP_STREAM])
 async def test_a_stream_that_is_not_read_is_closed_within_the_bound_and_others_are_served(
@@ -1064,7 +1043,7 @@ async def test_a_stream_that_is_not_read_is_closed_within_the_bound_and_others_a
             pub = await reader.until(lambda m: m != {})
             assert pub["pub"]["data"]["n"] == n
             buffered = stalled.transport.get_write_buffer_size()
-            peak = max(peak, sum(_send_queues(hub.port, peer)) + buffered)
+            peak = max(peak, sum(send_queues(hub.port, peer)) + buffered)
             if stalled.closing is not None:
                 break
         closing = stalled.closing
@@ -1073,7 +1052,7 @@ async def test_a_stream_that_is_not_read_is_closed_within_the_bound_and_others_a
         await eventually(lambda: hub.node.num_clients == 1, "the slow client gone")
         assert bound / 2 < peak <= bound
         # Its last chunk cannot go out: the connection is reset.
-        await eventually(lambda: not _send_queues(hub.port, peer), timeout=5)
+        await eventually(lambda: not send_queues(hub.port, peer), timeout=5)
         with pytest.raises(ConnectionResetError):
             while await loop.sock_recv(sock, 65536):
                 pass

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 import zlib
@@ -23,6 +22,7 @@ from tidings import Hub, make_token
 from tidings.transports.websocket import Deflater, frame as plain_frame
 
 from ..conftest import SECRET, HubFactory, eventually
+from ..sockets import send_queues
 from ..wsclient import closed_with, receive, receive_until
 
 TIMEOUT = 5
@@ -302,18 +302,6 @@ def _raw(data: Any) -> Any:
     return msgspec.Raw(msgspec.json.encode(data))
 
 
-def _send_queues(port: int) -> list[int]:
-    """Send-Q of every TCP socket of the server's side of ``port``, as ``ss`` reports it."""
-    out = subprocess.run(
-        ["ss", "-tnH", "state", "all", f"( sport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    # State Recv-Q Send-Q Local Peer; the listening socket's Send-Q is its backlog.
-    return [int(line.split()[2]) for line in out.splitlines() if not line.startswith("LISTEN")]
-
-
 @pytest.mark.slow
 async def test_a_stalled_reader_holds_at_most_the_bound_and_is_reset_when_cut(
     make_hub: HubFactory,
@@ -351,7 +339,7 @@ async def _stall(hub: Hub, sock: socket.socket, bound: int) -> None:
         await hub.publish("c", {"n": n, "p": "x" * 20000})
         await asyncio.sleep(0)
         buffered = server_side.transport.get_write_buffer_size()
-        peak = max(peak, sum(_send_queues(hub.port)) + buffered)
+        peak = max(peak, sum(send_queues(hub.port)) + buffered)
         if server_side.closing is not None:
             break
     assert server_side.closing is not None, "the stalled reader was not found slow"
@@ -360,7 +348,7 @@ async def _stall(hub: Hub, sock: socket.socket, bound: int) -> None:
     # What the kernel (Send-Q) and the transport held for it never went past the bound.
     assert bound / 2 < peak <= bound
     # The slow client's close frame cannot go out: the connection is reset.
-    await eventually(lambda: not _send_queues(hub.port), timeout=5)
+    await eventually(lambda: not send_queues(hub.port), timeout=5)
     with pytest.raises(ConnectionResetError):
         while await loop.sock_recv(sock, 65536):
             pass
