@@ -57,6 +57,7 @@ sys.path.insert(0, str(BENCH))
 
 import procstats  # noqa: E402
 import run  # noqa: E402  (bench/run.py: servers, free ports, logging)
+import scripting  # noqa: E402
 from procstats import busy_pct, core_times, cpu_seconds, rss_kib  # noqa: E402
 from run import RAW, RESULTS, ROOT, TIDINGS_PY, Server, Spec, log  # noqa: E402
 
@@ -899,12 +900,7 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
             "|---|---|---:|---:|---:|---|",
         ]
         for row in memory_rows.values():
-            versus = "–"
-            if base and row is not base and base["idle_kib_per_conn"] > 0:
-                versus = (
-                    f"{row['idle_kib_per_conn'] / base['idle_kib_per_conn']:.2f}x / "
-                    f"{row['after_publication_kib_per_conn'] / base['after_publication_kib_per_conn']:.2f}x"
-                )
+            versus = scripting.memory_versus(row, base)
             lines.append(
                 f"| {row['compression']} | {row['deflate_negotiated']:,}/{row['conns']:,} | "
                 f"{row['rss_base_kib'] / 1024:.1f} | {row['idle_kib_per_conn']:.2f} | "
@@ -952,13 +948,7 @@ def write_chart(summary: dict[str, Any], outdir: Path) -> bool:
 
 
 def report(summary: dict[str, Any], outdir: Path) -> None:
-    (outdir / "bandwidth.png").unlink(missing_ok=True)
-    if not write_chart(summary, outdir) and run.PEERS_PY.exists():
-        # matplotlib lives in bench/.venv-peers: draw the chart there
-        subprocess.run(
-            [str(run.PEERS_PY), str(Path(__file__).resolve()), "--chart-only", "--out", str(outdir)],
-            check=False, timeout=120,
-        )  # fmt: skip
+    scripting.draw_chart(Path(__file__).resolve(), summary, outdir, "bandwidth.png", write_chart)
     write_report(summary, outdir)
 
 
@@ -999,26 +989,20 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}")
     plan = make_plan(args)
-    summary: dict[str, Any] = {
-        "meta": {
+    summary = scripting.new_summary(
+        {
             "machine": machine(),
             "plan": asdict(plan),
             "parts": parts,
             "command": " ".join(["bench/bandwidth.py", *sys.argv[1:]]),
             "targets": {"delta_ratio": TARGET_DELTA_RATIO, "memory_ratio": TARGET_MEMORY_RATIO},
-        },
-        "runs": {},
-        "errors": [],
-    }
+        }
+    )
     log(f"bandwidth: {'quick' if plan.quick else 'full'}; parts {parts}; results in {outdir}")
     started = time.monotonic()
 
-    def guarded(part: str, key: str, fn: Any) -> None:
-        try:
-            summary["runs"].setdefault(part, {})[key] = fn()
-        except Exception as exc:  # noqa: BLE001  (one failed row does not end the run)
-            log(f"  {part}/{key} failed: {exc}")
-            summary["errors"].append(f"{part}/{key}: {exc}")
+    def guarded(part: str, key: str, measure: Any) -> None:
+        scripting.guarded(summary, part, key, measure)
 
     try:
         if "delta" in parts:
@@ -1038,10 +1022,7 @@ def main() -> int:
             for compression in COMPRESSIONS:
                 guarded("memory", compression, lambda c=compression: measure_memory(plan, c))
     finally:
-        summary["meta"]["duration_s"] = round(time.monotonic() - started, 1)
-        summary["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-        (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
-        report(summary, outdir)
+        scripting.finish(summary, outdir, started, report)
     for codec, r in delta_ratios(summary["runs"].get("delta", {})).items():
         if r:
             log(f"delta ratio {codec}: {r:.1f}x (target >= {TARGET_DELTA_RATIO:g}x)")

@@ -73,6 +73,7 @@ sys.path.insert(0, str(BENCH))
 
 import procstats  # noqa: E402
 import run  # noqa: E402  (bench/run.py: servers, free ports, logging, quiet-waiting)
+import scripting  # noqa: E402
 from procstats import busy_pct, core_times, cpu_seconds, rss_kib  # noqa: E402
 from run import RAW, RESULTS, ROOT, TIDINGS_PY, Server, Spec, log  # noqa: E402
 
@@ -1304,12 +1305,7 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
             "|---|---|---:|---:|---:|---|",
         ]
         for transport, row in memory.items():
-            versus = "–"
-            if base and row is not base and base["idle_kib_per_conn"] > 0:
-                versus = (
-                    f"{row['idle_kib_per_conn'] / base['idle_kib_per_conn']:.2f}x / "
-                    f"{row['after_publication_kib_per_conn'] / base['after_publication_kib_per_conn']:.2f}x"
-                )
+            versus = scripting.memory_versus(row, base)
             lines.append(
                 f"| {LABELS[transport]} | {row['subscribed']:,}/{row['conns']:,} | "
                 f"{row['rss_base_kib'] / 1024:.1f} | {row['idle_kib_per_conn']:.2f} | "
@@ -1360,13 +1356,7 @@ def write_chart(summary: dict[str, Any], outdir: Path) -> bool:
 
 
 def report(summary: dict[str, Any], outdir: Path) -> None:
-    (outdir / "streams.png").unlink(missing_ok=True)
-    if not write_chart(summary, outdir) and run.PEERS_PY.exists():
-        # matplotlib lives in bench/.venv-peers: draw the chart there
-        subprocess.run(
-            [str(run.PEERS_PY), str(Path(__file__).resolve()), "--chart-only", "--out", str(outdir)],
-            check=False, timeout=120,
-        )  # fmt: skip
+    scripting.draw_chart(Path(__file__).resolve(), summary, outdir, "streams.png", write_chart)
     write_report(summary, outdir)
 
 
@@ -1420,29 +1410,23 @@ def main() -> int:
     # The runner (it only waits and reads /proc) stays off the server's core.
     with contextlib.suppress(OSError, ValueError):
         os.sched_setaffinity(0, {int(c) for c in run.GEN_CORES.split(",")})
-    summary: dict[str, Any] = {
-        "meta": {
+    summary = scripting.new_summary(
+        {
             "machine": machine(),
             "plan": asdict(plan),
             "parts": parts,
             "command": " ".join(["bench/streams.py", *sys.argv[1:]]),
             "targets": {"ratio_to_websocket": TARGET_RATIO, "p99_limit_ms": P99_LIMIT_MS},
-        },
-        "runs": {},
-        "errors": [],
-    }
+        }
+    )
     log(
         f"streams: {'quick' if plan.quick else 'full'}; parts {parts}; transports "
         f"{plan.transports}; results in {outdir}"
     )
     started = time.monotonic()
 
-    def guarded(part: str, key: str, fn: Any) -> None:
-        try:
-            summary["runs"].setdefault(part, {})[key] = fn()
-        except Exception as exc:  # noqa: BLE001  (one failed row does not end the run)
-            log(f"  {part}/{key} failed: {exc}")
-            summary["errors"].append(f"{part}/{key}: {exc}")
+    def guarded(part: str, key: str, measure: Any) -> None:
+        scripting.guarded(summary, part, key, measure)
 
     try:
         if "fanout" in parts:
@@ -1454,10 +1438,7 @@ def main() -> int:
             for transport in plan.transports:
                 guarded("memory", transport, lambda t=transport: measure_memory(plan, t))
     finally:
-        summary["meta"]["duration_s"] = round(time.monotonic() - started, 1)
-        summary["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-        (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
-        report(summary, outdir)
+        scripting.finish(summary, outdir, started, report)
     ws = summary["runs"].get("fanout", {}).get("websocket")
     for transport, row in summary["runs"].get("fanout", {}).items():
         ratio = (
