@@ -36,6 +36,7 @@ from .brokers.base import (
     PresenceStats,
 )
 from .brokers.memory import MemoryBroker
+from .brokers.nats import NatsBroker
 from .brokers.redis import RedisBroker
 from .node.auth import make_token
 from .node.hooks import (
@@ -78,6 +79,7 @@ __all__ = [
     "NodeRegistry",
     "Hub",
     "MemoryBroker",
+    "NatsBroker",
     "MessageEvent",
     "NodeInfo",
     "PresenceManager",

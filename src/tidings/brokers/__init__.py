@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ..options import BrokerOptions
 from .base import Broker
 from .memory import MemoryBroker
+from .nats import NatsBroker
 from .redis import RedisBroker
 
 __all__ = ["BROKERS", "make_broker"]
@@ -32,8 +33,18 @@ def _redis(options: BrokerOptions) -> Broker:
     )
 
 
+def _nats(options: BrokerOptions) -> Broker:
+    return NatsBroker(
+        options.url,
+        prefix=options.prefix,
+        presence_ttl=options.presence_ttl,
+        history_meta_ttl=options.history_meta_ttl,
+    )
+
+
 BROKERS: dict[str, Callable[[BrokerOptions], Broker]] = {
     "memory": _memory,
+    "nats": _nats,
     "redis": _redis,
     "rediss": _redis,
     "unix": _redis,
