@@ -255,11 +255,15 @@ class BrokerOptions(_Options, frozen=True):
     """Where publications travel between nodes (``[broker]``)."""
 
     url: str = "memory"
-    """``memory`` (one process) or ``redis://host:6379/0``."""
+    """``memory`` (one process), ``redis://host:6379/0``, a Redis Cluster
+    (``redis+cluster://host:7000,host:7001``) or NATS with JetStream
+    (``nats://host:4222``, several servers comma-separated)."""
     prefix: str = "tidings"
-    """Prefix of every Redis key and channel, to share one Redis between hubs."""
+    """Prefix of every key, channel, subject, stream and bucket in the broker, to share
+    one Redis or NATS between hubs."""
     pubsub_shards: Positive = 4
-    """Redis pub/sub connections per node, channels spread over them by hash."""
+    """Redis pub/sub connections per node, channels spread over them by hash (a Redis
+    Cluster has one per master)."""
     presence_ttl: Seconds = 60.0
     """A node's clients vanish from presence this long after the node dies."""
     presence_update_interval: Seconds = 25.0
@@ -406,8 +410,11 @@ class Config(_Options, frozen=True):
             if not re.fullmatch(r"[A-Za-z0-9_\-.]+", name):
                 problems.append(f"namespaces.{name}: a namespace name is letters, digits, _-.")
         broker = self.broker
-        if broker.url != "memory" and not broker.url.startswith(_REDIS_SCHEMES):
-            problems.append(f"broker.url must be 'memory' or redis://..., got {broker.url!r}")
+        if broker.url != "memory" and not broker.url.startswith(_BROKER_SCHEMES):
+            problems.append(
+                "broker.url must be 'memory', redis://..., redis+cluster://... or nats://...,"
+                f" got {broker.url!r}"
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             problems.append("tls_cert and tls_key go together")
         if self.workers > 1 and broker.url == "memory":
@@ -501,4 +508,4 @@ def _check_bounds(options: msgspec.Struct, info: msgspec.inspect.StructType, pre
                 raise ConfigError(error)
 
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "nats://")

@@ -225,7 +225,7 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
         "channel.namespaces[1] needs a name",
         "unknown Centrifugo v6 option port (the file is read as a Centrifugo v6 configuration"
         " because of its key client.token)",
-        "engine.type: tidings has the memory and redis brokers, not 'nats'",
+        "engine.type: tidings has the memory and redis engines, not 'nats'",
         "token_hmac_secret_key: Expected `str`, got `int` (from client.token.hmac_secret_key)",
         "namespaces.chat.history_ttl: expected a duration such as 25, '25s', '500ms' or '1m30s',"
         " got 'soon' (from channel.namespaces[chat].history_ttl)",
@@ -273,6 +273,35 @@ def test_an_enabled_broker_wins_over_the_engine(tmp_path: Path) -> None:
     assert read(tmp_path, data)[0].broker.url == "redis://b:6379/0"
     data["broker"]["enabled"] = False
     assert read(tmp_path, data)[0].broker.url == "memory"
+
+
+@pytest.mark.parametrize(
+    ("redis", "url"),
+    [
+        ({"cluster_address": ["a:7000", "b:7001"]}, "redis+cluster://a:7000,b:7001"),
+        ({"cluster_address": "redis://a:7000"}, "redis+cluster://a:7000"),
+        ({"address": "redis+cluster://a:7000,b:7001"}, "redis+cluster://a:7000,b:7001"),
+    ],
+)
+def test_a_redis_cluster_becomes_a_redis_cluster_url(
+    tmp_path: Path, redis: dict[str, Any], url: str
+) -> None:
+    config, warnings = read(tmp_path, {"engine": {"type": "redis", "redis": redis}})
+    assert (config.broker.url, warnings) == (url, [])
+
+
+def test_the_nats_broker_becomes_a_nats_url_and_prefix(tmp_path: Path) -> None:
+    nats = {"url": "nats://n1:4222,nats://n2:4222", "prefix": "app"}
+    data = {"broker": {"enabled": True, "type": "nats", "nats": nats}}
+    config, warnings = read(tmp_path, data)
+    assert (config.broker.url, config.broker.prefix, warnings) == (nats["url"], "app", [])
+    default = read(tmp_path, {"broker": {"enabled": True, "type": "nats"}})[0].broker
+    assert (default.url, default.prefix) == ("nats://localhost:4222", "centrifugo")
+
+
+def test_nats_is_a_broker_type_not_an_engine_type(tmp_path: Path) -> None:
+    found = problems(tmp_path, {"engine": {"type": "nats"}})
+    assert found == ["engine.type: tidings has the memory and redis engines, not 'nats'"]
 
 
 def test_sharded_redis_is_a_problem(tmp_path: Path) -> None:

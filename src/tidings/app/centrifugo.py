@@ -210,7 +210,15 @@ CENTRIFUGO: Final[dict[str, Any]] = {
         "enabled": False,
         "type": "memory",
         "redis": _REDIS,
-        "nats": ANY,
+        "nats": {
+            "url": "nats://localhost:4222",
+            "prefix": "centrifugo",
+            "dial_timeout": "1s",
+            "write_timeout": "1s",
+            "allow_wildcards": False,
+            "raw_mode": ANY,
+            "tls": _TLS,
+        },
         "postgres": ANY,
         "redisnats": ANY,
     },
@@ -449,6 +457,7 @@ def _channel_rules() -> dict[str, Rule]:
 
 
 _REDIS_NOTE = "with the other `redis` keys, when the type is `redis`"
+_CLUSTER_NOTE = "a Redis Cluster: `redis+cluster://` and the seed addresses"
 _PROXY_NOTE = (
     "for the namespaces that set `{event}_proxy_enabled`; tidings asks it for every channel"
 )
@@ -464,7 +473,10 @@ MAPPING: Final[dict[str, Rule]] = {
     "http_server.tls.key_pem": Rule("tls_key", None, "a file path (not PEM text)"),
     "log.level": Rule("log_level", _log_level, "`trace`: `debug`, `warn`: `warning`"),
     "engine.type": Rule("broker.url", None, "`memory` or `redis`"),
-    "engine.redis.address": Rule("broker.url", None, "one address: " + _REDIS_NOTE),
+    "engine.redis.address": Rule(
+        "broker.url", None, "one address (`redis+cluster://` too): " + _REDIS_NOTE
+    ),
+    "engine.redis.cluster_address": Rule("broker.url", None, _CLUSTER_NOTE),
     "engine.redis.db": Rule("broker.url", None, _REDIS_NOTE),
     "engine.redis.user": Rule("broker.url", None, _REDIS_NOTE),
     "engine.redis.password": Rule("broker.url", None, _REDIS_NOTE),
@@ -472,8 +484,13 @@ MAPPING: Final[dict[str, Rule]] = {
     "engine.redis.prefix": Rule("broker.prefix"),
     "engine.redis.presence_ttl": Rule("broker.presence_ttl", _duration),
     "broker.enabled": Rule("broker.url", _enables, "`true`: `broker` wins over `engine`"),
-    "broker.type": Rule("broker.url", None, "`memory` or `redis`"),
-    "broker.redis.address": Rule("broker.url", None, "one address: " + _REDIS_NOTE),
+    "broker.type": Rule("broker.url", None, "`memory`, `redis` or `nats`"),
+    "broker.nats.url": Rule("broker.url", None, "when the type is `nats`"),
+    "broker.nats.prefix": Rule("broker.prefix", None, "when the type is `nats`"),
+    "broker.redis.address": Rule(
+        "broker.url", None, "one address (`redis+cluster://` too): " + _REDIS_NOTE
+    ),
+    "broker.redis.cluster_address": Rule("broker.url", None, _CLUSTER_NOTE),
     "broker.redis.db": Rule("broker.url", None, _REDIS_NOTE),
     "broker.redis.user": Rule("broker.url", None, _REDIS_NOTE),
     "broker.redis.password": Rule("broker.url", None, _REDIS_NOTE),
@@ -817,14 +834,37 @@ def _broker(data: Mapping[str, Any], translator: _Translator) -> None:
         if kind is not None:
             translator.set("broker.url", "memory", f"{where}.type")
         return
+    if kind == "nats" and where == "broker":
+        nats = _section(data, "broker.nats")
+        url, prefix = nats.get("url", "nats://localhost:4222"), nats.get("prefix", "centrifugo")
+        if not isinstance(url, str) or not isinstance(prefix, str):
+            raise _Problem("broker.nats: url and prefix are strings")
+        translator.set("broker.url", url, "broker.nats.url")
+        translator.set("broker.prefix", prefix, "broker.nats.prefix")
+        return
     if kind != "redis":
-        raise _Problem(f"{where}.type: tidings has the memory and redis brokers, not {kind!r}")
+        known = (
+            "memory, redis and nats brokers" if where == "broker" else "memory and redis engines"
+        )
+        raise _Problem(f"{where}.type: tidings has the {known}, not {kind!r}")
     redis = _section(data, f"{where}.redis")
+    cluster = redis.get("cluster_address") or []
+    if isinstance(cluster, str):
+        cluster = [cluster]
+    if cluster:
+        if not all(isinstance(seed, str) for seed in cluster):
+            raise _Problem(f"{where}.redis.cluster_address: addresses are strings")
+        seeds = ",".join(seed.partition("://")[2] or seed for seed in cluster)
+        translator.set("broker.url", f"redis+cluster://{seeds}", f"{where}.redis.cluster_address")
+        return
     addresses = redis.get("address", _REDIS["address"])
     if isinstance(addresses, str):
         addresses = [addresses]
     if not isinstance(addresses, list) or len(addresses) != 1 or not isinstance(addresses[0], str):
         raise _Problem(f"{where}.redis.address: tidings uses one Redis, got {addresses!r}")
+    if addresses[0].startswith("redis+cluster://"):
+        translator.set("broker.url", addresses[0], f"{where}.redis.address")
+        return
     user, password, db = redis.get("user", ""), redis.get("password", ""), redis.get("db", 0)
     if not isinstance(user, str) or not isinstance(password, str) or not isinstance(db, int):
         raise _Problem(f"{where}.redis: user and password are strings, db a number")

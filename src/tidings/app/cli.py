@@ -123,7 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="WebSocket port (default 8000)")
     serve.add_argument("--api-port", type=int, help="server API / metrics port (default 9000)")
-    serve.add_argument("--broker", metavar="URL", help="memory (default) or redis://host:6379/0")
+    serve.add_argument(
+        "--broker",
+        metavar="URL",
+        help="memory (default), redis://host:6379/0, redis+cluster://host:7000 or nats://host:4222",
+    )
     serve.add_argument(
         "--workers",
         type=_workers,
