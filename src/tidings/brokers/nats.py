@@ -48,7 +48,12 @@ import nats
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import api
-from nats.js.errors import APIError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+)
 
 from .._tasks import stop_task
 from ..protocol.wire import ClientInfo, Publication, StreamPosition
@@ -69,6 +74,8 @@ logger = logging.getLogger("tidings.nats")
 _WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code: another message was appended to the subject first."""
 _STREAM_NOT_FOUND = 10059
+_STREAM_NAME_IN_USE = 10058
+"""Creating a stream (or bucket) that exists with another configuration."""
 _HISTORY_HEADER = "Tidings-History"
 """``<size> <ttl ms> <meta ttl ms>`` of the channel, on every stored message."""
 _KV_OPERATION = "KV-Operation"
@@ -253,7 +260,7 @@ class NatsBroker:
                     servers=self.servers,
                     name="tidings",
                     connect_timeout=2,
-                    reconnect_time_wait=self.max_retry_delay,
+                    reconnect_time_wait=min(self.max_retry_delay, 0.5),
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
                     disconnected_cb=self._disconnected,
@@ -456,6 +463,8 @@ class NatsBroker:
         try:
             await self._js.add_stream(config)
         except APIError as exc:
+            if exc.err_code != _STREAM_NAME_IN_USE:
+                raise
             # Created by another node with other limits: use it as it is.
             logger.debug("history stream %s: %s", self.history_stream, exc)
         self._ready.add(self.history_stream)
@@ -466,8 +475,8 @@ class NatsBroker:
         await self._ensure_stream()
         try:
             return await call(*args, **kw)
-        except NoRespondersError:
-            pass  # nats-py's name for a publish to a subject no stream takes
+        except (NoRespondersError, NoStreamResponseError):
+            pass  # a NATS restarted without storage: no stream takes the subject
         except APIError as exc:
             if exc.err_code != _STREAM_NOT_FOUND and exc.code != 503:
                 raise
@@ -618,6 +627,8 @@ class NatsBroker:
                     )
                 )
             except APIError as exc:
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
                 logger.debug("bucket %s: %s", name, exc)  # exists with other limits
             self._ready.add(name)
         return await self._js.key_value(name)
