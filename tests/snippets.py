@@ -5,8 +5,9 @@ their addresses at the tests' own servers, and run them (Python scripts, shell l
 long-running servers that must come up and stop cleanly).
 
 Addresses are the only thing changed: ``127.0.0.1:8000`` and ``127.0.0.1:9000`` become the
-ports of a ``tidings serve --dev`` hub of the tests, ``redis://127.0.0.1:6379/0`` their own
-Redis, so nothing depends on what else listens on this machine.
+ports of a ``tidings serve --dev`` hub of the tests, ``redis://127.0.0.1:6379/0``,
+``redis+cluster://127.0.0.1:7000`` and ``nats://127.0.0.1:4222`` their own Redis, Redis Cluster
+and NATS, so nothing depends on what else listens on this machine.
 """
 
 from __future__ import annotations
@@ -72,14 +73,24 @@ def blocks(text: str) -> list[Block]:
     return found
 
 
-def addressed(body: str, ports: tuple[int, int], redis_url: str) -> str:
-    """``body`` with the documentation's addresses replaced by the tests' servers."""
+BROKER_URLS = (
+    "redis://127.0.0.1:6379/0",
+    "redis+cluster://127.0.0.1:7000",
+    "nats://127.0.0.1:4222",
+)
+"""The brokers' addresses of the documentation, each replaced by the tests' own server."""
+
+
+def addressed(body: str, ports: tuple[int, int], brokers: dict[str, str]) -> str:
+    """``body`` with the documentation's addresses replaced by the tests' servers
+    (``brokers``: each of :data:`BROKER_URLS` the body has -> the tests' URL)."""
     port, api_port = ports
-    return (
-        body.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-        .replace("127.0.0.1:9000", f"127.0.0.1:{api_port}")
-        .replace("redis://127.0.0.1:6379/0", redis_url)
+    body = body.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace(
+        "127.0.0.1:9000", f"127.0.0.1:{api_port}"
     )
+    for documented, url in brokers.items():
+        body = body.replace(documented, url)
+    return body
 
 
 def snippet_environment() -> dict[str, str]:

@@ -3,8 +3,8 @@ of every page of ``docs/`` run as written.
 
 Each page runs in a directory of its own, against one ``tidings serve --dev``
 hub (what ``make run`` starts) on free ports, with the tests' own Redis; the addresses
-``127.0.0.1:8000``, ``127.0.0.1:9000`` and ``redis://127.0.0.1:6379/0`` in the text are
-replaced by theirs (``tests/snippets.py``). Blocks run in the order of the page:
+``127.0.0.1:8000``, ``127.0.0.1:9000`` and the brokers' addresses (``snippets.BROKER_URLS``)
+in the text are replaced by theirs (``tests/snippets.py``). Blocks run in the order of the page:
 
 - ``toml``: a tidings configuration, saved as ``tidings.toml`` before anything on the page
   runs; it must load without a warning.
@@ -44,9 +44,9 @@ import pytest
 
 from tidings.app.config import read_config
 
-from .conftest import RedisServer
 from .snippets import (
     BIN,
+    BROKER_URLS,
     Block,
     addressed,
     blocks,
@@ -142,12 +142,15 @@ def test_every_block_runs_as_written(
     tmp_path: Path,
     environment: dict[str, str],
     hub_ports: tuple[int, int],
-    redis_server: RedisServer,
+    request: pytest.FixtureRequest,
 ) -> None:
-    redis_server.flush()
+    # The tests' own broker servers, started (and flushed) for the pages that name them.
+    text = page.read_text()
+    fixtures = dict(zip(BROKER_URLS, ("redis_url", "redis_cluster_url", "nats_url"), strict=True))
+    brokers = {url: request.getfixturevalue(fixtures[url]) for url in BROKER_URLS if url in text}
     missing: set[str] = set()
     steps: list[tuple[Block, Plan]] = []
-    for block in blocks(page.read_text()):
+    for block in blocks(text):
         what = plan(block)
         if block.lang not in RUN and not what.file:
             continue
@@ -156,9 +159,7 @@ def test_every_block_runs_as_written(
             continue
         if what.skip:
             continue
-        block = Block(
-            block.lang, addressed(block.body, hub_ports, redis_server.url), "", block.line
-        )
+        block = Block(block.lang, addressed(block.body, hub_ports, brokers), "", block.line)
         steps.append((block, what))
     # Files first: the configuration and the modules that blocks before them use too.
     for block, what in steps:
