@@ -39,6 +39,7 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,7 @@ from .base import (
     PresenceStats,
     UnrecoverablePosition,
 )
-from .messages import decode_message, encode_publication
+from .messages import decode_message, encode_publication, publication_payload
 
 __all__ = ["NatsBroker", "channel_token"]
 
@@ -76,9 +77,16 @@ _WRONG_LAST_SEQUENCE = 10071
 _STREAM_NOT_FOUND = 10059
 _STREAM_NAME_IN_USE = 10058
 """Creating a stream (or bucket) that exists with another configuration."""
+_SUBJECTS_OVERLAP = 10065
+"""Creating a stream whose subjects another one takes (one created at the same time)."""
 _HISTORY_HEADER = "Tidings-History"
 """``<size> <ttl ms> <meta ttl ms>`` of the channel, on every stored message."""
 _KV_OPERATION = "KV-Operation"
+_NODES_KEPT = 3600.0
+"""Seconds the node registry keeps the entry of a node that stopped announcing itself."""
+_TOPS_KEPT = 1_000
+"""Channels whose last append a node remembers (to skip reading it before the next),
+besides those it is subscribed to."""
 
 _info_decoder = msgspec.json.Decoder(ClientInfo)
 _publication_decoder = msgspec.json.Decoder(Publication)
@@ -239,9 +247,10 @@ class NatsBroker:
         self._channels: dict[str, str] = {}
         """Channel of each subscribed live subject."""
         self._locks = _ChannelLocks()
+        self._tops: OrderedDict[str, _Top] = OrderedDict()
+        """The last append of this node in each channel it published to lately."""
         self._ready: set[str] = set()
         """Streams and buckets known to exist (created again after a NATS restart)."""
-        self._nodes_ttl = 0.0
         self._connected = False
         self._last_error: Exception | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -331,6 +340,7 @@ class NatsBroker:
             raise
 
     async def unsubscribe(self, channel: str) -> None:
+        self._tops.pop(channel, None)
         subscription = self._subscriptions.pop(channel, None)
         self._channels.pop(self._live(channel), None)
         if subscription is not None:
@@ -386,9 +396,13 @@ class NatsBroker:
         headers = {_HISTORY_HEADER: f"{history.size} {_ms(history.ttl)} {_ms(meta_ttl)}"}
         if idempotency_key:
             headers["Nats-Msg-Id"] = f"{channel_token(channel)}:{idempotency_key}"
-        # Several nodes may append at once: the loser of each race reads again.
+        payload = publication_payload(publication)
+        # Several nodes may append at once: the loser of each race reads again. The top
+        # this node left is tried first (one round trip when it publishes alone).
+        top = self._tops.pop(channel, None)
         for _ in range(100):
-            top = await self._top(channel)
+            if top is None:
+                top = await self._top(channel)
             now = time.time()
             previous = None
             if top is None or top.forgotten(now):
@@ -398,11 +412,12 @@ class NatsBroker:
                 if delta and top.publication is not None and not top.history_expired(now):
                     previous = top.publication
             headers["Nats-Expected-Last-Subject-Sequence"] = str(top.seq if top else 0)
-            body = encode_publication(offset, epoch, exclude_client, publication, previous)
+            body = encode_publication(offset, epoch, exclude_client, payload, previous)
             try:
                 ack = await self._stream_call(self._js.publish, subject, body, headers=headers)
             except APIError as exc:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    top = None
                     continue
                 raise
             if ack.duplicate:
@@ -413,6 +428,11 @@ class NatsBroker:
                 self._trim(subject, keep=1)  # what is left of the old epoch
             elif offset > history.size and offset % max(1, history.size // 2) == 0:
                 self._trim(subject, keep=history.size)
+            self._tops[channel] = _Top(
+                ack.seq, offset, epoch, now, history.size, history.ttl, meta_ttl, payload
+            )
+            if len(self._tops) > _TOPS_KEPT:
+                self._tops.popitem(last=False)
             return StreamPosition(offset=offset, epoch=epoch)
         raise NatsUnavailable(f"could not append to {channel!r}: too many concurrent appends")
 
@@ -463,10 +483,11 @@ class NatsBroker:
         try:
             await self._js.add_stream(config)
         except APIError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:
+            # Created by another node meanwhile, or before with other limits (NATS may
+            # say either): use it as it is, if it is there.
+            if exc.err_code not in (_STREAM_NAME_IN_USE, _SUBJECTS_OVERLAP):
                 raise
-            # Created by another node with other limits: use it as it is.
-            logger.debug("history stream %s: %s", self.history_stream, exc)
+            await self._js.stream_info(self.history_stream)
         self._ready.add(self.history_stream)
 
     async def _stream_call(self, call: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
@@ -512,6 +533,7 @@ class NatsBroker:
 
     async def _mark(self, channel: str, offset: int, epoch: str, expected: int) -> _Top | None:
         """Append a marker (a position without publication); None if another was first."""
+        self._tops.pop(channel, None)
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(expected),
             _HISTORY_HEADER: f"0 0 {_ms(self.history_meta_ttl)}",
@@ -627,9 +649,9 @@ class NatsBroker:
                     )
                 )
             except APIError as exc:
-                if exc.err_code != _STREAM_NAME_IN_USE:
+                if exc.err_code not in (_STREAM_NAME_IN_USE, _SUBJECTS_OVERLAP):
                     raise
-                logger.debug("bucket %s: %s", name, exc)  # exists with other limits
+                logger.debug("bucket %s: %s", name, exc)  # made meanwhile, or other limits
             self._ready.add(name)
         return await self._js.key_value(name)
 
@@ -663,20 +685,25 @@ class NatsBroker:
 
     async def heartbeat(self, uid: str, info: bytes, ttl: float) -> None:
         """Announce this node (``info`` is its JSON) for ``ttl`` seconds."""
-        if self._nodes_ttl == 0.0:
-            self._nodes_ttl = ttl
-        bucket = await self._bucket(self.nodes_bucket, self._nodes_ttl)
-        await bucket.put(channel_token(uid), info)
+        # Nodes may announce themselves for different ttls: each entry says until when
+        # it holds, and the bucket only forgets the entries of nodes long gone.
+        bucket = await self._bucket(self.nodes_bucket, _NODES_KEPT)
+        await bucket.put(channel_token(uid), f"{time.time() + ttl:.3f} ".encode() + info)
 
     async def forget_node(self, uid: str) -> None:
-        bucket = await self._bucket(self.nodes_bucket, self._nodes_ttl or 60.0)
+        bucket = await self._bucket(self.nodes_bucket, _NODES_KEPT)
         await bucket.delete(channel_token(uid))
 
     async def nodes(self) -> list[bytes]:
         """The JSON infos of the live nodes."""
-        await self._bucket(self.nodes_bucket, self._nodes_ttl or 60.0)
+        await self._bucket(self.nodes_bucket, _NODES_KEPT)
         subject = f"$KV.{self.nodes_bucket}.>"
-        return await self._read(f"KV_{self.nodes_bucket}", subject, last_per_subject=True)
+        now, infos = time.time(), []
+        for entry in await self._read(f"KV_{self.nodes_bucket}", subject, last_per_subject=True):
+            until, _, info = entry.partition(b" ")
+            if float(until) > now:
+                infos.append(info)
+        return infos
 
     # --- control messages --------------------------------------------------------
 
