@@ -37,7 +37,7 @@ from .brokers.base import (
 )
 from .brokers.memory import MemoryBroker
 from .brokers.nats import NatsBroker
-from .brokers.redis import RedisBroker
+from .brokers.redis import RedisBroker, RedisClusterBroker
 from .node.auth import make_token
 from .node.hooks import (
     ConnectEvent,
@@ -91,6 +91,7 @@ __all__ = [
     "RPCEvent",
     "RefreshEvent",
     "RedisBroker",
+    "RedisClusterBroker",
     "RefreshReply",
     "StreamPosition",
     "SubRefreshEvent",

@@ -14,7 +14,7 @@ from ..options import BrokerOptions
 from .base import Broker
 from .memory import MemoryBroker
 from .nats import NatsBroker
-from .redis import RedisBroker
+from .redis import RedisBroker, RedisClusterBroker
 
 __all__ = ["BROKERS", "make_broker"]
 
@@ -42,11 +42,21 @@ def _nats(options: BrokerOptions) -> Broker:
     )
 
 
+def _redis_cluster(options: BrokerOptions) -> Broker:
+    return RedisClusterBroker(
+        options.url,
+        prefix=options.prefix,
+        presence_ttl=options.presence_ttl,
+        history_meta_ttl=options.history_meta_ttl,
+    )
+
+
 BROKERS: dict[str, Callable[[BrokerOptions], Broker]] = {
     "memory": _memory,
     "nats": _nats,
     "redis": _redis,
     "rediss": _redis,
+    "redis+cluster": _redis_cluster,
     "unix": _redis,
 }
 """Broker factories by the scheme of ``broker.url`` (``memory`` has no ``://``)."""

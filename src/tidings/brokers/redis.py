@@ -17,6 +17,13 @@ When a pub/sub connection breaks, the node keeps serving; publications sent
 meanwhile may be lost, so after reconnecting (with backoff) and resubscribing,
 the broker reports the channels to the node (``handle_lost``), which tells their
 subscribers to resubscribe (unsubscribe code 2500) and recover from history.
+
+On a Redis Cluster (``redis+cluster://host:port,host:port``, Redis >= 7) the
+:class:`RedisClusterBroker` does the same with the same scripts: a channel's keys
+and pub/sub channel share a hash slot (a ``{channel}`` hash tag), publications go
+out with SPUBLISH to the slot's shard only, and pub/sub runs over one connection
+per master; a slot that moves or a master that fails over is followed, and its
+channels are reported lost once subscribed again.
 """
 
 from __future__ import annotations
@@ -27,12 +34,22 @@ import secrets
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS as SLOTS, key_slot
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+)
 
 from .._tasks import stop_task
 from ..protocol.wire import ClientInfo, Publication, StreamPosition
@@ -44,15 +61,28 @@ from .base import (
     PresenceStats,
     UnrecoverablePosition,
 )
+from .messages import decode_message, publication_payload
 
-__all__ = ["RedisBroker", "RedisKeys", "PUBLISH_SCRIPT"]
+__all__ = [
+    "PUBLISH_SCRIPT",
+    "ClusterURL",
+    "RedisBroker",
+    "RedisClusterBroker",
+    "RedisClusterKeys",
+    "RedisKeys",
+]
 
 logger = logging.getLogger("tidings.redis")
+
+UNBOUNDED = 2**31
+"""Connections a client may open to a Redis node: one per concurrent command. redis-py
+8 caps them at 100 and fails the next command (MaxConnectionsError) instead of waiting."""
 
 # KEYS: stream, meta, idempotency result.
 # ARGV: publication JSON (no offset), history size (0: no history), history ttl ms,
 #       pub/sub channel, meta ttl ms, epoch for a new stream, excluded client,
-#       idempotency ttl ms (0: none), delta (1: send the previous publication along).
+#       idempotency ttl ms (0: none), delta (1: send the previous publication along),
+#       the command that sends it (PUBLISH; SPUBLISH on a cluster).
 # Published: "p<offset>:<epoch> <excluded> <publication>", or with delta and a previous
 # publication "d<offset>:<epoch> <excluded> <length of previous> <previous><publication>".
 PUBLISH_SCRIPT = """
@@ -82,10 +112,10 @@ if ARGV[2] ~= '0' then
   redis.call('pexpire', KEYS[1], ARGV[3])
 end
 if previous then
-  redis.call('publish', ARGV[4], 'd' .. offset .. ':' .. epoch .. ' ' .. ARGV[7] .. ' '
+  redis.call(ARGV[10], ARGV[4], 'd' .. offset .. ':' .. epoch .. ' ' .. ARGV[7] .. ' '
     .. #previous .. ' ' .. previous .. ARGV[1])
 else
-  redis.call('publish', ARGV[4], 'p' .. offset .. ':' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[1])
+  redis.call(ARGV[10], ARGV[4], 'p' .. offset .. ':' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[1])
 end
 local result = offset .. ' ' .. epoch
 if ARGV[8] ~= '0' then redis.call('set', KEYS[3], result, 'PX', ARGV[8]) end
@@ -136,26 +166,40 @@ return redis.call('hgetall', KEYS[1])
 class RedisKeys:
     """Names of everything tidings keeps in Redis, under one prefix."""
 
+    publish_command = "PUBLISH"
+    """The command publications go out with."""
+
     def __init__(self, prefix: str = "tidings") -> None:
         self.prefix = prefix
+        self._client_head = f"{prefix}.client."
+
+    def _tag(self, channel: str) -> str:
+        """``channel`` as it appears in its keys' names."""
+        return channel
 
     def pubsub(self, channel: str) -> str:
-        return f"{self.prefix}.client.{channel}"
+        return f"{self._client_head}{self._tag(channel)}"
+
+    def channel_of(self, name: str) -> str | None:
+        """The channel whose pub/sub channel is ``name``; None for a control channel."""
+        if not name.startswith(self._client_head):
+            return None
+        return name[len(self._client_head) :]
 
     def stream(self, channel: str) -> str:
-        return f"{self.prefix}.stream.{channel}"
+        return f"{self.prefix}.stream.{self._tag(channel)}"
 
     def meta(self, channel: str) -> str:
-        return f"{self.prefix}.meta.{channel}"
+        return f"{self.prefix}.meta.{self._tag(channel)}"
 
     def idempotency(self, channel: str, key: str) -> str:
-        return f"{self.prefix}.idempotency.{channel}.{key}"
+        return f"{self.prefix}.idempotency.{self._tag(channel)}.{key}"
 
     def presence_data(self, channel: str) -> str:
-        return f"{self.prefix}.presence.data.{channel}"
+        return f"{self.prefix}.presence.data.{self._tag(channel)}"
 
     def presence_expiry(self, channel: str) -> str:
-        return f"{self.prefix}.presence.expire.{channel}"
+        return f"{self.prefix}.presence.expire.{self._tag(channel)}"
 
     @property
     def nodes(self) -> str:
@@ -169,14 +213,47 @@ class RedisKeys:
         return f"{self.prefix}.node.{uid}"
 
 
+class RedisClusterKeys(RedisKeys):
+    """Names on a Redis Cluster, where a script or transaction touches one hash slot.
+
+    Every key of a channel, and its pub/sub channel, carry the channel as hash tag
+    (``tidings.stream.{chat:lobby}``): they share a slot, so the scripts stay atomic
+    and the script's SPUBLISH goes out on the master that holds the history. The node
+    registry's keys share the tag ``{nodes}``; control channels need no common slot.
+    """
+
+    publish_command = "SPUBLISH"
+
+    def __init__(self, prefix: str = "tidings") -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"broker.prefix {prefix!r}: no braces on a Redis Cluster (hash tags)")
+        super().__init__(prefix)
+
+    def _tag(self, channel: str) -> str:
+        # A leading "}" would make the tag empty (each key then hashed whole, in its
+        # own slot): such names, and those starting with the escape, get a "\\" first.
+        if channel.startswith(("}", "\\")):
+            channel = "\\" + channel
+        return f"{{{channel}}}"
+
+    def channel_of(self, name: str) -> str | None:
+        tagged = super().channel_of(name)
+        if tagged is None:
+            return None
+        channel = tagged[1:-1]
+        return channel[1:] if channel.startswith("\\") else channel
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}.{{nodes}}"
+
+    def node(self, uid: str) -> str:
+        return f"{self.prefix}.{{nodes}}.{uid}"
+
+
 _publication_decoder = msgspec.json.Decoder(Publication)
 _info_decoder = msgspec.json.Decoder(ClientInfo)
 _encode = msgspec.json.encode
-
-
-def publication_payload(publication: Publication) -> bytes:
-    """The publication as stored and published (its offset is added by the script)."""
-    return _encode(msgspec.structs.replace(publication, offset=0))
 
 
 class _Shard:
@@ -307,144 +384,119 @@ class _Shard:
                 pass
 
 
-class RedisBroker:
-    """Broker, presence manager and node registry on Redis.
+_Client = TypeVar("_Client", aioredis.Redis, aioredis.RedisCluster)
 
-    Args:
-        url: ``redis://host:port/db`` (``rediss://`` for TLS).
-        prefix: prepended to every key and channel, to share one Redis.
-        shards: pub/sub connections to spread channels over.
-        presence_ttl: seconds a presence entry lives without a refresh.
-        history_meta_ttl: seconds a channel's epoch and offset are kept idle.
-    """
+
+class _RedisCommon(Generic[_Client]):
+    """What the brokers on one Redis and on a Redis Cluster share: the scripts,
+    history, presence, the node registry and the reading of pub/sub messages. How
+    pub/sub connections are kept is each one's own (``_subscribe_name``...)."""
 
     def __init__(
         self,
         url: str,
+        client: _Client,
+        keys: RedisKeys,
         *,
-        prefix: str = "tidings",
-        shards: int = 4,
-        presence_ttl: float = 60.0,
-        history_meta_ttl: float = 30 * 24 * 3600.0,
-        max_retry_delay: float = 2.0,
-        subscribe_timeout: float = 5.0,
+        presence_ttl: float,
+        history_meta_ttl: float,
+        max_retry_delay: float,
+        subscribe_timeout: float,
     ) -> None:
         self.url = url
-        self.keys = RedisKeys(prefix)
+        self.keys = keys
         self.presence_ttl = presence_ttl
         self.history_meta_ttl = history_meta_ttl
         self.max_retry_delay = max_retry_delay
         self.subscribe_timeout = subscribe_timeout
         self.errors = 0
-        # health_check_interval: a pooled connection idle for a second is checked
-        # (PING) before use, so the first command after Redis restarted does not
-        # fail on a stale connection. Commands are not retried: a publish must not
-        # risk going out twice.
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_keepalive=True, health_check_interval=1
-        )
-        self._publish = self.redis.register_script(PUBLISH_SCRIPT)
-        self._history = self.redis.register_script(HISTORY_SCRIPT)
-        self._add_presence = self.redis.register_script(ADD_PRESENCE_SCRIPT)
-        self._presence = self.redis.register_script(PRESENCE_SCRIPT)
-        self._shards = [_Shard(self, index) for index in range(max(1, shards))]
+        self.redis: _Client = client
+        self._publish = client.register_script(PUBLISH_SCRIPT)
+        self._history = client.register_script(HISTORY_SCRIPT)
+        self._add_presence = client.register_script(ADD_PRESENCE_SCRIPT)
+        self._presence = client.register_script(PRESENCE_SCRIPT)
         self._handler: BrokerEventHandler | None = None
         self._control: Callable[[bytes], None] | None = None
-        self._client_prefix = self.keys.pubsub("")
-        self._control_prefix = self.keys.control()
+        self._control_prefix = keys.control()
         self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
-        return f"<RedisBroker {self.url}>"
+        return f"<{type(self).__name__} {_redacted(self.url)}>"
 
     async def start(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
         try:
             await self.redis.ping()  # fail fast on a wrong URL
-        except (RedisError, OSError) as exc:
+            await self._start_pubsub()
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise BrokerUnavailable(f"cannot reach Redis at {_redacted(self.url)}: {exc}") from exc
-        for shard in self._shards:
-            shard.start()
 
     async def close(self) -> None:
         self._handler = self._control = None
-        for shard in self._shards:
-            await shard.stop()
+        await self._stop_pubsub()
         for task in list(self._background):
             await stop_task(task)
         await self.redis.aclose()
 
-    def _shard(self, name: str) -> _Shard:
-        return self._shards[zlib.crc32(name.encode()) % len(self._shards)]
+    # --- what each kind of broker does its own way ---------------------------------
+
+    async def _start_pubsub(self) -> None:
+        raise NotImplementedError
+
+    async def _stop_pubsub(self) -> None:
+        raise NotImplementedError
+
+    def _subscribe_name(self, name: str) -> asyncio.Future[None]:
+        """Route the pub/sub channel ``name`` here; done once Redis confirmed it."""
+        raise NotImplementedError
+
+    def _unsubscribe_name(self, name: str) -> None:
+        raise NotImplementedError
 
     # --- pub/sub -----------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> None:
         name = self.keys.pubsub(channel)
-        confirmed = self._shard(name).subscribe(name)
         try:
-            await asyncio.wait_for(confirmed, self.subscribe_timeout)
-        except TimeoutError:
-            self._shard(name).unsubscribe(name)  # not routed: the node gives up on it
-            raise RedisError(f"no SUBSCRIBE confirmation for {name} (Redis down?)") from None
+            await self._confirmed(name)
+        except RedisError:
+            self._unsubscribe_name(name)  # not routed: the node gives up on it
+            raise
 
     async def unsubscribe(self, channel: str) -> None:
-        name = self.keys.pubsub(channel)
-        self._shard(name).unsubscribe(name)
+        self._unsubscribe_name(self.keys.pubsub(channel))
+
+    async def _confirmed(self, name: str) -> None:
+        try:
+            await asyncio.wait_for(self._subscribe_name(name), self.subscribe_timeout)
+        except TimeoutError:
+            raise RedisError(f"no SUBSCRIBE confirmation for {name} (Redis down?)") from None
+
+    async def _send(self, name: str, data: bytes) -> None:
+        await self.redis.publish(name, data)
 
     # --- control messages --------------------------------------------------------
 
     async def start_control(self, node: str, handler: Callable[[bytes], None]) -> None:
         self._control = handler
         for name in (self.keys.control(), self.keys.control(node)):
-            confirmed = self._shard(name).subscribe(name)
-            try:
-                await asyncio.wait_for(confirmed, self.subscribe_timeout)
-            except TimeoutError:
-                raise RedisError(f"no SUBSCRIBE confirmation for {name} (Redis down?)") from None
+            await self._confirmed(name)
 
     async def publish_control(self, data: bytes, node: str = "") -> None:
-        await self.redis.publish(self.keys.control(node), data)
+        await self._send(self.keys.control(node), data)
 
     def _dispatch(self, name: str, data: bytes) -> None:
-        if not name.startswith(self._client_prefix):
+        channel = self.keys.channel_of(name)
+        if channel is None:
             if self._control is not None and name.startswith(self._control_prefix):
                 self._control(data)
             return
-        handler = self._handler
-        if handler is None:
-            return
-        channel = name[len(self._client_prefix) :]
-        kind = data[:1]
-        try:
-            if kind == b"p" or kind == b"d":
-                head, exclude, payload = data[1:].split(b" ", 2)
-                previous = None
-                position, _, epoch = head.partition(b":")
-                offset = int(position)
-                if kind == b"d":
-                    size, payload = payload.split(b" ", 1)
-                    split = int(size)
-                    previous = _publication_decoder.decode(payload[:split])
-                    previous = msgspec.structs.replace(previous, offset=offset - 1)
-                    payload = payload[split:]
-                publication = _publication_decoder.decode(payload)
-                if offset:
-                    publication = msgspec.structs.replace(publication, offset=offset)
-                handler.handle_publication(
-                    channel, publication, exclude.decode(), previous, epoch.decode()
-                )
-            elif kind == b"j":
-                handler.handle_join(channel, _info_decoder.decode(data[2:]))
-            elif kind == b"l":
-                handler.handle_leave(channel, _info_decoder.decode(data[2:]))
-        except (ValueError, msgspec.DecodeError):
-            logger.error("undecodable message on %r: %r", name, data[:100])
+        if self._handler is not None:
+            decode_message(self._handler, channel, data)
 
     def _lost(self, names: set[str]) -> None:
-        """A pub/sub connection came back: its channels may have missed publications."""
-        prefix = self._client_prefix
-        channels = [name[len(prefix) :] for name in names if name.startswith(prefix)]
+        """Pub/sub channels routed here again after a gap: they may have missed publications."""
+        channels = [c for c in map(self.keys.channel_of, names) if c is not None]
         if self._handler is not None and channels:
             self._handler.handle_lost(channels)
 
@@ -459,11 +511,7 @@ class RedisBroker:
         delta: bool = False,
     ) -> StreamPosition:
         reply = await self._publish(
-            keys=[
-                self.keys.stream(channel),
-                self.keys.meta(channel),
-                self.keys.idempotency(channel, idempotency_key) if idempotency_key else "",
-            ],
+            keys=publish_keys(self.keys, channel, idempotency_key),
             args=publish_args(
                 self.keys,
                 channel,
@@ -478,10 +526,10 @@ class RedisBroker:
         return parse_position(reply)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self.redis.publish(self.keys.pubsub(channel), b"j " + _encode(info))
+        await self._send(self.keys.pubsub(channel), b"j " + _encode(info))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self.redis.publish(self.keys.pubsub(channel), b"l " + _encode(info))
+        await self._send(self.keys.pubsub(channel), b"l " + _encode(info))
 
     # --- history -----------------------------------------------------------------
 
@@ -583,6 +631,568 @@ class RedisBroker:
         return [info for info in infos if isinstance(info, bytes)]
 
 
+class RedisBroker(_RedisCommon[aioredis.Redis]):
+    """Broker, presence manager and node registry on Redis.
+
+    Args:
+        url: ``redis://host:port/db`` (``rediss://`` for TLS).
+        prefix: prepended to every key and channel, to share one Redis.
+        shards: pub/sub connections to spread channels over.
+        presence_ttl: seconds a presence entry lives without a refresh.
+        history_meta_ttl: seconds a channel's epoch and offset are kept idle.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings",
+        shards: int = 4,
+        presence_ttl: float = 60.0,
+        history_meta_ttl: float = 30 * 24 * 3600.0,
+        max_retry_delay: float = 2.0,
+        subscribe_timeout: float = 5.0,
+    ) -> None:
+        # health_check_interval: a pooled connection idle for a second is checked
+        # (PING) before use, so the first command after Redis restarted does not
+        # fail on a stale connection. Commands are not retried (redis-py >= 6 retries
+        # by default): a publish must not risk going out twice.
+        client = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            health_check_interval=1,
+            max_connections=UNBOUNDED,
+            retry=Retry(NoBackoff(), 0),
+        )
+        super().__init__(
+            url,
+            client,
+            RedisKeys(prefix),
+            presence_ttl=presence_ttl,
+            history_meta_ttl=history_meta_ttl,
+            max_retry_delay=max_retry_delay,
+            subscribe_timeout=subscribe_timeout,
+        )
+        self._shards = [_Shard(self, index) for index in range(max(1, shards))]
+
+    def _shard(self, name: str) -> _Shard:
+        return self._shards[zlib.crc32(name.encode()) % len(self._shards)]
+
+    async def _start_pubsub(self) -> None:
+        for shard in self._shards:
+            shard.start()
+
+    async def _stop_pubsub(self) -> None:
+        for shard in self._shards:
+            await shard.stop()
+
+    def _subscribe_name(self, name: str) -> asyncio.Future[None]:
+        return self._shard(name).subscribe(name)
+
+    def _unsubscribe_name(self, name: str) -> None:
+        self._shard(name).unsubscribe(name)
+
+
+# --- Redis Cluster -----------------------------------------------------------------
+
+CLUSTER_SCHEME = "redis+cluster"
+
+Address = tuple[str, int]
+"""A Redis node's host and port."""
+
+_PING_INTERVAL = 5.0
+"""Seconds of silence after which a pub/sub link PINGs its master; as long again
+without an answer and the link is taken for dead (a master cut off without a reset)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """What ``redis+cluster://[user:password@]host:port[,host:port...][?addr=host:port]``
+    says: the seed nodes (any of them tells where the others are; ``addr`` adds one, as
+    in Centrifugo's URLs) and the credentials."""
+
+    nodes: list[Address]
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterURL:
+        """The seeds and credentials of ``url``.
+
+        Raises:
+            ValueError: for another scheme, a database other than 0, an option other
+                than ``addr``, or a seed that is not ``host[:port]``.
+        """
+        scheme, found, rest = url.partition("://")
+        if not found or scheme != CLUSTER_SCHEME:
+            raise ValueError(f"{_redacted(url)}: not a {CLUSTER_SCHEME}:// URL")
+        rest, _, query = rest.partition("?")
+        rest, _, database = rest.partition("/")
+        if database not in ("", "0"):
+            raise ValueError(f"{_redacted(url)}: a Redis Cluster has database 0 only")
+        options = urllib.parse.parse_qs(query, keep_blank_values=True)
+        seeds = options.pop("addr", [])
+        if options:
+            unknown = ", ".join(sorted(options))
+            raise ValueError(f"{_redacted(url)}: unknown options {unknown} (addr= adds a seed)")
+        userinfo, _, hosts = rest.rpartition("@")
+        username = password = None
+        if userinfo:
+            user, colon, secret = userinfo.partition(":")
+            username = urllib.parse.unquote(user) or None
+            password = urllib.parse.unquote(secret) if colon else None
+        nodes = []
+        for part in [*hosts.split(","), *seeds]:
+            host, colon, port = part.rpartition(":")
+            if not colon or host.endswith("["):
+                host, port = part, "6379"  # no port (or the inside of an IPv6 address)
+            host = host.removeprefix("[").removesuffix("]")
+            if not host or not port.isdigit():
+                raise ValueError(f"{_redacted(url)}: {part!r} is not host:port")
+            nodes.append((host, int(port)))
+        return cls(nodes, username, password)
+
+
+class _NodeLink:
+    """One pub/sub connection to a cluster master, SSUBSCRIBEd to the channels of its
+    slots that this node wants. It lives as long as its connection: when that breaks,
+    the broker finds the channels' masters anew (another link, maybe to a promoted
+    replica). Redis itself unsubscribes it from the channels of a slot that moves away."""
+
+    def __init__(self, broker: RedisClusterBroker, address: Address) -> None:
+        self.broker = broker
+        self.address = address
+        self.channels: set[str] = set()
+        """Channel names routed here."""
+        self.confirmed: set[str] = set()
+        """Those Redis confirmed: their publications flow here."""
+        self._unsubscribing: dict[str, int] = {}
+        self._batch: set[str] = set()
+        self._unbatch: set[str] = set()
+        self._flush_scheduled = False
+        self._connection: aioredis.Connection | None = None
+        self._connected = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        self._connected = False
+        await stop_task(self.task)
+        await self._close()
+
+    def subscribe(self, name: str) -> None:
+        self.channels.add(name)
+        self._unbatch.discard(name)
+        self._batch.add(name)
+        self._schedule_flush()
+
+    def unsubscribe(self, name: str) -> None:
+        self.channels.discard(name)
+        self.confirmed.discard(name)
+        self._batch.discard(name)
+        self._unbatch.add(name)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        # Commands of one loop iteration go out together, in one write.
+        if not self._flush_scheduled and self._connected:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._spawn_flush)
+
+    def _spawn_flush(self) -> None:
+        self._flush_scheduled = False
+        task = asyncio.ensure_future(self._flush())
+        self.broker._background.add(task)
+        task.add_done_callback(self.broker._background.discard)
+
+    async def _flush(self) -> None:
+        connection = self._connection
+        # A closed connection stays closed (redis-py would reopen it to send): the
+        # reader notices, and a new link sends all its channels.
+        if connection is None or not self._connected or not connection.is_connected:
+            return
+        subscribe, self._batch = self._batch, set()
+        unsubscribe, self._unbatch = self._unbatch, set()
+        # One command per slot: Redis refuses shard channels of several slots in one.
+        commands = [("SSUBSCRIBE", *names) for names in _by_slot(subscribe)]
+        commands += [("SUNSUBSCRIBE", *names) for names in _by_slot(unsubscribe)]
+        for name in unsubscribe:
+            self._unsubscribing[name] = self._unsubscribing.get(name, 0) + 1
+        if not commands:
+            return
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
+        except (RedisError, OSError) as exc:
+            # The connection is closed: the reader fails and the broker routes again.
+            logger.warning("pub/sub link to %s:%d: subscribe failed: %s", *self.address, exc)
+
+    async def _run(self) -> None:
+        try:
+            connection = self.broker._pubsub_connection(self.address)
+            self._connection = connection
+            await _open(connection)
+            self.broker._link_up(self)
+            # Everything routed here so far goes out in the first write.
+            self._batch, self._unbatch = set(self.channels), set()
+            self._connected = True
+            await self._flush()
+            await self._read(connection)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the master went away, or refused the subscriptions
+            # Before any await: no flush may write to (and so reopen) this connection.
+            self._connected = False
+            await self._close()
+            self.broker._link_down(self, exc)
+
+    async def _read(self, connection: aioredis.Connection) -> None:
+        pinged = False
+        while True:
+            try:
+                reply = await connection.read_response(timeout=_PING_INTERVAL)
+            except MovedError as moved:
+                self._moved(moved)
+                continue
+            if reply is None:  # silence
+                if pinged:
+                    raise RedisConnectionError(f"no answer to PING in {_PING_INTERVAL} s")
+                if not connection.is_connected:  # closed meanwhile: not to be reopened
+                    raise RedisConnectionError("pub/sub connection closed")
+                await connection.send_command("PING", check_health=False)
+                pinged = True
+                continue
+            pinged = False
+            if not isinstance(reply, list) or len(reply) < 3:
+                continue  # the answer to a PING
+            kind, name = reply[0], reply[1].decode()
+            if kind == b"smessage":
+                if name in self.channels:
+                    self.broker._dispatch(name, reply[2])
+            elif kind == b"ssubscribe":
+                self._subscribed(name)
+            elif kind == b"sunsubscribe":
+                self._unsubscribed(name)
+
+    def _subscribed(self, name: str) -> None:
+        if name not in self.channels:
+            # Routed elsewhere meanwhile (a MOVED for its slot): not wanted here.
+            self.unsubscribe(name)
+            return
+        self.confirmed.add(name)
+        self.broker._confirm(name)
+
+    def _unsubscribed(self, name: str) -> None:
+        count = self._unsubscribing.pop(name, 0)
+        if count > 1:
+            self._unsubscribing[name] = count - 1
+        if count or name not in self.confirmed:
+            return  # the answer to our SUNSUBSCRIBE
+        # Redis dropped the subscription: its slot moved to another master.
+        self.channels.discard(name)
+        self.confirmed.discard(name)
+        self.broker._reroute(self, [name], gap=True)
+
+    def _moved(self, moved: MovedError) -> None:
+        """An SSUBSCRIBE or SUNSUBSCRIBE of the slot was refused: another master has it."""
+        slot = moved.slot_id
+        for name in [n for n in self._unsubscribing if _slot(n) == slot]:
+            del self._unsubscribing[name]  # not subscribed here anyway
+        names = [n for n in self.channels - self.confirmed if _slot(n) == slot]
+        for name in names:
+            self.channels.discard(name)
+            self._batch.discard(name)
+        self.broker._moved(self, names, slot, (moved.host, int(moved.port)))
+
+    async def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        self._connected = False
+        if connection is not None:
+            await _shut(connection)
+
+
+async def _open(connection: aioredis.Connection) -> None:
+    await connection.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+
+async def _shut(connection: aioredis.Connection) -> None:
+    """Close ``connection`` and wait until its socket is (a broken one may fail to)."""
+    try:
+        await connection.disconnect()
+    except (RedisError, OSError):
+        pass
+
+
+def _slot(name: str) -> int:
+    return key_slot(name.encode())
+
+
+def _by_slot(names: set[str]) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(_slot(name), []).append(name)
+    return list(groups.values())
+
+
+class RedisClusterBroker(_RedisCommon[aioredis.RedisCluster]):
+    """Broker, presence manager and node registry on a Redis Cluster (Redis >= 7).
+
+    Keys are named by :class:`RedisClusterKeys`: a channel's keys and pub/sub channel
+    share a hash slot, so the scripts are those of :class:`RedisBroker`, sending with
+    SPUBLISH: a publication reaches only the nodes of its slot's shard. Commands go
+    through redis-py's cluster client (MOVED and ASK followed). Pub/sub goes over one
+    connection per master (``_NodeLink``), SSUBSCRIBEd to the wanted channels of the
+    slots it serves, after the cluster's slot map (CLUSTER SLOTS). A channel whose slot
+    moves (resharding) or whose master fails is subscribed again on its new master;
+    then the node hears of it (``handle_lost``): publications in between may be lost.
+
+    Args:
+        url: ``redis+cluster://[user:password@]host:port[,host:port...]`` (seed nodes).
+        prefix: prepended to every key and channel, to share one cluster.
+        presence_ttl: seconds a presence entry lives without a refresh.
+        history_meta_ttl: seconds a channel's epoch and offset are kept idle.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings",
+        presence_ttl: float = 60.0,
+        history_meta_ttl: float = 30 * 24 * 3600.0,
+        max_retry_delay: float = 2.0,
+        subscribe_timeout: float = 5.0,
+    ) -> None:
+        self._cluster_url = ClusterURL.parse(url)
+        client = aioredis.RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self._cluster_url.nodes],
+            username=self._cluster_url.username,
+            password=self._cluster_url.password,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            health_check_interval=1,
+            max_connections=UNBOUNDED,
+        )
+        super().__init__(
+            url,
+            client,
+            RedisClusterKeys(prefix),
+            presence_ttl=presence_ttl,
+            history_meta_ttl=history_meta_ttl,
+            max_retry_delay=max_retry_delay,
+            subscribe_timeout=subscribe_timeout,
+        )
+        self._owners: list[Address | None] = [None] * SLOTS
+        """The master of each slot, as the cluster last told (or a MOVED since)."""
+        self._known: list[Address] = list(self._cluster_url.nodes)
+        """Nodes to ask for the slot map: the last map's, then the seeds."""
+        self._unreachable: set[Address] = set()
+        """Nodes whose connection just failed: asked last (a dead host costs a timeout)."""
+        self._links: dict[Address, _NodeLink] = {}
+        self._where: dict[str, _NodeLink] = {}
+        self._wanted: set[str] = set()
+        self._homeless: set[str] = set()
+        """Wanted channel names on no link: waiting for the slot map."""
+        self._gap: set[str] = set()
+        """Names that were routed here, then not: reported lost once routed again."""
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._lost_names: set[str] = set()
+        self._retry_delay = 0.0
+        self._rerouting: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def _start_pubsub(self) -> None:
+        await self._refresh_slots()
+
+    async def _send(self, name: str, data: bytes) -> None:
+        await self.redis.spublish(name, data)
+
+    async def _stop_pubsub(self) -> None:
+        self._closed = True  # a link failing meanwhile must not start another
+        await stop_task(self._rerouting)
+        for link in list(self._links.values()):
+            await link.stop()
+        self._links.clear()
+
+    def _subscribe_name(self, name: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(name, []).append(future)
+        self._wanted.add(name)
+        link = self._where.get(name)
+        if link is not None:
+            link.subscribe(name)  # confirmed again: the future is done then
+        elif name not in self._homeless:
+            self._place(name)
+        return future
+
+    def _unsubscribe_name(self, name: str) -> None:
+        self._wanted.discard(name)
+        self._homeless.discard(name)
+        self._gap.discard(name)
+        link = self._where.pop(name, None)
+        if link is not None:
+            link.unsubscribe(name)
+
+    def _place(self, name: str) -> None:
+        """Route ``name`` to the link of its slot's master (waits for a map without one)."""
+        if self._closed:
+            return
+        owner = self._owners[_slot(name)]
+        if owner is None:
+            self._homeless.add(name)
+            self._reroute_soon()
+            return
+        link = self._links.get(owner)
+        if link is None:
+            link = self._links[owner] = _NodeLink(self, owner)
+            link.start()
+        self._where[name] = link
+        link.subscribe(name)
+
+    def _confirm(self, name: str) -> None:
+        """A link's SSUBSCRIBE of ``name`` is confirmed: publications flow."""
+        for future in self._waiting.pop(name, ()):
+            if not future.done():
+                future.set_result(None)
+        if name in self._gap:
+            self._gap.discard(name)
+            if not self._lost_names:
+                asyncio.get_running_loop().call_soon(self._report_lost)
+            self._lost_names.add(name)
+
+    def _report_lost(self) -> None:
+        names, self._lost_names = self._lost_names, set()
+        self._lost(names)
+
+    def _reroute(self, link: _NodeLink, names: Iterable[str], *, gap: bool) -> None:
+        """``names`` left ``link``: find their masters anew (``gap``: publications may
+        have been missed since the link confirmed them)."""
+        for name in names:
+            if self._where.get(name) is link:
+                del self._where[name]
+            if name not in self._wanted:
+                continue
+            if gap:
+                self._gap.add(name)
+            self._homeless.add(name)
+        self._reroute_soon()
+
+    def _moved(self, link: _NodeLink, names: Iterable[str], slot: int, owner: Address) -> None:
+        """A master answered that ``slot`` is ``owner``'s: route its ``names`` there."""
+        self._owners[slot] = owner
+        for name in names:
+            if self._where.get(name) is link:
+                del self._where[name]
+            if name in self._wanted:
+                self._place(name)
+
+    def _reroute_soon(self) -> None:
+        if (
+            self._homeless
+            and not self._closed
+            and (self._rerouting is None or self._rerouting.done())
+        ):
+            self._rerouting = asyncio.ensure_future(self._rerouted())
+
+    async def _rerouted(self) -> None:
+        while self._homeless:
+            await asyncio.sleep(self._retry_delay)
+            try:
+                await self._refresh_slots()
+            except (RedisError, OSError) as exc:
+                logger.warning("Redis Cluster: no slot map: %s", exc)
+                self._backoff()
+                continue
+            names, self._homeless = self._homeless, set()
+            for name in names:
+                if name in self._wanted and name not in self._where:
+                    self._place(name)
+            if self._homeless:
+                self._backoff()  # slots without a master: wait for a failover
+
+    def _backoff(self) -> None:
+        self._retry_delay = min(max(self._retry_delay * 2, 0.05), self.max_retry_delay)
+
+    def _link_up(self, link: _NodeLink) -> None:
+        self._retry_delay = 0.0
+        self._unreachable.discard(link.address)
+
+    def _link_down(self, link: _NodeLink, exc: Exception) -> None:
+        logger.warning("pub/sub link to %s:%d lost: %s", *link.address, exc)
+        self.errors += 1
+        self._unreachable.add(link.address)
+        if self._links.get(link.address) is link:
+            del self._links[link.address]
+        self._backoff()
+        self._reroute(link, link.channels & link.confirmed, gap=True)
+        self._reroute(link, link.channels - link.confirmed, gap=False)
+
+    def _pubsub_connection(self, address: Address) -> aioredis.Connection:
+        """A connection of its own for a link: RESP2 (pushes as plain replies), reads
+        that wait for ever, no retries (a broken one is replaced by the broker)."""
+        return aioredis.Connection(
+            host=address[0],
+            port=address[1],
+            username=self._cluster_url.username,
+            password=self._cluster_url.password,
+            protocol=2,
+            socket_timeout=None,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def _refresh_slots(self) -> None:
+        """Read the slot map (CLUSTER SLOTS) from the first node that answers."""
+        failure: Exception | None = None
+        candidates = list(dict.fromkeys([*self._known, *self._cluster_url.nodes]))
+        for address in sorted(candidates, key=lambda address: address in self._unreachable):
+            connection = self._pubsub_connection(address)
+            try:
+                await _open(connection)
+                await connection.send_command("CLUSTER", "SLOTS")
+                reply = await connection.read_response(timeout=2.0)
+            except (RedisError, OSError) as exc:
+                failure = exc
+                self._unreachable.add(address)
+                continue
+            finally:
+                await _shut(connection)
+            if not isinstance(reply, list):
+                failure = RedisError(f"no CLUSTER SLOTS answer from {address[0]}:{address[1]}")
+                continue
+            self._unreachable.discard(address)
+            self._apply_slots(reply, address)
+            return
+        raise RedisConnectionError(f"no cluster node gave its slot map: {failure}")
+
+    def _apply_slots(self, reply: list[Any], asked: Address) -> None:
+        owners: list[Address | None] = [None] * SLOTS
+        masters: list[Address] = []
+        replicas: list[Address] = []
+        for start, end, master, *others in reply:
+            nodes = [_node_address(node, asked) for node in (master, *others)]
+            owner = nodes[0]
+            if owner is not None:
+                owners[start : end + 1] = [owner] * (end - start + 1)
+                masters.append(owner)
+            replicas += [node for node in nodes[1:] if node is not None]
+        self._owners = owners
+        self._known = list(dict.fromkeys([*masters, *replicas]))
+
+
+def _node_address(node: list[Any], asked: Address) -> Address | None:
+    """A node of a CLUSTER SLOTS reply: an empty host is the one asked; ``?`` unknown."""
+    host = node[0].decode() if isinstance(node[0], bytes) else str(node[0])
+    if host == "?":
+        return None
+    return (host or asked[0], int(node[1]))
+
+
 def publish_args(
     keys: RedisKeys,
     channel: str,
@@ -604,6 +1214,18 @@ def publish_args(
         exclude_client,
         _ms(idempotency_ttl),
         1 if delta else 0,
+        keys.publish_command,
+    ]
+
+
+def publish_keys(keys: RedisKeys, channel: str, idempotency_key: str) -> list[str]:
+    """Keys of :data:`PUBLISH_SCRIPT` (shared with the external publisher). Without an
+    idempotency key the third is not touched, but named all the same: on a cluster
+    every key of a script must be in the channel's slot."""
+    return [
+        keys.stream(channel),
+        keys.meta(channel),
+        keys.idempotency(channel, idempotency_key),
     ]
 
 
