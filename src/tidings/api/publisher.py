@@ -1,38 +1,135 @@
-"""Publish into a Redis-backed hub from any Python program: no hub, no HTTP call.
+"""Publish into a hub's broker from any Python program: no hub, no HTTP call.
 
-For Django views, Celery tasks and scripts. A publication goes through the same
-Lua script the hub's Redis broker uses, so it gets its offset in the channel's
-history and reaches every node's subscribers.
+For Django views, Celery tasks and scripts. On Redis, a publication goes through the
+same Lua script the hub's Redis broker uses; on NATS, through the NATS broker itself:
+either way it gets its offset in the channel's history and reaches every node's
+subscribers.
 
 Give it the hub's configuration so that channels keep history exactly as the
 hub does (``history_size``/``history_ttl`` of their namespace)::
 
     publisher = Publisher("redis://localhost:6379/0", config=load_config("tidings.toml"))
     publisher.publish("chat:lobby", {"text": "hello"})
+
+A ``redis+cluster://host:port,host:port`` URL publishes into a Redis Cluster (the
+keys and SPUBLISH of :class:`~tidings.brokers.redis.RedisClusterBroker`), a
+``nats://host:4222`` URL into NATS (:class:`~tidings.brokers.nats.NatsBroker`; the
+synchronous publisher runs it on an event loop of its own, in a thread).
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 
 from ..brokers.base import IDEMPOTENCY_TTL, HistoryOptions
-from ..brokers.redis import PUBLISH_SCRIPT, RedisKeys, parse_position, publish_args
+from ..brokers.nats import NatsBroker
+from ..brokers.redis import (
+    CLUSTER_SCHEME,
+    PUBLISH_SCRIPT,
+    UNBOUNDED,
+    ClusterURL,
+    RedisClusterKeys,
+    RedisKeys,
+    parse_position,
+    publish_args,
+    publish_keys,
+)
 from ..node.channels import channel_options
 from ..options import Config
 from ..protocol.codes import Error, ErrorCode
-from ..protocol.wire import Publication, StreamPosition, to_raw
+from ..protocol.wire import ClientInfo, Publication, StreamPosition, to_raw
 
 __all__ = ["AsyncPublisher", "Publisher"]
 
 
+def _cluster(url: str) -> ClusterURL | None:
+    """The cluster a ``redis+cluster://`` URL names; None for one Redis."""
+    return ClusterURL.parse(url) if url.startswith(f"{CLUSTER_SCHEME}://") else None
+
+
+T = TypeVar("T")
+
+
+def _nats(url: str) -> bool:
+    return url.startswith("nats://")
+
+
+class _Deaf:
+    """The broker event handler of a publisher, which subscribes to nothing."""
+
+    def handle_publication(
+        self,
+        channel: str,
+        publication: Publication,
+        exclude_client: str = "",
+        previous: Publication | None = None,
+        epoch: str = "",
+    ) -> None:
+        pass
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        pass
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        pass
+
+    def handle_lost(self, channels: Sequence[str]) -> None:
+        pass
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, for the synchronous publisher over NATS."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="tidings-publisher", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+def _sync_node(host: str, port: int) -> redis.cluster.ClusterNode:
+    return redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]  # unannotated
+
+
 class _Base:
-    def __init__(self, config: Config | None) -> None:
+    def __init__(self, config: Config | None, cluster: bool) -> None:
         self.config = config if config is not None else Config()
-        self.keys = RedisKeys(self.config.broker.prefix)
+        prefix = self.config.broker.prefix
+        self.keys = RedisClusterKeys(prefix) if cluster else RedisKeys(prefix)
+
+    def _prepare(
+        self, channel: str, data: Any, tags: dict[str, str] | None, delta: bool
+    ) -> tuple[Publication, HistoryOptions | None, bool]:
+        """The publication, the history it goes in (its namespace's), and whether it
+        goes with delta."""
+        if not channel:
+            raise Error(ErrorCode.BAD_REQUEST, "channel required")
+        options = channel_options(self.config, channel)
+        history = (
+            HistoryOptions(options.history_size, options.history_ttl, options.history_meta_ttl)
+            if options.history_enabled
+            else None
+        )
+        publication = Publication(data=to_raw(data), tags=tags or None)
+        return publication, history, (delta or options.delta_publish) and history is not None
 
     def _script_call(
         self,
@@ -42,39 +139,41 @@ class _Base:
         idempotency_key: str,
         delta: bool,
     ) -> tuple[list[str], list[Any]]:
-        if not channel:
-            raise Error(ErrorCode.BAD_REQUEST, "channel required")
-        options = channel_options(self.config, channel)
-        history = (
-            HistoryOptions(options.history_size, options.history_ttl, options.history_meta_ttl)
-            if options.history_enabled
-            else None
-        )
-        raw = to_raw(data)
-        keys = [
-            self.keys.stream(channel),
-            self.keys.meta(channel),
-            self.keys.idempotency(channel, idempotency_key) if idempotency_key else "",
-        ]
+        publication, history, delta = self._prepare(channel, data, tags, delta)
+        keys = publish_keys(self.keys, channel, idempotency_key)
         args = publish_args(
             self.keys,
             channel,
-            Publication(data=raw, tags=tags or None),
+            publication,
             history,
             self.config.broker.history_meta_ttl,
             "",
             IDEMPOTENCY_TTL if idempotency_key else 0,
-            (delta or options.delta_publish) and history is not None,
+            delta,
         )
         return keys, args
 
 
 class Publisher(_Base):
-    """A synchronous publisher (redis-py). Thread-safe; keep one per process."""
+    """A synchronous publisher (redis-py, or the NATS broker on a thread of its own).
+    Thread-safe; keep one per process."""
 
     def __init__(self, url: str, *, config: Config | None = None) -> None:
-        super().__init__(config)
-        self.redis: redis.Redis = redis.Redis.from_url(url)
+        cluster = _cluster(url)
+        super().__init__(config, cluster is not None)
+        self.redis: redis.Redis | redis.cluster.RedisCluster | None = None
+        self._nats: tuple[AsyncPublisher, _LoopThread] | None = None
+        if _nats(url):
+            self._nats = AsyncPublisher(url, config=config), _LoopThread()
+            return
+        if cluster is None:
+            self.redis = redis.Redis.from_url(url)
+        else:
+            self.redis = redis.cluster.RedisCluster(
+                startup_nodes=[_sync_node(host, port) for host, port in cluster.nodes],
+                username=cluster.username,
+                password=cluster.password,
+            )
         self._script = self.redis.register_script(PUBLISH_SCRIPT)
 
     def publish(
@@ -93,13 +192,25 @@ class Publisher(_Base):
         not published again (the first one's position is returned). With ``delta``
         (or the channel's ``delta_publish``), delta subscribers may get a patch.
         """
+        if self._nats is not None:
+            publisher, thread = self._nats
+            return thread.run(
+                publisher.publish(
+                    channel, data, tags=tags, idempotency_key=idempotency_key, delta=delta
+                )
+            )
         keys, args = self._script_call(channel, data, tags, idempotency_key, delta)
         reply: bytes = self._script(keys=keys, args=args)
         return parse_position(reply)
 
     def close(self) -> None:
-        """Close the Redis connections (also done by leaving a ``with`` block)."""
-        self.redis.close()
+        """Close the connections (also done by leaving a ``with`` block)."""
+        if self._nats is not None:
+            publisher, thread = self._nats
+            thread.run(publisher.close())
+            thread.stop()
+        elif self.redis is not None:
+            self.redis.close()
 
     def __enter__(self) -> Publisher:
         return self
@@ -114,11 +225,30 @@ class Publisher(_Base):
 
 
 class AsyncPublisher(_Base):
-    """The asyncio publisher (redis-py's asyncio client)."""
+    """The asyncio publisher (redis-py's asyncio client, or the NATS broker)."""
 
     def __init__(self, url: str, *, config: Config | None = None) -> None:
-        super().__init__(config)
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(url)
+        cluster = _cluster(url)
+        super().__init__(config, cluster is not None)
+        self.redis: aioredis.Redis | aioredis.RedisCluster | None = None
+        self._nats: NatsBroker | None = None
+        self._connected: asyncio.Task[None] | None = None
+        if _nats(url):
+            self._nats = NatsBroker(
+                url,
+                prefix=self.config.broker.prefix,
+                history_meta_ttl=self.config.broker.history_meta_ttl,
+            )
+            return
+        if cluster is None:
+            self.redis = aioredis.Redis.from_url(url, max_connections=UNBOUNDED)
+        else:
+            self.redis = aioredis.RedisCluster(
+                startup_nodes=[AsyncClusterNode(host, port) for host, port in cluster.nodes],
+                username=cluster.username,
+                password=cluster.password,
+                max_connections=UNBOUNDED,
+            )
         self._script = self.redis.register_script(PUBLISH_SCRIPT)
 
     async def publish(
@@ -137,13 +267,32 @@ class AsyncPublisher(_Base):
         not published again (the first one's position is returned). With ``delta``
         (or the channel's ``delta_publish``), delta subscribers may get a patch.
         """
+        if self._nats is not None:
+            publication, history, delta = self._prepare(channel, data, tags, delta)
+            broker = self._nats
+            if self._connected is None:  # connect once, on first use (publishes may race)
+                self._connected = asyncio.ensure_future(broker.start(_Deaf()))
+            connecting = self._connected
+            try:
+                await asyncio.shield(connecting)
+            except Exception:
+                if connecting.done():
+                    self._connected = None  # NATS unreachable: the next publish tries again
+                raise
+            return await broker.publish(
+                channel, publication, history, idempotency_key=idempotency_key, delta=delta
+            )
         keys, args = self._script_call(channel, data, tags, idempotency_key, delta)
         reply: bytes = await self._script(keys=keys, args=args)
         return parse_position(reply)
 
     async def close(self) -> None:
-        """Close the Redis connections (also done by leaving an ``async with`` block)."""
-        await self.redis.aclose()
+        """Close the connections (also done by leaving an ``async with`` block)."""
+        if self._nats is not None:
+            if self._connected is not None and self._connected.done():
+                await self._nats.close()
+        elif self.redis is not None:
+            await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncPublisher:
         return self
