@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 from tidings import Config, Hub, load_config
+
+if TYPE_CHECKING:
+    from .nats_server import NatsServer
+    from .redis_cluster import RedisCluster
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 API_KEY = "test-api-key"
@@ -185,6 +191,174 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+def _required(what: str) -> NoReturn:
+    """Skip a test that needs ``what``, except under CI=true (fail there)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required under CI=true")
+    pytest.skip(f"no {what} here")
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """The tests' own ``nats-server -js``. Skips where there is none, except under CI=true."""
+    from .nats_server import NatsServer
+
+    binary = shutil.which("nats-server")
+    if binary is None and os.access("/usr/sbin/nats-server", os.X_OK):
+        binary = "/usr/sbin/nats-server"
+    if binary is None:
+        _required("nats-server")
+    server = NatsServer(binary)
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """A clean NATS (every JetStream stream deleted before the test) and its URL."""
+    if nats_server.process is None:
+        nats_server.start()
+    # flush() runs its own event loop: in a thread, so that it neither finds the test's
+    # loop running nor leaves this thread without one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(nats_server.flush).result()
+    return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """The tests' own Redis Cluster (three masters, a replica each). Skips where
+    redis-server or redis-cli is missing, except under CI=true."""
+    from .redis_cluster import RedisCluster
+
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        _required("redis-server and redis-cli (for a Redis Cluster)")
+    cluster = RedisCluster(server, cli)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """A clean, healthy Redis Cluster (killed nodes restarted, flushed) and its URL."""
+    _ensure_cluster(redis_cluster)
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+def _ensure_cluster(cluster: RedisCluster) -> None:
+    """Start a cluster a test stopped; restart the nodes it killed."""
+    alive = [cluster.alive(i) for i in range(len(cluster.ports))]
+    if not any(alive):
+        cluster.start()
+    elif not all(alive):
+        cluster.heal()
+
+
+# --- a broker server for several hubs: Redis, Redis Cluster or NATS ---
+
+
+class BrokerServer:
+    """A broker server of the tests' own that hubs share (``broker_server``): its
+    ``url``, and the faults a test inflicts on it."""
+
+    kind = ""
+    url = ""
+    keeps_storage = False
+    """Whether it can come back with what it stored (``start(keep_storage=True)``)."""
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL: no goodbye to its clients)."""
+        raise NotImplementedError
+
+    def start(self, *, keep_storage: bool = False) -> None:
+        """Start it again on the same address: empty, or with what it stored."""
+        raise NotImplementedError
+
+    def ensure_running(self) -> None:
+        """Start it again (empty) if a test left it stopped."""
+        raise NotImplementedError
+
+
+class _Redis(BrokerServer):
+    kind = "redis"
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.url = server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self, *, keep_storage: bool = False) -> None:
+        if keep_storage:
+            raise ValueError("the tests' Redis runs without persistence")
+        self.server.start()
+
+    def ensure_running(self) -> None:
+        if self.server.process is None:
+            self.server.start()
+
+
+class _RedisCluster(BrokerServer):
+    kind = "redis_cluster"
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self.url = cluster.url
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    def start(self, *, keep_storage: bool = False) -> None:
+        # Without persistence a whole cluster comes back as a new, empty one.
+        if keep_storage:
+            raise ValueError("the tests' Redis Cluster runs without persistence")
+        self.cluster.start()
+
+    def ensure_running(self) -> None:
+        _ensure_cluster(self.cluster)
+
+
+class _Nats(BrokerServer):
+    kind = "nats"
+    keeps_storage = True
+
+    def __init__(self, server: NatsServer) -> None:
+        self.server = server
+        self.url = server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self, *, keep_storage: bool = False) -> None:
+        self.server.restart(keep_storage=keep_storage)
+
+    def ensure_running(self) -> None:
+        if self.server.process is None:
+            self.server.start()
+
+
+@pytest.fixture(params=["redis", "redis_cluster", "nats"])
+def broker_server(request: pytest.FixtureRequest) -> Iterator[BrokerServer]:
+    """Each broker server that several hubs can share, clean; running again after the
+    test (empty) if the test left it stopped."""
+    kind: str = request.param
+    request.getfixturevalue(f"{kind}_url")  # started and clean
+    server: BrokerServer
+    if kind == "redis":
+        server = _Redis(request.getfixturevalue("redis_server"))
+    elif kind == "redis_cluster":
+        server = _RedisCluster(request.getfixturevalue("redis_cluster"))
+    else:
+        server = _Nats(request.getfixturevalue("nats_server"))
+    yield server
+    server.ensure_running()
 
 
 # --- markers (registered in pyproject.toml): `make check` runs the tests that have none ---
