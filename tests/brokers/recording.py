@@ -1,4 +1,4 @@
-"""What the broker tests share (``test_memory.py``, ``test_redis.py``): a recording
+"""What the broker tests share (``test_contract.py`` and each broker's own): a recording
 event handler in place of a node, and publications numbered ``{"n": N}``."""
 
 from __future__ import annotations

@@ -192,3 +192,109 @@ async def test_a_nats_restarted_without_storage_starts_a_new_epoch_never_a_silen
     assert after.offset == 1 and after.epoch != before[-1].epoch
     publications, top = await broker.history("volatile", since=StreamPosition(), limit=-1)
     assert (offsets(publications), top) == ([1], after)
+
+
+# --- order ----------------------------------------------------------------------------
+
+
+async def raw_client(url: str) -> Any:
+    import nats
+
+    return await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+
+
+def publication_message(offset: int, epoch: str = "E") -> bytes:
+    return f'p{offset}:{epoch}  {{"data":{{"n":{offset}}}}}'.encode()
+
+
+async def test_publications_republished_out_of_order_reach_the_node_in_order(
+    peers: PeerFactory, nats_url: str
+) -> None:
+    # JetStream may republish two racing appends swapped: the broker puts them back.
+    broker, recorder = await peers()
+    await broker.subscribe("swapped")
+    raw = await raw_client(nats_url)
+    try:
+        for offset in (1, 3, 2, 5, 4, 6):
+            await raw.publish(broker._live("swapped"), publication_message(offset))
+        await raw.flush()
+        await eventually(lambda: len(recorder.publications) == 6, "6 publications")
+    finally:
+        await raw.close()
+    assert [offset for offset, _ in recorder.received("swapped")] == [1, 2, 3, 4, 5, 6]
+    assert recorder.lost == []
+
+
+async def test_a_publication_that_never_comes_or_comes_too_late_makes_the_node_recover(
+    peers: PeerFactory, nats_url: str
+) -> None:
+    broker, recorder = await peers()
+    await broker.subscribe("holed")
+    raw = await raw_client(nats_url)
+    try:
+        for offset in (1, 3, 4):  # 2 never comes: 3 and 4 go after a short wait
+            await raw.publish(broker._live("holed"), publication_message(offset))
+        await raw.flush()
+        await eventually(lambda: recorder.lost_channels == {"holed"}, "holed reported lost")
+        assert [offset for offset, _ in recorder.received("holed")] == [1, 3, 4]
+        recorder.lost.clear()
+        await raw.publish(broker._live("holed"), publication_message(2))  # too late
+        await raw.flush()
+        await eventually(lambda: recorder.lost_channels == {"holed"}, "holed reported again")
+    finally:
+        await raw.close()
+    assert [offset for offset, _ in recorder.received("holed")] == [1, 3, 4]
+
+
+async def test_calls_waiting_for_nats_when_it_dies_fail_at_once(
+    peers: PeerFactory, restore_nats: NatsServer
+) -> None:
+    broker, _ = await peers(subscribe_timeout=5.0)
+    calls = [broker.publish(f"c{n}", pub(n), HISTORY) for n in range(50)]
+    calls += [broker.history(f"c{n}", since=None, limit=-1) for n in range(50)]
+    pending = [asyncio.ensure_future(call) for call in calls]
+    await asyncio.sleep(0)
+    restore_nats.stop()
+    started = time.monotonic()
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert time.monotonic() - started < 2.0  # not the 5 s request timeout
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures and all(isinstance(f, NatsUnavailable) for f in failures), failures[:3]
+
+
+async def test_a_repeated_idempotency_key_whose_publication_was_trimmed_gets_a_position(
+    peers: PeerFactory,
+) -> None:
+    broker, _ = await peers()
+    small = HistoryOptions(size=2, ttl=60)
+    first = await broker.publish("trimmed-key", pub(0), small, idempotency_key="k")
+    for n in range(1, 6):
+        await broker.publish("trimmed-key", pub(n), small)
+    await asyncio.sleep(0.2)  # the trims
+    again = await broker.publish("trimmed-key", pub(0), small, idempotency_key="k")
+    # Not published again; the original's offset is gone with it: the top stands in.
+    assert again.epoch == first.epoch and again.offset == 6
+    publications, _ = await broker.history("trimmed-key", since=None, limit=-1)
+    assert offsets(publications) == [5, 6]
+
+
+def _publish_in_child(publisher: Any, results: Any) -> None:
+    results.put(publisher.publish("forked", {"n": 2}) == StreamPosition())
+
+
+def test_the_synchronous_publisher_still_publishes_in_a_forked_child(nats_url: str) -> None:
+    # Celery's prefork pool and gunicorn --preload fork after the publisher was made:
+    # the child has no loop thread of its own until the publisher makes one.
+    import multiprocessing
+
+    from tidings import Publisher
+
+    context = multiprocessing.get_context("fork")
+    with Publisher(nats_url) as publisher:
+        assert publisher.publish("forked", {"n": 1}) == StreamPosition()
+        results = context.Queue()
+        child = context.Process(target=_publish_in_child, args=(publisher, results))
+        child.start()
+        child.join(15)
+        assert child.exitcode == 0, "the child hung or failed"
+        assert results.get(timeout=1) is True

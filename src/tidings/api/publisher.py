@@ -20,6 +20,7 @@ synchronous publisher runs it on an event loop of its own, in a thread).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine, Sequence
 from types import TracebackType
@@ -29,6 +30,9 @@ import redis
 import redis.asyncio as aioredis
 import redis.cluster
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
 
 from ..brokers.base import IDEMPOTENCY_TTL, HistoryOptions
 from ..brokers.nats import NatsBroker
@@ -57,6 +61,9 @@ def _cluster(url: str) -> ClusterURL | None:
 
 
 T = TypeVar("T")
+
+_NATS_TIMEOUT = 30.0
+"""Seconds the synchronous publisher waits for its loop (connect and publish)."""
 
 
 def _nats(url: str) -> bool:
@@ -96,8 +103,8 @@ class _LoopThread:
         )
         self.thread.start()
 
-    def run(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self.loop).result()
+    def run(self, work: Coroutine[Any, Any, T], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -161,18 +168,22 @@ class Publisher(_Base):
     def __init__(self, url: str, *, config: Config | None = None) -> None:
         cluster = _cluster(url)
         super().__init__(config, cluster is not None)
+        self.url = url
         self.redis: redis.Redis | redis.cluster.RedisCluster | None = None
         self._nats: tuple[AsyncPublisher, _LoopThread] | None = None
+        self._pid = os.getpid()
         if _nats(url):
             self._nats = AsyncPublisher(url, config=config), _LoopThread()
             return
+        # No retries: a publish whose answer was lost must not go out twice.
         if cluster is None:
-            self.redis = redis.Redis.from_url(url)
+            self.redis = redis.Redis.from_url(url, retry=SyncRetry(NoBackoff(), 0))
         else:
             self.redis = redis.cluster.RedisCluster(
                 startup_nodes=[_sync_node(host, port) for host, port in cluster.nodes],
                 username=cluster.username,
                 password=cluster.password,
+                retry=SyncRetry(NoBackoff(), 0),
             )
         self._script = self.redis.register_script(PUBLISH_SCRIPT)
 
@@ -193,12 +204,18 @@ class Publisher(_Base):
         (or the channel's ``delta_publish``), delta subscribers may get a patch.
         """
         if self._nats is not None:
-            publisher, thread = self._nats
-            return thread.run(
-                publisher.publish(
-                    channel, data, tags=tags, idempotency_key=idempotency_key, delta=delta
+            if os.getpid() != self._pid:
+                # Forked (Celery's prefork pool, gunicorn --preload): the loop's thread
+                # stayed in the parent; this process needs its own, and a connection.
+                self._nats, self._pid = (
+                    (AsyncPublisher(self.url, config=self.config), _LoopThread()),
+                    os.getpid(),
                 )
+            publisher, thread = self._nats
+            work = publisher.publish(
+                channel, data, tags=tags, idempotency_key=idempotency_key, delta=delta
             )
+            return thread.run(work, _NATS_TIMEOUT)
         keys, args = self._script_call(channel, data, tags, idempotency_key, delta)
         reply: bytes = self._script(keys=keys, args=args)
         return parse_position(reply)
@@ -207,8 +224,9 @@ class Publisher(_Base):
         """Close the connections (also done by leaving a ``with`` block)."""
         if self._nats is not None:
             publisher, thread = self._nats
-            thread.run(publisher.close())
-            thread.stop()
+            if thread.thread.is_alive():
+                thread.run(publisher.close(), _NATS_TIMEOUT)
+                thread.stop()
         elif self.redis is not None:
             self.redis.close()
 
@@ -241,13 +259,16 @@ class AsyncPublisher(_Base):
             )
             return
         if cluster is None:
-            self.redis = aioredis.Redis.from_url(url, max_connections=UNBOUNDED)
+            self.redis = aioredis.Redis.from_url(
+                url, max_connections=UNBOUNDED, retry=Retry(NoBackoff(), 0)
+            )
         else:
             self.redis = aioredis.RedisCluster(
                 startup_nodes=[AsyncClusterNode(host, port) for host, port in cluster.nodes],
                 username=cluster.username,
                 password=cluster.password,
                 max_connections=UNBOUNDED,
+                retry=Retry(NoBackoff(), 0),
             )
         self._script = self.redis.register_script(PUBLISH_SCRIPT)
 
@@ -289,7 +310,10 @@ class AsyncPublisher(_Base):
     async def close(self) -> None:
         """Close the connections (also done by leaving an ``async with`` block)."""
         if self._nats is not None:
-            if self._connected is not None and self._connected.done():
+            if self._connected is not None:
+                if not self._connected.done():
+                    await asyncio.wait([self._connected])
+                self._connected = None
                 await self._nats.close()
         elif self.redis is not None:
             await self.redis.aclose()

@@ -42,7 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -88,6 +88,10 @@ _TOPS_KEPT = 1_000
 """Channels whose last append a node remembers (to skip reading it before the next),
 besides those it is subscribed to."""
 
+_REORDER_WAIT = 0.2
+"""Seconds a publication that arrived before its predecessor waits for it."""
+
+T = TypeVar("T")
 _info_decoder = msgspec.json.Decoder(ClientInfo)
 _publication_decoder = msgspec.json.Decoder(Publication)
 _encode = msgspec.json.encode
@@ -145,6 +149,17 @@ class _Top:
         return now > self.stored_at + self.ttl
 
 
+def _position_of(data: bytes) -> tuple[int, str]:
+    """(offset, epoch) of a publication message; offset 0 for anything else."""
+    if data[:1] not in (b"p", b"d"):
+        return 0, ""
+    offset, _, epoch = data[1 : data.find(b" ")].partition(b":")
+    try:
+        return int(offset), epoch.decode()
+    except ValueError:
+        return 0, ""
+
+
 def _parse_stored(data: bytes) -> tuple[int, str, bytes | None]:
     """(offset, epoch, publication or None for a marker) of a stored message."""
     kind = data[:1]
@@ -192,6 +207,54 @@ class _ChannelLocks:
                 del self._locks[channel]
             else:
                 self._locks[channel] = (lock, users - 1)
+
+
+class _Sequencer:
+    """Hands a channel's publications to the node in offset order.
+
+    The stream republishes what it stored, but appends that come from two connections
+    at once may be republished swapped (seen with nats-server 2.9): a publication ahead
+    of the next one expected waits, briefly, for those before it. If they do not come,
+    or one comes after its successors went out, the subscribers are told to recover.
+    """
+
+    def __init__(self, broker: NatsBroker, channel: str, epoch: str, first: int) -> None:
+        self.broker = broker
+        self.channel = channel
+        self.epoch = epoch
+        self.next = first
+        self.held: dict[int, bytes] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, offset: int, data: bytes) -> None:
+        if offset < self.next:
+            self.broker._gap(self.channel)  # late: its successors went out already
+        elif offset > self.next:
+            self.held[offset] = data
+            if self.timer is None:
+                loop = asyncio.get_running_loop()
+                self.timer = loop.call_later(_REORDER_WAIT, self._give_up)
+        else:
+            self.broker._deliver(self.channel, data)
+            self.next += 1
+            while self.next in self.held:
+                self.broker._deliver(self.channel, self.held.pop(self.next))
+                self.next += 1
+            if not self.held:
+                self.cancel()
+
+    def _give_up(self) -> None:
+        self.timer = None
+        for offset in sorted(self.held):
+            self.broker._deliver(self.channel, self.held[offset])
+            self.next = offset + 1
+        self.held.clear()
+        self.broker._gap(self.channel)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class NatsUnavailable(ConnectionError):
@@ -252,6 +315,9 @@ class NatsBroker:
         self._ready: set[str] = set()
         """Streams and buckets known to exist (created again after a NATS restart)."""
         self._connected = False
+        self._down: asyncio.Future[None] | None = None
+        """Done when the connection drops (a new one once it is back)."""
+        self._sequencers: dict[str, _Sequencer] = {}
         self._last_error: Exception | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -283,10 +349,13 @@ class NatsBroker:
             raise BrokerUnavailable(f"cannot reach NATS at {self.url}: {reason}") from exc
         self._js = self._nc.jetstream(timeout=self.timeout)
         self._connected = True
+        self._down = asyncio.get_running_loop().create_future()
 
     async def close(self) -> None:
         self._handler = self._control = None
         self._connected = False
+        if self._down is not None and not self._down.done():
+            self._down.set_result(None)
         for task in list(self._background):
             await stop_task(task)
         if self._nc is not None:
@@ -299,15 +368,22 @@ class NatsBroker:
             logger.warning("lost NATS at %s", self._nc.connected_url or self.url)
             self.errors += 1
         self._connected = False
+        if self._down is not None and not self._down.done():
+            self._down.set_result(None)  # what waits for an answer fails now
 
     async def _reconnected(self) -> None:
         # nats-py subscribed again before this: every channel may have missed
         # publications meanwhile, and JetStream may have come back empty.
+        # Live messages are dropped until the node heard of the gap (else a client could
+        # get one from after the gap, move its position past it, and recover nothing).
         logger.info("NATS back at %s", self.url)
-        self._connected = True
         self._ready.clear()
+        self._sequencers.clear()
+        self._tops.clear()  # of a stream that may be gone
         if self._handler is not None and self._subscriptions:
             self._handler.handle_lost(list(self._subscriptions))
+        self._down = asyncio.get_running_loop().create_future()
+        self._connected = True
 
     async def _error(self, exc: Exception) -> None:
         self._last_error = exc
@@ -317,6 +393,24 @@ class NatsBroker:
         if not self._connected or self._nc is None or not self._nc.is_connected:
             raise NatsUnavailable(f"not connected to NATS at {self.url}")
         return self._nc
+
+    async def _guard(self, work: Awaitable[T]) -> T:
+        """Await ``work`` (a request to NATS), failing at once if the connection drops:
+        nats-py would leave it waiting for its timeout."""
+        down = self._down
+        if down is None or down.done():
+            if asyncio.iscoroutine(work):
+                work.close()
+            raise NatsUnavailable(f"not connected to NATS at {self.url}")
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait((task, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()
+        raise NatsUnavailable(f"lost NATS at {self.url} while waiting for an answer")
 
     def _live(self, channel: str) -> str:
         return f"{self.prefix}.c.{channel_token(channel)}"
@@ -332,15 +426,22 @@ class NatsBroker:
             return
         subject = self._live(channel)
         self._channels[subject] = channel
-        self._subscriptions[channel] = await client.subscribe(subject, cb=self._on_message)
         try:
-            await client.flush(timeout=self.timeout)
+            self._subscriptions[channel] = await client.subscribe(subject, cb=self._on_message)
+        except Exception:
+            del self._channels[subject]
+            raise
+        try:
+            await self._guard(client.flush(timeout=self.timeout))
         except Exception:
             await self.unsubscribe(channel)  # not routed: the node gives up on it
             raise
 
     async def unsubscribe(self, channel: str) -> None:
         self._tops.pop(channel, None)
+        sequencer = self._sequencers.pop(channel, None)
+        if sequencer is not None:
+            sequencer.cancel()
         subscription = self._subscriptions.pop(channel, None)
         self._channels.pop(self._live(channel), None)
         if subscription is not None:
@@ -352,8 +453,29 @@ class NatsBroker:
     async def _on_message(self, msg: Msg) -> None:
         handler = self._handler
         channel = self._channels.get(msg.subject)
-        if handler is not None and channel is not None:
-            decode_message(handler, channel, msg.data)
+        if handler is None or channel is None or not self._connected:
+            return
+        data = msg.data
+        offset, epoch = _position_of(data)
+        if not offset:  # no history: no order to restore
+            decode_message(handler, channel, data)
+            return
+        sequencer = self._sequencers.get(channel)
+        if sequencer is None or sequencer.epoch != epoch:
+            if sequencer is not None:
+                sequencer.cancel()
+            sequencer = self._sequencers[channel] = _Sequencer(self, channel, epoch, offset)
+        sequencer.add(offset, data)
+
+    def _deliver(self, channel: str, data: bytes) -> None:
+        if self._handler is not None:
+            decode_message(self._handler, channel, data)
+
+    def _gap(self, channel: str) -> None:
+        """Publications of ``channel`` reached this node out of order beyond repair."""
+        logger.warning("%r: publications arrived out of order: its subscribers recover", channel)
+        if self._handler is not None:
+            self._handler.handle_lost([channel])
 
     async def publish(
         self,
@@ -369,9 +491,14 @@ class NatsBroker:
         if history is None:
             if idempotency_key and not await self._first_time(channel, idempotency_key):
                 return StreamPosition()
-            await client.publish(
-                self._live(channel), encode_publication(0, "", exclude_client, publication)
-            )
+            try:
+                await client.publish(
+                    self._live(channel), encode_publication(0, "", exclude_client, publication)
+                )
+            except Exception:
+                if idempotency_key:  # not published: a retry must go out
+                    await self._forget_key(channel, idempotency_key)
+                raise
             return StreamPosition()
 
         async def append() -> StreamPosition:
@@ -421,11 +548,9 @@ class NatsBroker:
                     continue
                 raise
             if ack.duplicate:
-                stored = await self._js.get_msg(self.history_stream, seq=ack.seq, direct=True)
-                offset, epoch, _ = _parse_stored(stored.data or b"")
-                return StreamPosition(offset=offset, epoch=epoch)
-            if top is not None and top.epoch != epoch:
-                self._trim(subject, keep=1)  # what is left of the old epoch
+                return await self._original(channel, ack.seq)
+            if top is not None and (top.epoch != epoch or top.history_expired(now)):
+                self._trim(subject, before=ack.seq)  # what is left of the old epoch or ttl
             elif offset > history.size and offset % max(1, history.size // 2) == 0:
                 self._trim(subject, keep=history.size)
             self._tops[channel] = _Top(
@@ -436,19 +561,42 @@ class NatsBroker:
             return StreamPosition(offset=offset, epoch=epoch)
         raise NatsUnavailable(f"could not append to {channel!r}: too many concurrent appends")
 
+    async def _original(self, channel: str, seq: int) -> StreamPosition:
+        """The position of the publication an idempotency key first published (stored
+        at ``seq``); the channel's top when trimming took it already."""
+        try:
+            stored = await self._guard(self._js.get_msg(self.history_stream, seq=seq, direct=True))
+            offset, epoch, _ = _parse_stored(stored.data or b"")
+        except NotFoundError:
+            top = await self._position(channel)
+            offset, epoch = top.offset, top.epoch
+        return StreamPosition(offset=offset, epoch=epoch)
+
     async def _first_time(self, channel: str, key: str) -> bool:
         """Whether the idempotency key of a publication without history is new."""
         bucket = await self._bucket(self.idempotency_bucket, IDEMPOTENCY_TTL)
         try:
-            await bucket.create(f"{channel_token(channel)}.{channel_token(key)}", b"")
+            await self._guard(bucket.create(f"{channel_token(channel)}.{channel_token(key)}", b""))
         except KeyWrongLastSequenceError:
             return False
         return True
 
-    def _trim(self, subject: str, keep: int) -> None:
+    async def _forget_key(self, channel: str, key: str) -> None:
+        try:
+            bucket = await self._bucket(self.idempotency_bucket, IDEMPOTENCY_TTL)
+            await self._guard(bucket.delete(f"{channel_token(channel)}.{channel_token(key)}"))
+        except Exception as exc:  # NATS gone: the key expires in five minutes
+            logger.warning("could not forget idempotency key %r of %r: %s", key, channel, exc)
+
+    def _trim(self, subject: str, *, keep: int = 0, before: int = 0) -> None:
+        """Purge, in the background, what is older than the last ``keep`` messages of
+        ``subject``, or than its message ``before`` (racing appends after it stay)."""
+
         async def purge() -> None:
             try:
-                await self._js.purge_stream(self.history_stream, subject=subject, keep=keep)
+                await self._js.purge_stream(
+                    self.history_stream, subject=subject, keep=keep or None, seq=before or None
+                )
             except Exception as exc:  # the next trim catches up
                 logger.debug("trimming %s failed: %s", subject, exc)
 
@@ -481,13 +629,13 @@ class NatsBroker:
             republish=api.RePublish(src=stored, dest=live),
         )
         try:
-            await self._js.add_stream(config)
+            await self._guard(self._js.add_stream(config))
         except APIError as exc:
             # Created by another node meanwhile, or before with other limits (NATS may
             # say either): use it as it is, if it is there.
             if exc.err_code not in (_STREAM_NAME_IN_USE, _SUBJECTS_OVERLAP):
                 raise
-            await self._js.stream_info(self.history_stream)
+            await self._guard(self._js.stream_info(self.history_stream))
         self._ready.add(self.history_stream)
 
     async def _stream_call(self, call: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
@@ -495,7 +643,7 @@ class NatsBroker:
         self._client()
         await self._ensure_stream()
         try:
-            return await call(*args, **kw)
+            return await self._guard(call(*args, **kw))
         except (NoRespondersError, NoStreamResponseError):
             pass  # a NATS restarted without storage: no stream takes the subject
         except APIError as exc:
@@ -503,7 +651,7 @@ class NatsBroker:
                 raise
         self._ready.discard(self.history_stream)
         await self._ensure_stream()
-        return await call(*args, **kw)
+        return await self._guard(call(*args, **kw))
 
     async def _top(self, channel: str) -> _Top | None:
         subject = self._stored(channel)
@@ -527,7 +675,7 @@ class NatsBroker:
             marker = await self._mark(channel, 0, _new_epoch(), top.seq if top else 0)
             if marker is not None:
                 if top is not None:
-                    self._trim(self._stored(channel), keep=1)
+                    self._trim(self._stored(channel), before=marker.seq)
                 return marker
         raise NatsUnavailable(f"could not read the position of {channel!r}")
 
@@ -563,18 +711,22 @@ class NatsBroker:
         if limit == 0 or top.publication is None or top.history_expired(time.time()):
             return [], position
         oldest = top.offset - top.size
-        publications = []
-        for data in await self._read(self.history_stream, self._stored(channel), top.seq):
+        kept: list[tuple[int, bytes]] = []
+        expires = 0.0
+        stored = await self._read(self.history_stream, self._stored(channel), top.seq)
+        for data, stored_at, headers in stored:
             offset, epoch, payload = _parse_stored(data)
-            if payload is None or epoch != top.epoch or not oldest < offset <= top.offset:
-                continue
-            if since is not None and (
-                offset >= since.offset if reverse else offset <= since.offset
-            ):
-                continue
-            publications.append(
-                msgspec.structs.replace(_publication_decoder.decode(payload), offset=offset)
-            )
+            if stored_at > expires or payload is None:
+                kept.clear()  # the history had expired, or was removed, before this one
+            _, ttl, _ = _history_header(headers)
+            expires = stored_at + ttl
+            if payload is not None and epoch == top.epoch and oldest < offset <= top.offset:
+                kept.append((offset, payload))
+        publications = [
+            msgspec.structs.replace(_publication_decoder.decode(payload), offset=offset)
+            for offset, payload in kept
+            if since is None or (offset < since.offset if reverse else offset > since.offset)
+        ]
         if reverse:
             publications.reverse()
         if limit > 0:
@@ -583,9 +735,15 @@ class NatsBroker:
 
     async def _read(
         self, stream: str, subject: str, last_seq: int = 0, *, last_per_subject: bool = False
-    ) -> list[bytes]:
+    ) -> list[tuple[bytes, float, dict[str, str] | None]]:
         """The stored messages of ``subject`` (a wildcard for presence), oldest first,
-        up to ``last_seq``; deleted key-value entries left out."""
+        up to ``last_seq``, with when they were stored and their headers; deleted
+        key-value entries left out."""
+        return await self._guard(self._read_consumer(stream, subject, last_seq, last_per_subject))
+
+    async def _read_consumer(
+        self, stream: str, subject: str, last_seq: int, last_per_subject: bool
+    ) -> list[tuple[bytes, float, dict[str, str] | None]]:
         consumer = await self._js.add_consumer(
             stream,
             api.ConsumerConfig(
@@ -601,27 +759,32 @@ class NatsBroker:
             ),
         )
         name = consumer.name
+        found: list[tuple[bytes, float, dict[str, str] | None]] = []
         try:
-            pending = consumer.num_pending
-            found: list[bytes] = []
-            if not pending:
+            if not consumer.num_pending:
                 return found
             pull = await self._js.pull_subscribe_bind(consumer=name, stream=stream)
             try:
-                while pending > 0:
-                    batch = await pull.fetch(batch=min(pending, 1000), timeout=self.timeout)
-                    pending -= len(batch)
-                    for msg in batch:
-                        if last_seq and msg.metadata.sequence.stream > last_seq:
-                            pending = 0
-                            break
-                        headers = msg.headers or {}
-                        if headers.get(_KV_OPERATION) in ("DEL", "PURGE"):
+                async with asyncio.timeout(self.timeout):
+                    while True:
+                        try:
+                            # Short: when what was pending expired meanwhile, nats-py
+                            # waits the whole timeout for messages that never come.
+                            batch = await pull.fetch(batch=1000, timeout=0.25)
+                        except nats.errors.TimeoutError:
+                            if (await pull.consumer_info()).num_pending == 0:
+                                return found
                             continue
-                        found.append(msg.data)
+                        for msg in batch:
+                            if last_seq and msg.metadata.sequence.stream > last_seq:
+                                return found
+                            if (msg.headers or {}).get(_KV_OPERATION) not in ("DEL", "PURGE"):
+                                stored_at = msg.metadata.timestamp.timestamp()
+                                found.append((msg.data, stored_at, msg.headers))
+                        if batch[-1].metadata.num_pending == 0:
+                            return found
             finally:
                 await pull.unsubscribe()
-            return found
         finally:
             try:
                 await self._js.delete_consumer(stream, name)
@@ -632,8 +795,9 @@ class NatsBroker:
         async def remove() -> None:
             top = await self._position(channel)
             # A marker keeps the position; what is before it goes.
-            if await self._mark(channel, top.offset, top.epoch, top.seq) is not None:
-                self._trim(self._stored(channel), keep=1)
+            marker = await self._mark(channel, top.offset, top.epoch, top.seq)
+            if marker is not None:
+                self._trim(self._stored(channel), before=marker.seq)
 
         await self._locks.run(channel, remove)
 
@@ -643,9 +807,11 @@ class NatsBroker:
         self._client()
         if name not in self._ready:
             try:
-                await self._js.create_key_value(
-                    api.KeyValueConfig(
-                        bucket=name, history=1, ttl=ttl, storage=api.StorageType.MEMORY
+                await self._guard(
+                    self._js.create_key_value(
+                        api.KeyValueConfig(
+                            bucket=name, history=1, ttl=ttl, storage=api.StorageType.MEMORY
+                        )
                     )
                 )
             except APIError as exc:
@@ -653,7 +819,7 @@ class NatsBroker:
                     raise
                 logger.debug("bucket %s: %s", name, exc)  # made meanwhile, or other limits
             self._ready.add(name)
-        return await self._js.key_value(name)
+        return await self._guard(self._js.key_value(name))
 
     # --- presence ----------------------------------------------------------------
 
@@ -662,11 +828,11 @@ class NatsBroker:
 
     async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
         bucket = await self._bucket(self.presence_bucket, self.presence_ttl)
-        await bucket.put(self._presence_key(channel, client_id), _encode(info))
+        await self._guard(bucket.put(self._presence_key(channel, client_id), _encode(info)))
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
         bucket = await self._bucket(self.presence_bucket, self.presence_ttl)
-        await bucket.delete(self._presence_key(channel, client_id))
+        await self._guard(bucket.delete(self._presence_key(channel, client_id)))
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         await self._bucket(self.presence_bucket, self.presence_ttl)
@@ -674,7 +840,7 @@ class NatsBroker:
         stream = f"KV_{self.presence_bucket}"
         infos = [
             _info_decoder.decode(data)
-            for data in await self._read(stream, subject, last_per_subject=True)
+            for data, _, _ in await self._read(stream, subject, last_per_subject=True)
         ]
         return {info.client: info for info in infos}
 
@@ -688,18 +854,20 @@ class NatsBroker:
         # Nodes may announce themselves for different ttls: each entry says until when
         # it holds, and the bucket only forgets the entries of nodes long gone.
         bucket = await self._bucket(self.nodes_bucket, _NODES_KEPT)
-        await bucket.put(channel_token(uid), f"{time.time() + ttl:.3f} ".encode() + info)
+        entry = f"{time.time() + ttl:.3f} ".encode() + info
+        await self._guard(bucket.put(channel_token(uid), entry))
 
     async def forget_node(self, uid: str) -> None:
         bucket = await self._bucket(self.nodes_bucket, _NODES_KEPT)
-        await bucket.delete(channel_token(uid))
+        await self._guard(bucket.delete(channel_token(uid)))
 
     async def nodes(self) -> list[bytes]:
         """The JSON infos of the live nodes."""
         await self._bucket(self.nodes_bucket, _NODES_KEPT)
         subject = f"$KV.{self.nodes_bucket}.>"
         now, infos = time.time(), []
-        for entry in await self._read(f"KV_{self.nodes_bucket}", subject, last_per_subject=True):
+        entries = await self._read(f"KV_{self.nodes_bucket}", subject, last_per_subject=True)
+        for entry, _, _ in entries:
             until, _, info = entry.partition(b" ")
             if float(until) > now:
                 infos.append(info)
@@ -716,7 +884,7 @@ class NatsBroker:
         client = self._client()
         for subject in (self._control_subject(), self._control_subject(node)):
             await client.subscribe(subject, cb=self._on_control)
-        await client.flush(timeout=self.timeout)
+        await self._guard(client.flush(timeout=self.timeout))
 
     async def _on_control(self, msg: Msg) -> None:
         if self._control is not None:
