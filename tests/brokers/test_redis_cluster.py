@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from msgspec import Raw
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisError
 
 from tidings import (
@@ -578,6 +579,37 @@ async def test_closing_a_broker_while_its_links_connect_or_write_does_not_hang(
         finally:
             subscribing.cancel()
             await asyncio.gather(subscribing, return_exceptions=True)
+
+
+def normal_clients(cluster: RedisCluster) -> list[int]:
+    """How many ordinary clients each node has (this probe's own connection included)."""
+    counts = []
+    for i in range(len(cluster.ports)):
+        with cluster.client(i) as client:
+            counts.append(len(client.client_list(_type="normal")))
+    return counts
+
+
+async def test_close_shuts_every_connection_even_after_a_command_failed_on_a_node_gone(
+    cluster: RedisCluster,
+) -> None:
+    """A command that failed on a node that no longer answers leaves redis-py's client
+    waiting to re-read the slot map, and its aclose() then closes nothing."""
+    before = await asyncio.to_thread(normal_clients, cluster)
+    broker = RedisClusterBroker(cluster.url)
+    await broker.start(Recorder())
+    try:
+        for n, channel in enumerate(spread(cluster, broker, per_master=1)):
+            await broker.publish(channel, pub(n), KEEP)  # a connection to every master
+        with pytest.raises(RedisError):
+            await broker.redis.ping(target_nodes=ClusterNode("127.0.0.1", free_port()))
+    finally:
+        await broker.close()
+    # The broker is still referenced: a socket left open is not closed by a collection.
+    deadline = time.monotonic() + WAIT
+    while (after := await asyncio.to_thread(normal_clients, cluster)) != before:
+        assert time.monotonic() < deadline, f"clients per node: {before} before, {after} after"
+        await asyncio.sleep(0.1)
 
 
 async def test_start_raises_broker_unavailable_when_no_node_answers() -> None:

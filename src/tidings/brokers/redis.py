@@ -162,6 +162,25 @@ if #expired > 0 then redis.call('zremrangebyscore', KEYS[2], '-inf', ARGV[1]) en
 return redis.call('hgetall', KEYS[1])
 """
 
+# Two keys of one slot changed together. Scripts rather than MULTI: redis-py's cluster
+# client runs a transaction in a thread of its own, blocking the event loop meanwhile.
+# KEYS: presence data hash, expiry zset. ARGV: client.
+REMOVE_PRESENCE_SCRIPT = """
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('zrem', KEYS[2], ARGV[1])
+"""
+
+# KEYS: node info, nodes zset. ARGV: uid, info, ttl ms (0: forget the node), expire at (s).
+HEARTBEAT_SCRIPT = """
+if ARGV[3] == '0' then
+  redis.call('del', KEYS[1])
+  redis.call('zrem', KEYS[2], ARGV[1])
+else
+  redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('zadd', KEYS[2], ARGV[4], ARGV[1])
+end
+"""
+
 
 class RedisKeys:
     """Names of everything tidings keeps in Redis, under one prefix."""
@@ -291,6 +310,7 @@ class _Shard:
 
     def unsubscribe(self, name: str) -> None:
         self.channels.discard(name)
+        self._waiting.pop(name, None)  # of a subscribe given up on
         self._batch.discard(name)
         self._unbatch.add(name)
         self._schedule_flush()
@@ -415,6 +435,8 @@ class _RedisCommon(Generic[_Client]):
         self._history = client.register_script(HISTORY_SCRIPT)
         self._add_presence = client.register_script(ADD_PRESENCE_SCRIPT)
         self._presence = client.register_script(PRESENCE_SCRIPT)
+        self._remove_presence = client.register_script(REMOVE_PRESENCE_SCRIPT)
+        self._heartbeat = client.register_script(HEARTBEAT_SCRIPT)
         self._handler: BrokerEventHandler | None = None
         self._control: Callable[[bytes], None] | None = None
         self._control_prefix = keys.control()
@@ -586,10 +608,10 @@ class _RedisCommon(Generic[_Client]):
         )
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.presence_data(channel), client_id)
-            pipe.zrem(self.keys.presence_expiry(channel), client_id)
-            await pipe.execute()
+        await self._remove_presence(
+            keys=[self.keys.presence_data(channel), self.keys.presence_expiry(channel)],
+            args=[client_id],
+        )
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         flat = await self._presence(
@@ -606,16 +628,13 @@ class _RedisCommon(Generic[_Client]):
 
     async def heartbeat(self, uid: str, info: bytes, ttl: float) -> None:
         """Announce this node (``info`` is its JSON) for ``ttl`` seconds."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.node(uid), info, px=_ms(ttl))
-            pipe.zadd(self.keys.nodes, {uid: time.time() + ttl})
-            await pipe.execute()
+        await self._heartbeat(
+            keys=[self.keys.node(uid), self.keys.nodes],
+            args=[uid, info, max(1, _ms(ttl)), time.time() + ttl],
+        )
 
     async def forget_node(self, uid: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.node(uid))
-            pipe.zrem(self.keys.nodes, uid)
-            await pipe.execute()
+        await self._heartbeat(keys=[self.keys.node(uid), self.keys.nodes], args=[uid, "", 0, 0])
 
     async def nodes(self) -> list[bytes]:
         """JSON infos of the live nodes."""
@@ -1000,7 +1019,6 @@ class RedisClusterBroker(_RedisCommon[aioredis.RedisCluster]):
         self._gap: set[str] = set()
         """Names that were routed here, then not: reported lost once routed again."""
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
-        self._lost_names: set[str] = set()
         self._retry_delay = 0.0
         self._rerouting: asyncio.Task[None] | None = None
         self._closed = False
@@ -1010,6 +1028,22 @@ class RedisClusterBroker(_RedisCommon[aioredis.RedisCluster]):
 
     async def _send(self, name: str, data: bytes) -> None:
         await self.redis.spublish(name, data)
+
+    async def close(self) -> None:
+        await super().close()
+        # redis-py's aclose() can leave sockets open: it does nothing while the client
+        # waits to re-read the slot map (after a connection error), and disconnects in
+        # tasks it does not await the connections of nodes a slot-map refresh dropped
+        # and those marked for reconnect when released.
+        manager = self.redis.nodes_manager
+        # A list: a seed and the node of the slot map at its address are two objects,
+        # each with its connections, that compare equal.
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        tasks = [*manager._background_tasks, *(t for n in nodes for t in n._background_tasks)]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for node in nodes:
+            for connection in list(node._connections):
+                await _shut(connection)
 
     async def _stop_pubsub(self) -> None:
         self._closed = True  # a link failing meanwhile must not start another
@@ -1030,6 +1064,7 @@ class RedisClusterBroker(_RedisCommon[aioredis.RedisCluster]):
         return future
 
     def _unsubscribe_name(self, name: str) -> None:
+        self._waiting.pop(name, None)  # of a subscribe given up on
         self._wanted.discard(name)
         self._homeless.discard(name)
         self._gap.discard(name)
@@ -1059,14 +1094,10 @@ class RedisClusterBroker(_RedisCommon[aioredis.RedisCluster]):
             if not future.done():
                 future.set_result(None)
         if name in self._gap:
+            # Now, not later: a publication read with this confirmation goes to the node
+            # next, and must find it told of the gap (else a client moves past it).
             self._gap.discard(name)
-            if not self._lost_names:
-                asyncio.get_running_loop().call_soon(self._report_lost)
-            self._lost_names.add(name)
-
-    def _report_lost(self) -> None:
-        names, self._lost_names = self._lost_names, set()
-        self._lost(names)
+            self._lost({name})
 
     def _reroute(self, link: _NodeLink, names: Iterable[str], *, gap: bool) -> None:
         """``names`` left ``link``: find their masters anew (``gap``: publications may
