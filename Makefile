@@ -94,7 +94,7 @@ clean-web:
 BENCH_VENV := bench/.venv-peers
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: bench bench-quick bench-build bench-deps
+.PHONY: bench bench-quick bench-build bench-deps bench-brokers
 
 bench/build/wsbench: bench/loadgen/wsbench.c bench/loadgen/common.h
 	mkdir -p bench/build
@@ -122,6 +122,15 @@ bench: bench-build bench-deps
 
 bench-quick: bench-build bench-deps
 	$(BENCH_VENV)/bin/python bench/run.py --quick
+
+# Fan-out and publishes/s over the memory, Redis and NATS brokers (bench/README.md).
+bench-brokers: install bench/build/wsbench
+	$(BIN)/python bench/brokers.py
+
+# 100,000 connections over Redis and NATS (bench/README.md, `make scale`; not part of `make test`).
+.PHONY: scale
+scale: install bench/build/wsbench
+	$(BIN)/python bench/scale.py
 
 # Coverage-guided fuzzing of the frame decoder and the session (atheris, see fuzz/README.md).
 # FUZZ_IGNORE names exceptions of known, reported bugs the fuzzer should go past.

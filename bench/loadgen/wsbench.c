@@ -29,6 +29,14 @@
  * DATA is a JSON object of exactly --size bytes:
  *   {"ch":"<channel>","ts":<us since epoch>,"s":<step>,"p":"xxxx..."}
  *
+ * Many connections (bench/scale.py): --bind gives the sockets a source address
+ * (one (source, destination) pair of addresses allows ~28k connections to a
+ * port); --personal PATTERN subscribes connection i to its own channel
+ * (PATTERN's %d = --first + i) and the publishers publish to random ones of
+ * them; --also C subscribes every connection to C too, in the same handshake;
+ * --control takes the steps from stdin (and prints events to stdout) so that a
+ * runner can drive several generator processes in step, and publish to C itself.
+ *
  * A run is a list of steps (rates, messages/s over all channels). Each step
  * publishes for --step seconds, then waits up to --drain seconds for the
  * stragglers; it passes when every expected delivery arrived and
@@ -69,6 +77,7 @@ typedef struct {
     int is_pub, slow, stalled;
     int channel;
     int retries;
+    int acks;    /* subscribe replies received (2, or 2 and 3 with --also) */
     uint32_t ev; /* events registered with epoll */
     int how;     /* HOW_* once closed */
     int close_code;
@@ -91,6 +100,7 @@ typedef struct {
     procstat_t srv0, srv1;
     cpustat_t cpu0, cpu1;
     int pub_backlog, done, pass, ok, retry;
+    uint64_t external; /* publications per subscriber from elsewhere (--control) */
 } step_t;
 
 /* --- options --- */
@@ -105,6 +115,11 @@ static int server_pids[16], n_server_pids = 0;
 static const char *out_path = NULL;
 static double rates[MAX_STEPS];
 static int n_steps = 0;
+static const char *bind_addr = NULL;    /* --bind: source address of every socket */
+static const char *personal = NULL;     /* --personal: a channel per connection, "%d" = index */
+static int first_index = 0;             /* --first: index of connection 0 in --personal names */
+static const char *also_channel = NULL; /* --also: a second channel every subscriber joins */
+static int control = 0, dump_hist = 0;  /* --control, --hist */
 
 /* --- state --- */
 static conn_t *conns;
@@ -133,6 +148,11 @@ static long pub_seq = 0;
 static void conn_close(conn_t *c, int how, int code);
 static void conn_flush(conn_t *c);
 static void on_text(conn_t *c, const char *p, size_t n);
+static void control_read(void);
+static void print_step(FILE *f, int k);
+static void print_closes(FILE *f);
+
+#define CONTROL_TAG UINT32_MAX /* epoll data of stdin in --control mode */
 
 static void count_code(int code) {
     for (int i = 0; i < n_codes; i++)
@@ -214,6 +234,14 @@ static void start_connect(conn_t *c) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (c->slow && slow_rcvbuf > 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &slow_rcvbuf, sizeof slow_rcvbuf);
+    if (bind_addr) {
+        /* the port is picked at connect(), for this destination (bind() alone would take one
+           of the address's ~28k ephemeral ports whatever the destination) */
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        inet_pton(AF_INET, bind_addr, &src.sin_addr);
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) die("bind");
+    }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->ep->port)};
     inet_pton(AF_INET, c->ep->host, &sa.sin_addr);
     c->fd = fd;
@@ -221,6 +249,7 @@ static void start_connect(conn_t *c) {
     c->ev = 0;
     c->how = HOW_OPEN;
     c->close_code = -1;
+    c->acks = 0;
     if (c->t_connect == 0) c->t_connect = mono_s();
     inflight++;
     struct epoll_event e = {.events = EPOLLOUT, .data.u32 = (uint32_t)c->idx};
@@ -313,8 +342,11 @@ static void on_open(conn_t *c) {
         if (c->is_pub) {
             send_text(c, "{\"id\":1,\"connect\":{}}");
         } else {
-            snprintf(msg, sizeof msg, "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}",
-                     chan_of(c));
+            int n = snprintf(msg, sizeof msg, "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}",
+                             chan_of(c));
+            if (also_channel)
+                snprintf(msg + n, sizeof msg - (size_t)n, "\n{\"id\":3,\"subscribe\":{\"channel\":\"%s\"}}",
+                         also_channel);
             send_text(c, msg);
         }
         c->next_id = 2;
@@ -387,9 +419,9 @@ static void on_reply_id(conn_t *c, long id, int err, const char *p, size_t n) {
         return;
     }
     if (id == 1 && err) { fprintf(stderr, "connect failed: %.*s\n", (int)n, p); conn_close(c, HOW_LOCAL, 0); return; }
-    if (id == 2) {
+    if (id == 2 || (id == 3 && also_channel)) {
         if (err) { fprintf(stderr, "subscribe failed: %.*s\n", (int)n, p); conn_close(c, HOW_LOCAL, 0); return; }
-        on_ready(c);
+        if (++c->acks == (also_channel ? 2 : 1)) on_ready(c);
     }
 }
 
@@ -671,7 +703,10 @@ static void poll_once(int timeout_ms) {
     start_pending();
     int n = epoll_wait(ep_fd, evs, 1024, timeout_ms);
     if (n < 0 && errno != EINTR) die("epoll_wait");
-    for (int i = 0; i < n; i++) on_event(&conns[evs[i].data.u32], evs[i].events);
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.u32 == CONTROL_TAG) control_read();
+        else on_event(&conns[evs[i].data.u32], evs[i].events);
+    }
 }
 
 static void poll_for(double seconds) {
@@ -754,7 +789,7 @@ static void publish_due(step_t *st, int k, double t) {
     if (n_ready_pubs <= 0) return;
     while (st->published < due && burst < 20000 && tries++ < 40000) {
         conn_t *pc = pub_conn((int)(pub_seq % n_pubs));
-        int ch = (int)(pub_seq % n_channels);
+        int ch = personal ? (int)(rnd32() % (uint32_t)n_channels) : (int)(pub_seq % n_channels);
         pub_seq++;
         if (pc->state != ST_READY || pc->fd < 0) continue;
         publish_one(pc, ch, k);
@@ -776,10 +811,19 @@ static void run_step(int k) {
     cur_step = k;
     st->window = step_s;
     st->target = no_pub ? 0 : (uint64_t)(st->rate * step_s + 0.5);
+    if (st->external) {
+        uint64_t subs = 0;
+        for (int i = 0; i < n_channels; i++) subs += (uint64_t)chan_ready[i];
+        st->expected += st->external * subs;
+    }
     procs_read(server_pids, n_server_pids, &st->srv0);
     cpustat_read(&st->cpu0);
     st->gen_cpu0 = self_cpu_s(NULL, NULL);
     st->t0 = mono_s();
+    if (control) { /* the runner publishes the external messages once every generator said this */
+        printf("{\"event\":\"started\",\"step\":%d}\n", k);
+        fflush(stdout);
+    }
     double end = st->t0 + step_s;
     for (double t = mono_s(); t < end && !st->pub_backlog; t = mono_s()) {
         if (!no_pub) publish_due(st, k, t);
@@ -791,12 +835,12 @@ static void run_step(int k) {
     cpustat_read(&st->cpu1);
     st->gen_cpu1 = self_cpu_s(NULL, NULL);
     double dend = st->t_end + drain_s;
-    while (mono_s() < dend && (no_pub || st->delivered < st->expected)) poll_once(2);
+    while (mono_s() < dend && ((no_pub && !st->external) || st->delivered < st->expected)) poll_once(2);
     st->t_drained = mono_s();
     st->done = 1;
     uint64_t p99 = h_percentile(&st->h, 0.99);
-    int complete = !no_pub && st->expected > 0 && st->delivered == st->expected && st->pub_errors == 0 &&
-                   !st->pub_backlog;
+    int complete = (!no_pub || st->external) && st->expected > 0 && st->delivered == st->expected &&
+                   st->pub_errors == 0 && !st->pub_backlog;
     st->pass = complete && p99 <= (uint64_t)(p99_limit_ms * 1000);
     st->ok = complete && p99 <= (uint64_t)(ramp_p99_ms * 1000);
     double srv_cpu = st->srv1.cpu_s - st->srv0.cpu_s, win = st->t_end - st->t0;
@@ -861,12 +905,119 @@ static int measure(int *k, double rate, int strict) {
     return idx;
 }
 
+/* --- --control: steps from stdin, events (JSON lines) to stdout --- */
+static char ctl_buf[4096];
+static size_t ctl_len = 0;
+static int ctl_eof = 0;
+
+static void control_read(void) {
+    for (;;) {
+        if (ctl_len >= sizeof ctl_buf - 1) ctl_len = 0; /* a line too long for any command: dropped */
+        ssize_t n = read(0, ctl_buf + ctl_len, sizeof ctl_buf - 1 - ctl_len);
+        if (n > 0) { ctl_len += (size_t)n; continue; }
+        if (n < 0 && errno == EINTR) continue;
+        if (n == 0 || errno != EAGAIN) { /* the runner is gone: finish */
+            ctl_eof = 1;
+            epoll_ctl(ep_fd, EPOLL_CTL_DEL, 0, NULL);
+        }
+        return;
+    }
+}
+
+/* The next complete command line (into line), or 0. */
+static int control_line(char *line, size_t cap) {
+    char *nl = memchr(ctl_buf, '\n', ctl_len);
+    if (!nl) return 0;
+    size_t n = (size_t)(nl - ctl_buf), rest = ctl_len - n - 1;
+    if (n >= cap) n = cap - 1;
+    memcpy(line, ctl_buf, n);
+    line[n] = 0;
+    memmove(ctl_buf, nl + 1, rest);
+    ctl_len = rest;
+    return 1;
+}
+
+/* Commands, one per line:
+ *   step RATE SECONDS DRAIN EXTERNAL  a step (as --rates has them) publishing RATE/s for SECONDS,
+ *       waiting up to DRAIN s for the stragglers, each subscriber also expecting EXTERNAL
+ *       messages of this step from elsewhere (the runner publishes them, with "s":<step>, once
+ *       every generator printed {"event":"started","step":K}); prints {"event":"step",...}
+ *   hold SECONDS  serve the connections (pings) for SECONDS; prints {"event":"held",...}
+ *   quit (or the end of stdin)  close everything, write --out */
+static void control_loop(void) {
+    char line[512];
+    for (;;) {
+        while (control_line(line, sizeof line)) {
+            double rate, secs, drain, hold;
+            unsigned long long external;
+            if (sscanf(line, "step %lf %lf %lf %llu", &rate, &secs, &drain, &external) == 4) {
+                if (n_steps >= MAX_STEPS) {
+                    printf("{\"event\":\"error\",\"error\":\"more than %d steps\"}\n", MAX_STEPS);
+                    fflush(stdout);
+                    continue;
+                }
+                int k = n_steps++;
+                step_s = secs;
+                drain_s = drain;
+                steps[k].rate = rate;
+                steps[k].external = external;
+                run_step(k);
+                if (!steps[k].pass) recover();
+                printf("{\"event\":\"step\",\"ready_subs\":%d,\"ready_pubs\":%d,\"closes\":", n_ready_subs,
+                       n_ready_pubs);
+                print_closes(stdout);
+                printf(",\"data\":");
+                print_step(stdout, k);
+                printf("}\n");
+            } else if (sscanf(line, "hold %lf", &hold) == 1) {
+                uint64_t pings0 = pings;
+                poll_for(hold);
+                printf("{\"event\":\"held\",\"seconds\":%.3f,\"pings\":%llu,\"ready_subs\":%d,\"closes\":", hold,
+                       (unsigned long long)(pings - pings0), n_ready_subs);
+                print_closes(stdout);
+                printf("}\n");
+            } else if (!strcmp(line, "quit")) {
+                return;
+            } else {
+                printf("{\"event\":\"error\",\"error\":\"unknown command\"}\n");
+            }
+            fflush(stdout);
+        }
+        if (ctl_eof) return;
+        poll_once(50);
+    }
+}
+
 /* --- output --- */
 static void print_hist(FILE *f, const hist_t *h) {
     fprintf(f, "{\"n\":%llu,\"p50\":%llu,\"p90\":%llu,\"p99\":%llu,\"p999\":%llu,\"max\":%llu,\"mean\":%.1f}",
             (unsigned long long)h->n, (unsigned long long)h_percentile(h, 0.5),
             (unsigned long long)h_percentile(h, 0.9), (unsigned long long)h_percentile(h, 0.99),
             (unsigned long long)h_percentile(h, 0.999), (unsigned long long)h->max, h->n ? h->sum / h->n : 0.0);
+}
+
+/* How connections ended so far: {"<close code>" or "<how>": count} */
+static void print_closes(FILE *f) {
+    fprintf(f, "{");
+    for (int i = 0; i < n_codes; i++) {
+        int code = codes[i][0];
+        if (code >= 0) fprintf(f, "%s\"%d\":%d", i ? "," : "", code, codes[i][1]);
+        else fprintf(f, "%s\"%s\":%d", i ? "," : "", HOW_NAMES[-code], codes[i][1]);
+    }
+    fprintf(f, "}");
+}
+
+/* --hist: the non-zero buckets, [highest value, count], to merge runs of several processes */
+static void print_buckets(FILE *f, const hist_t *h) {
+    fprintf(f, ",\"buckets\":[");
+    int first = 1;
+    for (int i = 0; i < H_BUCKETS; i++)
+        if (h->counts[i]) {
+            fprintf(f, "%s[%llu,%llu]", first ? "" : ",", (unsigned long long)h_upper(i),
+                    (unsigned long long)h->counts[i]);
+            first = 0;
+        }
+    fprintf(f, "]");
 }
 
 static const char *mode_name(int m) {
@@ -876,6 +1027,30 @@ static const char *mode_name(int m) {
 static void print_proc(FILE *f, const char *name, const procstat_t *p) {
     fprintf(f, "\"%s\":{\"cpu_s\":%.3f,\"rss_kb\":%ld,\"hwm_kb\":%ld,\"alive\":%d}", name, p->cpu_s, p->rss_kb,
             p->hwm_kb, p->alive);
+}
+
+static void print_step(FILE *f, int k) {
+    step_t *st = &steps[k];
+    double win = st->t_end - st->t0, scpu = st->srv1.cpu_s - st->srv0.cpu_s;
+    double span = st->last_us > st->first_us ? (st->last_us - st->first_us) / 1e6 : win;
+    fprintf(f, "{\"step\":%d,\"rate\":%.3f,\"window_s\":%.3f,\"drain_s\":%.3f,\"published\":%llu,"
+               "\"pub_acks\":%llu,\"pub_errors\":%llu,\"pub_backlog\":%d,\"expected\":%llu,\"delivered\":%llu,"
+               "\"late\":%llu,\"slow_delivered\":%llu,\"deliveries_per_s\":%.1f,\"delivery_span_s\":%.3f,"
+               "\"offered_deliveries_per_s\":%.1f,\"latency_us\":",
+            k, st->rate, win, st->t_drained - st->t_end, (unsigned long long)st->published,
+            (unsigned long long)st->pub_acks, (unsigned long long)st->pub_errors, st->pub_backlog,
+            (unsigned long long)st->expected, (unsigned long long)st->delivered, (unsigned long long)st->late,
+            (unsigned long long)st->slow_delivered, win > 0 ? st->delivered / win : 0.0, span,
+            win > 0 ? st->expected / win : 0.0);
+    print_hist(f, &st->h);
+    fprintf(f, ",\"server_cpu_s\":%.3f,\"server_cpu_pct\":%.1f,\"server_rss_kb\":%ld,\"server_hwm_kb\":%ld,"
+               "\"server_alive\":%d,\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,\"retry\":%d,\"ok\":%s,\"pass\":%s,\"cores\":",
+            scpu, win > 0 ? 100 * scpu / win : 0.0, st->srv1.rss_kb, st->srv1.hwm_kb, st->srv1.alive,
+            st->gen_cpu1 - st->gen_cpu0, win > 0 ? 100 * (st->gen_cpu1 - st->gen_cpu0) / win : 0.0,
+            st->retry, st->ok ? "true" : "false", st->pass ? "true" : "false");
+    cpustat_print(f, &st->cpu0, &st->cpu1);
+    if (dump_hist) print_buckets(f, &st->h);
+    fprintf(f, "}");
 }
 
 static int parse_mode(const char *s) {
@@ -902,7 +1077,12 @@ static void usage(void) {
             "  --inflight K (100 handshakes at once)  --connect-timeout S (60)  --retries N (3)\n"
             "  --hold S (idle: no publisher, hold the connections S seconds)\n"
             "  --slow K --slow-rcvbuf B (4096) --slow-resume S (3)  --no-pub  --delack (TCP_QUICKACK off)\n"
-            "  --server-pid PID (repeatable)  --max-seconds S (600)  --out FILE (default stdout)\n");
+            "  --server-pid PID (repeatable)  --max-seconds S (600)  --out FILE (default stdout)\n"
+            "  --bind ADDR (source address of every socket)  --hist (steps list their histogram buckets)\n"
+            "  --personal PATTERN (subscriber i's channel: PATTERN with %%d = --first + i; publishers pick\n"
+            "    random ones)  --first N (0)  --also CHANNEL (every subscriber joins it too; JSON only)\n"
+            "  --control (steps from stdin: 'step RATE SECONDS DRAIN EXTERNAL', 'hold SECONDS', 'quit';\n"
+            "    events as JSON lines on stdout; needs --out)\n");
     exit(2);
 }
 
@@ -916,7 +1096,9 @@ int main(int argc, char **argv) {
         {"p99-limit-ms", 1, 0, 13}, {"inflight", 1, 0, 14}, {"connect-timeout", 1, 0, 15},
         {"hold", 1, 0, 16}, {"slow", 1, 0, 17}, {"slow-rcvbuf", 1, 0, 18}, {"slow-resume", 1, 0, 19},
         {"no-pub", 0, 0, 20}, {"server-pid", 1, 0, 21}, {"max-seconds", 1, 0, 22}, {"out", 1, 0, 'o'},
-        {"retries", 1, 0, 23}, {"refine", 1, 0, 24}, {"recover", 1, 0, 25}, {"delack", 0, 0, 26}, {"confirm", 0, 0, 27}, {"help", 0, 0, 'H'}, {"ramp-p99-ms", 1, 0, 28}, {"protobuf", 0, 0, 29}, {0, 0, 0, 0}};
+        {"retries", 1, 0, 23}, {"refine", 1, 0, 24}, {"recover", 1, 0, 25}, {"delack", 0, 0, 26}, {"confirm", 0, 0, 27}, {"help", 0, 0, 'H'}, {"ramp-p99-ms", 1, 0, 28}, {"protobuf", 0, 0, 29},
+        {"bind", 1, 0, 30}, {"personal", 1, 0, 31}, {"first", 1, 0, 32}, {"also", 1, 0, 33},
+        {"control", 0, 0, 34}, {"hist", 0, 0, 35}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "h:p:P:m:n:c:s:r:o:", opts, NULL)) != -1) {
         switch (o) {
@@ -967,6 +1149,12 @@ int main(int argc, char **argv) {
         case 27: confirm = 1; break;
         case 28: ramp_p99_ms = atof(optarg); break;
         case 29: protobuf = 1; break;
+        case 30: bind_addr = optarg; break;
+        case 31: personal = optarg; break;
+        case 32: first_index = atoi(optarg); break;
+        case 33: also_channel = optarg; break;
+        case 34: control = dump_hist = 1; break;
+        case 35: dump_hist = 1; break;
         case 'o': out_path = optarg; break;
         default: usage();
         }
@@ -978,6 +1166,28 @@ int main(int argc, char **argv) {
             exit(2);
         }
         sub_ep.mode = M_CENTRIFUGO_PB;
+    }
+    if (personal) {
+        const char *d = strstr(personal, "%d");
+        if (!d || strchr(personal, '%') != d || strchr(d + 1, '%')) {
+            fprintf(stderr, "--personal needs one %%d and no other %%\n");
+            exit(2);
+        }
+    }
+    if (also_channel && sub_ep.mode != M_CENTRIFUGO) {
+        fprintf(stderr, "--also needs --mode centrifugo (JSON)\n");
+        exit(2);
+    }
+    if (control && (!out_path || hold_s >= 0)) {
+        fprintf(stderr, "--control needs --out (stdout carries its events) and no --hold\n");
+        exit(2);
+    }
+    if (bind_addr) {
+        struct in_addr a;
+        if (inet_pton(AF_INET, bind_addr, &a) != 1) {
+            fprintf(stderr, "--bind needs an IPv4 address\n");
+            exit(2);
+        }
     }
     if (!pub_ep.host) pub_ep.host = sub_ep.host;
     if (!pub_ep.port) pub_ep.port = sub_ep.port;
@@ -995,6 +1205,7 @@ int main(int argc, char **argv) {
     rng_state ^= (uint64_t)getpid() << 20 ^ now_us();
     alarm((unsigned)max_run_s + 5); /* a hard stop, whatever happens */
 
+    if (personal) n_channels = n_conns;
     n_total = n_conns + n_pubs;
     conns = calloc((size_t)n_total, sizeof *conns);
     retry_q = calloc((size_t)n_total, sizeof *retry_q);
@@ -1005,7 +1216,8 @@ int main(int argc, char **argv) {
     if (!conns || !retry_q || !chan_ready || !chan_names || !scratch || !msgbuf) die("calloc");
     for (int i = 0; i < n_channels; i++) {
         char name[256];
-        if (n_channels == 1) snprintf(name, sizeof name, "%s", chan_prefix);
+        if (personal) snprintf(name, sizeof name, personal, first_index + i);
+        else if (n_channels == 1) snprintf(name, sizeof name, "%s", chan_prefix);
         else snprintf(name, sizeof name, "%s-%d", chan_prefix, i);
         chan_names[i] = strdup(name);
     }
@@ -1021,6 +1233,11 @@ int main(int argc, char **argv) {
     }
     ep_fd = epoll_create1(EPOLL_CLOEXEC);
     if (ep_fd < 0) die("epoll_create1");
+    if (control) {
+        fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+        struct epoll_event e = {.events = EPOLLIN, .data.u32 = CONTROL_TAG};
+        if (epoll_ctl(ep_fd, EPOLL_CTL_ADD, 0, &e) < 0) die("epoll_ctl stdin");
+    }
 
     double cpu_user0, cpu_sys0;
     self_cpu_s(&cpu_user0, &cpu_sys0);
@@ -1030,6 +1247,7 @@ int main(int argc, char **argv) {
 
     /* connect everything */
     t_start = mono_s();
+    uint64_t t_start_wall = now_us();
     double deadline = t_start + connect_timeout_s;
     while (mono_s() < deadline && n_ready_subs + n_ready_pubs + n_failed < n_total) poll_once(5);
     double t_connected = mono_s();
@@ -1053,7 +1271,20 @@ int main(int argc, char **argv) {
     poll_for(settle_s);
     procs_read(server_pids, n_server_pids, &srv_connected);
 
-    if (hold_s >= 0) {
+    if (control) {
+        /* wall-clock times, so that a runner can add up several processes' ramps */
+        printf("{\"event\":\"connected\",\"ready\":%d,\"ready_subs\":%d,\"ready_pubs\":%d,\"failed\":%d,"
+               "\"timed_out\":%d,\"start_us\":%llu,\"last_ready_us\":%llu,\"gen_cpu_s\":%.3f,\"latency_us\":",
+               n_ever_ready, n_ready_subs, n_ready_pubs, n_failed, connect_timed_out,
+               (unsigned long long)t_start_wall,
+               (unsigned long long)(t_start_wall + (uint64_t)((t_last_ready > t_start ? t_last_ready - t_start : 0) * 1e6)),
+               gen_cpu_connect);
+        print_hist(stdout, &connect_hist);
+        printf("}\n");
+        fflush(stdout);
+        n_steps = 0; /* the steps are the runner's, numbered from 0 */
+        control_loop();
+    } else if (hold_s >= 0) {
         poll_for(hold_s);
         procs_read(server_pids, n_server_pids, &srv_held);
     } else if (n_pubs > 0 && n_ready_pubs == 0) {
@@ -1156,26 +1387,8 @@ int main(int argc, char **argv) {
     print_proc(f, "held", &srv_held);
     fprintf(f, "},\n\"steps\":[");
     for (int k = 0; k < n_steps; k++) {
-        step_t *st = &steps[k];
-        double win = st->t_end - st->t0, scpu = st->srv1.cpu_s - st->srv0.cpu_s;
-        double span = st->last_us > st->first_us ? (st->last_us - st->first_us) / 1e6 : win;
-        fprintf(f, "%s\n{\"step\":%d,\"rate\":%.3f,\"window_s\":%.3f,\"drain_s\":%.3f,\"published\":%llu,"
-                   "\"pub_acks\":%llu,\"pub_errors\":%llu,\"pub_backlog\":%d,\"expected\":%llu,\"delivered\":%llu,"
-                   "\"late\":%llu,\"slow_delivered\":%llu,\"deliveries_per_s\":%.1f,\"delivery_span_s\":%.3f,"
-                   "\"offered_deliveries_per_s\":%.1f,\"latency_us\":",
-                k ? "," : "", k, st->rate, win, st->t_drained - st->t_end, (unsigned long long)st->published,
-                (unsigned long long)st->pub_acks, (unsigned long long)st->pub_errors, st->pub_backlog,
-                (unsigned long long)st->expected, (unsigned long long)st->delivered, (unsigned long long)st->late,
-                (unsigned long long)st->slow_delivered, win > 0 ? st->delivered / win : 0.0, span,
-                win > 0 ? st->expected / win : 0.0);
-        print_hist(f, &st->h);
-        fprintf(f, ",\"server_cpu_s\":%.3f,\"server_cpu_pct\":%.1f,\"server_rss_kb\":%ld,\"server_hwm_kb\":%ld,"
-                   "\"server_alive\":%d,\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,\"retry\":%d,\"ok\":%s,\"pass\":%s,\"cores\":",
-                scpu, win > 0 ? 100 * scpu / win : 0.0, st->srv1.rss_kb, st->srv1.hwm_kb, st->srv1.alive,
-                st->gen_cpu1 - st->gen_cpu0, win > 0 ? 100 * (st->gen_cpu1 - st->gen_cpu0) / win : 0.0,
-                st->retry, st->ok ? "true" : "false", st->pass ? "true" : "false");
-        cpustat_print(f, &st->cpu0, &st->cpu1);
-        fprintf(f, "}");
+        fprintf(f, "%s\n", k ? "," : "");
+        print_step(f, k);
     }
     fprintf(f, "],\n\"slow\":[");
     for (int i = 0; i < n_slow; i++) {
@@ -1184,13 +1397,9 @@ int main(int argc, char **argv) {
                 c->state == ST_FAILED ? "failed" : HOW_NAMES[c->slow_how], c->slow_code,
                 (unsigned long long)c->delivered);
     }
-    fprintf(f, "],\n\"closes\":{");
-    for (int i = 0; i < n_codes; i++) {
-        int code = codes[i][0];
-        if (code >= 0) fprintf(f, "%s\"%d\":%d", i ? "," : "", code, codes[i][1]);
-        else fprintf(f, "%s\"%s\":%d", i ? "," : "", HOW_NAMES[-code], codes[i][1]);
-    }
-    fprintf(f, "},\"unexpected_msgs\":%llu,\"pub_echo\":%llu,\"bad_step\":%llu,\"pings\":%llu,"
+    fprintf(f, "],\n\"closes\":");
+    print_closes(f);
+    fprintf(f, ",\"unexpected_msgs\":%llu,\"pub_echo\":%llu,\"bad_step\":%llu,\"pings\":%llu,"
                "\"gen_cpu_user_s\":%.3f,\"gen_cpu_sys_s\":%.3f,\"wall_s\":%.3f}\n",
             (unsigned long long)unexpected_msgs, (unsigned long long)pub_echo, (unsigned long long)bad_step,
             (unsigned long long)pings,
