@@ -138,7 +138,7 @@ async def test_the_stream_keeps_about_history_size_messages_of_a_channel(
 
 async def test_a_broker_that_cannot_reach_nats_at_start_says_where_it_looked() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    broker = NatsBroker(url)
+    broker = NatsBroker(url, subscribe_timeout=1.0)  # how long it tries
     with pytest.raises(BrokerUnavailable, match=re.escape(url)):
         await broker.start(Recorder())
 
