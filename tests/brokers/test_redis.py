@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -153,6 +154,45 @@ async def test_a_burst_of_200_subscribes_goes_out_batched_and_every_one_is_confi
     assert sorted(c for c, _ in seen_by_a.publications) == sorted(channels)
 
 
+# -- publications without history ---------------------------------------------------------------
+
+
+async def _command_calls(client: aioredis.Redis, command: str) -> int:
+    stats = await client.info("commandstats")
+    calls: int = stats.get(f"cmdstat_{command}", {"calls": 0})["calls"]
+    return calls
+
+
+async def test_publications_without_history_are_queued_then_published_in_order_without_a_script(
+    peers: PeerFactory, redis_client: aioredis.Redis
+) -> None:
+    (a, _), (b, seen_by_b) = await peers(), await peers(shards=4)
+    channels = [f"fast-{i}" for i in range(10)]
+    for channel in channels:
+        await b.subscribe(channel)
+    scripts = await _command_calls(redis_client, "evalsha")
+    for n in range(1000):  # one loop turn: publish() does not wait for Redis
+        position = await a.publish(channels[n % 10], pub(n), None, exclude_client="c1")
+        assert (position.offset, position.epoch) == (0, "")
+    assert len(a._outbox) == 1000
+    await eventually(lambda: len(seen_by_b.publications) == 1000, "1,000 publications on b")
+    for i, channel in enumerate(channels):
+        assert seen_by_b.received(channel) == [(0, n) for n in range(i, 1000, 10)]
+    assert set(seen_by_b.excluded) == {"c1"}
+    assert await _command_calls(redis_client, "evalsha") == scripts  # PUBLISH, no script
+
+
+async def test_close_publishes_what_was_queued_before_it(peers: PeerFactory) -> None:
+    (b, seen_by_b) = await peers()
+    await b.subscribe("ch")
+    a = RedisBroker(b.url)
+    await a.start(Recorder())
+    for n in range(100):
+        await a.publish("ch", pub(n), None)
+    await a.close()
+    await eventually(lambda: len(seen_by_b.publications) == 100, "the queued publications")
+
+
 # -- Redis going away ----------------------------------------------------------------------------
 
 
@@ -175,6 +215,36 @@ async def test_subscribe_and_publish_raise_instead_of_hanging_while_redis_is_dow
             await broker.add_presence("before", "c1", ClientInfo(user="u", client="c1"))
     assert time.monotonic() - started < 3.0
     restore_redis.start()
+
+
+async def test_publications_of_a_failed_pipeline_are_logged_and_later_ones_fail_until_redis_is_back(
+    peers: PeerFactory, restore_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    (a, _), (b, seen_by_b) = await peers(), await peers()
+    await b.subscribe("ch")
+    await a.publish("ch", pub(0), None)
+    await eventually(lambda: len(seen_by_b.publications) == 1, "the first publication")
+    restore_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="tidings.redis"):
+        await a.publish("ch", pub(1), None)  # queued: its publisher is not told
+        await eventually(lambda: "1 publications lost" in caplog.text, "the lost one logged")
+    # Redis failed: publications take the confirmed way, and fail.
+    with pytest.raises(RedisError):
+        async with asyncio.timeout(WAIT):
+            await a.publish("ch", pub(2), None)
+    restore_redis.start()
+    await eventually(lambda: "ch" in seen_by_b.lost_channels, "b's shard to reconnect")
+    async with asyncio.timeout(WAIT):
+        while True:  # a pooled connection from before the restart may fail once
+            try:
+                await a.publish("ch", pub(3), None)
+                break
+            except RedisError:
+                await asyncio.sleep(0.05)
+    await a.publish("ch", pub(4), None)
+    assert len(a._outbox) == 1  # queued again
+    await eventually(lambda: len(seen_by_b.publications) == 3, "the publications after")
+    assert [number(p) for _, p in seen_by_b.publications] == [0, 3, 4]
 
 
 async def test_after_redis_restarts_the_shards_reconnect_and_report_their_channels_lost(

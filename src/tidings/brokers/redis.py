@@ -61,7 +61,7 @@ from .base import (
     PresenceStats,
     UnrecoverablePosition,
 )
-from .messages import decode_message, publication_payload
+from .messages import decode_message, encode_publication, publication_payload
 
 __all__ = [
     "PUBLISH_SCRIPT",
@@ -441,6 +441,11 @@ class _RedisCommon(Generic[_Client]):
         self._control: Callable[[bytes], None] | None = None
         self._control_prefix = keys.control()
         self._background: set[asyncio.Task[None]] = set()
+        self._outbox: list[tuple[str, bytes]] = []
+        """Publications without a position, to PUBLISH in the next pipeline."""
+        self._sender: asyncio.Task[None] | None = None
+        self._outbox_failed = False
+        """A pipeline failed: publish the confirmed way until Redis answers again."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_redacted(self.url)}>"
@@ -454,6 +459,9 @@ class _RedisCommon(Generic[_Client]):
             raise BrokerUnavailable(f"cannot reach Redis at {_redacted(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._sender is not None:  # what was published goes out first
+            await asyncio.wait([self._sender], timeout=self.subscribe_timeout)
+            await stop_task(self._sender)
         self._handler = self._control = None
         await self._stop_pubsub()
         for task in list(self._background):
@@ -532,6 +540,13 @@ class _RedisCommon(Generic[_Client]):
         exclude_client: str = "",
         delta: bool = False,
     ) -> StreamPosition:
+        if history is None and not idempotency_key and not self._outbox_failed:
+            # No position to wait for: queued, the caller goes on (see _send_outbox).
+            data = encode_publication(0, "", exclude_client, publication)
+            self._outbox.append((self.keys.pubsub(channel), data))
+            if self._sender is None:
+                self._sender = asyncio.ensure_future(self._send_outbox())
+            return StreamPosition(offset=0, epoch="")
         reply = await self._publish(
             keys=publish_keys(self.keys, channel, idempotency_key),
             args=publish_args(
@@ -545,7 +560,35 @@ class _RedisCommon(Generic[_Client]):
                 delta,
             ),
         )
+        self._outbox_failed = False
         return parse_position(reply)
+
+    async def _send_outbox(self) -> None:
+        """PUBLISH the queued publications: those of a loop turn in one pipeline.
+
+        A publication without history has no position to give its publisher, and
+        nothing could recover it if it were lost on its way: waiting for Redis's
+        reply would only hold the publisher (one round trip per publication on a
+        client connection, whose commands run in turn). So it is queued and the
+        caller goes on, as a NATS publish does. Whatever the node publishes during a
+        round trip goes out in the next pipeline, and one pipeline at a time keeps
+        a node's publications in order, also on a cluster. If Redis fails a
+        pipeline, its publications are lost with a log line, and later ones take the
+        confirmed way (and fail with the error) until a publication succeeds.
+        """
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                pipeline = self.redis.pipeline(transaction=False)
+                for name, data in batch:
+                    pipeline.execute_command(self.keys.publish_command, name, data)
+                try:
+                    await pipeline.execute()
+                except (RedisError, RedisClusterException, OSError) as exc:
+                    self._outbox_failed = True
+                    logger.warning("%d publications lost, Redis failed: %s", len(batch), exc)
+        finally:
+            self._sender = None
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self._send(self.keys.pubsub(channel), b"j " + _encode(info))
