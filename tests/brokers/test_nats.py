@@ -118,6 +118,30 @@ async def test_appends_racing_from_three_nodes_get_every_offset_once_and_arrive_
         assert [offset for offset, _ in recorder.received("race")] == list(range(1, 151))
 
 
+async def test_a_burst_of_200_subscribes_shares_one_ping_and_every_one_is_confirmed(
+    peers: PeerFactory,
+) -> None:
+    (a, seen_by_a), (b, _) = await peers(), await peers()
+    flushes = 0
+    flush = a._nc.flush
+
+    async def counted(*args: Any, **kwargs: Any) -> None:
+        nonlocal flushes
+        flushes += 1
+        await flush(*args, **kwargs)
+
+    a._nc.flush = counted  # a spy on the client's public flush(): it still flushes
+    channels = [f"burst-{i}" for i in range(200)]
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(a.subscribe(channel) for channel in channels))
+    assert 1 <= flushes <= 2, f"{flushes} PINGs for a burst of 200 subscribes"
+    # Every subscribe returned once confirmed: publications right after are all received.
+    for n, channel in enumerate(channels):
+        await b.publish(channel, pub(n), None)
+    await eventually(lambda: len(seen_by_a.publications) == 200, "a publication per channel")
+    assert sorted(c for c, _ in seen_by_a.publications) == sorted(channels)
+
+
 async def test_the_stream_keeps_about_history_size_messages_of_a_channel(
     peers: PeerFactory,
 ) -> None:

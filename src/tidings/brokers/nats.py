@@ -320,6 +320,8 @@ class NatsBroker:
         self._sequencers: dict[str, _Sequencer] = {}
         self._last_error: Exception | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._flush: asyncio.Task[None] | None = None
+        """The PING the subscribes of this loop turn wait for, not sent yet."""
 
     def __repr__(self) -> str:
         return f"<NatsBroker {self.url}>"
@@ -432,10 +434,23 @@ class NatsBroker:
             del self._channels[subject]
             raise
         try:
-            await self._guard(client.flush(timeout=self.timeout))
+            await self._confirmed()
         except Exception:
             await self.unsubscribe(channel)  # not routed: the node gives up on it
             raise
+
+    def _confirmed(self) -> Awaitable[None]:
+        """Done once the server answered a PING sent after every subscription made so
+        far: the subscribes of one loop turn (a reconnect storm) share a round trip."""
+        if self._flush is None:
+            self._flush = asyncio.ensure_future(self._ping())
+            self._background.add(self._flush)
+            self._flush.add_done_callback(self._background.discard)
+        return asyncio.shield(self._flush)
+
+    async def _ping(self) -> None:
+        self._flush = None  # subscriptions made from now on wait for the next PING
+        await self._guard(self._client().flush(timeout=self.timeout))
 
     async def unsubscribe(self, channel: str) -> None:
         self._tops.pop(channel, None)
