@@ -41,11 +41,27 @@ __all__ = [
     "PresenceManager",
     "PresenceStats",
     "UnrecoverablePosition",
+    "select_history",
 ]
 
 
 IDEMPOTENCY_TTL = 300.0
 """Seconds an idempotency key of a publish is remembered (as in Centrifugo)."""
+
+
+def select_history(
+    stream: Sequence[Publication], since: StreamPosition | None, limit: int, reverse: bool
+) -> list[Publication]:
+    """What ``history`` answers from a stream's kept publications (oldest first): those
+    after ``since``, or with ``reverse`` those before it newest first, at most ``limit``
+    (-1: all). Brokers that hold their streams (memory, NATS) share this reading."""
+    if since is None:
+        selected = list(reversed(stream)) if reverse else list(stream)
+    elif reverse:
+        selected = [p for p in reversed(stream) if p.offset < since.offset]
+    else:
+        selected = [p for p in stream if p.offset > since.offset]
+    return selected if limit < 0 else selected[:limit]
 
 
 class UnrecoverablePosition(Exception):

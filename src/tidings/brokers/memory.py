@@ -21,6 +21,7 @@ from .base import (
     HistoryOptions,
     PresenceStats,
     UnrecoverablePosition,
+    select_history,
 )
 
 __all__ = ["MemoryBroker"]
@@ -148,14 +149,7 @@ class MemoryBroker:
             raise UnrecoverablePosition(channel)
         if limit == 0:
             return [], top
-        items: list[Publication]
-        if reverse:
-            bound = since.offset if since is not None else stream.top + 1
-            items = [p for p in reversed(stream.items) if p.offset < bound]
-        else:
-            after = since.offset if since is not None else 0
-            items = [p for p in stream.items if p.offset > after]
-        return (items if limit < 0 else items[:limit]), top
+        return select_history(stream.items, since, limit, reverse), top
 
     async def remove_history(self, channel: str) -> None:
         stream = self._streams.get(channel)

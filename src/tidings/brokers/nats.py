@@ -65,6 +65,7 @@ from .base import (
     HistoryOptions,
     PresenceStats,
     UnrecoverablePosition,
+    select_history,
 )
 from .messages import decode_message, encode_publication, publication_payload
 
@@ -737,16 +738,11 @@ class NatsBroker:
             expires = stored_at + ttl
             if payload is not None and epoch == top.epoch and oldest < offset <= top.offset:
                 kept.append((offset, payload))
-        publications = [
+        stream = [
             msgspec.structs.replace(_publication_decoder.decode(payload), offset=offset)
             for offset, payload in kept
-            if since is None or (offset < since.offset if reverse else offset > since.offset)
         ]
-        if reverse:
-            publications.reverse()
-        if limit > 0:
-            publications = publications[:limit]
-        return publications, position
+        return select_history(stream, since, limit, reverse), position
 
     async def _read(
         self, stream: str, subject: str, last_seq: int = 0, *, last_per_subject: bool = False

@@ -275,19 +275,59 @@ _info_decoder = msgspec.json.Decoder(ClientInfo)
 _encode = msgspec.json.encode
 
 
-class _Shard:
+class _Batches:
+    """The subscribes and unsubscribes of a pub/sub connection that one loop turn
+    asked for, sent together by ``_flush``: one command each for a burst."""
+
+    def __init__(self, broker: _RedisCommon[Any]) -> None:
+        self.broker = broker
+        self._batch: set[str] = set()
+        self._unbatch: set[str] = set()
+        self._flush_scheduled = False
+
+    def _can_flush(self) -> bool:
+        raise NotImplementedError
+
+    async def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _add(self, name: str) -> None:
+        self._unbatch.discard(name)
+        self._batch.add(name)
+        self._schedule_flush()
+
+    def _remove(self, name: str) -> None:
+        self._batch.discard(name)
+        self._unbatch.add(name)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._can_flush():
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._spawn_flush)
+
+    def _spawn_flush(self) -> None:
+        self._flush_scheduled = False
+        task = asyncio.ensure_future(self._flush())
+        self.broker._background.add(task)
+        task.add_done_callback(self.broker._background.discard)
+
+    def _take_batches(self) -> tuple[set[str], set[str]]:
+        batches = self._batch, self._unbatch
+        self._batch, self._unbatch = set(), set()
+        return batches
+
+
+class _Shard(_Batches):
     """One pub/sub connection and the channels routed through it."""
 
     def __init__(self, broker: RedisBroker, index: int) -> None:
-        self.broker = broker
+        super().__init__(broker)
         self.index = index
         self.channels: set[str] = set()
         """Redis channel names this node wants on this connection."""
         self._pubsub: Any = None
         self._waiting: dict[str, list[asyncio.Future[None]]] = {}
-        self._batch: set[str] = set()
-        self._unbatch: set[str] = set()
-        self._flush_scheduled = False
         self._connected = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -302,37 +342,23 @@ class _Shard:
         """Route ``name`` here; the future is done once Redis confirmed it."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.channels.add(name)
-        self._unbatch.discard(name)
         self._waiting.setdefault(name, []).append(future)
-        self._batch.add(name)
-        self._schedule_flush()
+        self._add(name)
         return future
 
     def unsubscribe(self, name: str) -> None:
         self.channels.discard(name)
         self._waiting.pop(name, None)  # of a subscribe given up on
-        self._batch.discard(name)
-        self._unbatch.add(name)
-        self._schedule_flush()
+        self._remove(name)
 
-    def _schedule_flush(self) -> None:
-        # Commands of one loop iteration go out together: one SUBSCRIBE for a burst.
-        if not self._flush_scheduled and self._connected.is_set():
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._spawn_flush)
-
-    def _spawn_flush(self) -> None:
-        self._flush_scheduled = False
-        task = asyncio.ensure_future(self._flush())
-        self.broker._background.add(task)
-        task.add_done_callback(self.broker._background.discard)
+    def _can_flush(self) -> bool:
+        return self._connected.is_set()
 
     async def _flush(self) -> None:
         pubsub = self._pubsub
         if pubsub is None:
             return
-        subscribe, self._batch = self._batch, set()
-        unsubscribe, self._unbatch = self._unbatch, set()
+        subscribe, unsubscribe = self._take_batches()
         try:
             if subscribe:
                 await pubsub.subscribe(*subscribe)
@@ -816,23 +842,21 @@ class ClusterURL:
         return cls(nodes, username, password)
 
 
-class _NodeLink:
+class _NodeLink(_Batches):
     """One pub/sub connection to a cluster master, SSUBSCRIBEd to the channels of its
     slots that this node wants. It lives as long as its connection: when that breaks,
     the broker finds the channels' masters anew (another link, maybe to a promoted
     replica). Redis itself unsubscribes it from the channels of a slot that moves away."""
 
     def __init__(self, broker: RedisClusterBroker, address: Address) -> None:
-        self.broker = broker
+        super().__init__(broker)
+        self.broker: RedisClusterBroker = broker
         self.address = address
         self.channels: set[str] = set()
         """Channel names routed here."""
         self.confirmed: set[str] = set()
         """Those Redis confirmed: their publications flow here."""
         self._unsubscribing: dict[str, int] = {}
-        self._batch: set[str] = set()
-        self._unbatch: set[str] = set()
-        self._flush_scheduled = False
         self._connection: aioredis.Connection | None = None
         self._connected = False
         self.task: asyncio.Task[None] | None = None
@@ -847,28 +871,15 @@ class _NodeLink:
 
     def subscribe(self, name: str) -> None:
         self.channels.add(name)
-        self._unbatch.discard(name)
-        self._batch.add(name)
-        self._schedule_flush()
+        self._add(name)
 
     def unsubscribe(self, name: str) -> None:
         self.channels.discard(name)
         self.confirmed.discard(name)
-        self._batch.discard(name)
-        self._unbatch.add(name)
-        self._schedule_flush()
+        self._remove(name)
 
-    def _schedule_flush(self) -> None:
-        # Commands of one loop iteration go out together, in one write.
-        if not self._flush_scheduled and self._connected:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._spawn_flush)
-
-    def _spawn_flush(self) -> None:
-        self._flush_scheduled = False
-        task = asyncio.ensure_future(self._flush())
-        self.broker._background.add(task)
-        task.add_done_callback(self.broker._background.discard)
+    def _can_flush(self) -> bool:
+        return self._connected
 
     async def _flush(self) -> None:
         connection = self._connection
@@ -876,8 +887,7 @@ class _NodeLink:
         # reader notices, and a new link sends all its channels.
         if connection is None or not self._connected or not connection.is_connected:
             return
-        subscribe, self._batch = self._batch, set()
-        unsubscribe, self._unbatch = self._unbatch, set()
+        subscribe, unsubscribe = self._take_batches()
         # One command per slot: Redis refuses shard channels of several slots in one.
         commands = [("SSUBSCRIBE", *names) for names in _by_slot(subscribe)]
         commands += [("SUNSUBSCRIBE", *names) for names in _by_slot(unsubscribe)]
