@@ -42,11 +42,8 @@ import contextlib
 import http.client
 import json
 import os
-import queue
 import random
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,11 +52,14 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import generators  # noqa: E402
 import procstats  # noqa: E402
 import run  # noqa: E402  (bench/run.py: servers, free ports, logging)
 import scripting  # noqa: E402
+from generators import emit  # noqa: E402
 from procstats import busy_pct, core_times, cpu_seconds, rss_kib  # noqa: E402
 from run import RAW, RESULTS, ROOT, TIDINGS_PY, Server, Spec, log  # noqa: E402
+from scripting import met  # noqa: E402
 
 CHANNEL = "state:doc"
 DOC_SIZE = 4096
@@ -337,9 +337,6 @@ async def _worker(cfg: dict[str, Any]) -> None:
         if count < updates:
             stats["closed_early"] += 1
 
-    def emit(event: str, **extra: Any) -> None:
-        print(json.dumps({"event": event, **extra}), flush=True)
-
     tasks = [asyncio.create_task(client(i)) for i in range(conns)]
     setup = asyncio.gather(*tasks)
     waiter = asyncio.create_task(subscribed.wait())
@@ -449,64 +446,23 @@ def start_server(tag: str, compression: str) -> Server:
     return Server(spec, tag=f"bandwidth-{tag}").__enter__()
 
 
-class Workers:
+class Workers(generators.Processes):
     """Subscriber processes (the project's .venv, pinned to the generator's core)."""
 
+    noun, nouns = "worker", "workers"
+
     def __init__(self, tag: str, server: Server, conns: int, procs: int, **cfg: Any) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-        self.lines: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
+        super().__init__()
         (RAW / "logs").mkdir(parents=True, exist_ok=True)
         procs = max(1, min(procs, conns))
         for i in range(procs):
             share = conns // procs + (1 if i < conns % procs else 0)
             wcfg = {"port": server.port, "conns": share, "first": 0, "timeout": 120.0, **cfg}
-            err = (RAW / "logs" / f"bandwidth-worker-{tag}-{i}.log").open("w")
-            proc = subprocess.Popen(
+            self.spawn(
                 ["taskset", "-c", run.GEN_CORES, str(TIDINGS_PY), str(Path(__file__).resolve()),
                  "--worker", json.dumps(wcfg)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                cwd=ROOT, start_new_session=True,
+                RAW / "logs" / f"bandwidth-worker-{tag}-{i}.log", cwd=ROOT,
             )  # fmt: skip
-            err.close()
-            self.procs.append(proc)
-            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
-
-    def _read(self, index: int, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.lines.put((index, json.loads(line)))
-        self.lines.put((index, {"event": "exit", "code": proc.wait()}))
-
-    def expect(self, event: str, timeout: float) -> list[dict[str, Any]]:
-        """Each worker's next ``event`` line (an error if one reports something else)."""
-        got: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout
-        while len(got) < len(self.procs):
-            try:
-                index, msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError(f"workers: no {event!r} after {timeout:.0f}s") from None
-            if msg.get("event") != event:
-                raise RuntimeError(f"worker {index}: expected {event!r}, got {msg}")
-            got[index] = msg
-        return [got[i] for i in sorted(got)]
-
-    def tell(self, word: str) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(OSError, ValueError):
-                assert proc.stdin is not None
-                proc.stdin.write(word + "\n")
-                proc.stdin.flush()
-
-    def close(self) -> None:
-        self.tell("quit")
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def publish(api_port: int, docs: list[bytes], rate: float) -> int:
@@ -696,10 +652,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _met(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
-
-
 def _row_label(row: dict[str, Any]) -> str:
     codec = "Protobuf" if row["codec"] == "protobuf" else "JSON"
     if row["compression"] != "none":
@@ -800,7 +752,7 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
         )
         lines.append(
             f"| A. {name}: >= {TARGET_DELTA_RATIO:g}x fewer bytes per delivery with delta | "
-            f"{text} | {_met(r >= TARGET_DELTA_RATIO if r else None)} |"
+            f"{text} | {met(r >= TARGET_DELTA_RATIO if r else None)} |"
         )
     base = memory_rows.get("none")
     for mode in ("shared", "per-connection"):
@@ -824,7 +776,7 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
             f"{base['idle_kib_per_conn']:.2f} KiB, after one publication "
             f"{row['after_publication_kib_per_conn']:.2f} vs "
             f"{base['after_publication_kib_per_conn']:.2f} KiB: {worst:.2f}x (the larger) | "
-            f"{_met(worst <= TARGET_MEMORY_RATIO)} |"
+            f"{met(worst <= TARGET_MEMORY_RATIO)} |"
         )
     lines.append("")
     table_head = [

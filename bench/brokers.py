@@ -55,7 +55,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,7 +67,8 @@ import procstats  # noqa: E402
 import run  # noqa: E402  (bench/run.py: free ports, step summaries, logging)
 import scripting  # noqa: E402
 from procstats import cpu_seconds  # noqa: E402
-from run import RESULTS, ROOT, TIDINGS_PY, WSBENCH, log  # noqa: E402
+from run import RESULTS, ROOT, TIDINGS_PY, WSBENCH, Server, Spec, log  # noqa: E402
+from scripting import met, ms, num  # noqa: E402
 
 RAW = run.RAW / "brokers"
 NATS_SERVER = Path(os.environ.get("NATS_SERVER", "/usr/sbin/nats-server"))
@@ -163,10 +163,7 @@ def broker_server(kind: str, tag: str, nice: int = 0) -> Iterator[BrokerServer]:
     with contextlib.ExitStack() as stack:
         logf = stack.enter_context((RAW / f"{tag}-{kind}.log").open("wb"))
         if kind == "redis":
-            argv = [
-                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--maxclients", "20000",
-            ]  # fmt: skip
+            argv = run.redis_argv(port)
             url = f"redis://127.0.0.1:{port}/0"
         elif kind == "nats":
             store = stack.enter_context(tempfile.TemporaryDirectory(prefix="brokers-nats-"))
@@ -183,86 +180,29 @@ def broker_server(kind: str, tag: str, nice: int = 0) -> Iterator[BrokerServer]:
             run.wait_port(port, proc, 15)
             yield BrokerServer(kind, url, proc.pid)
         finally:
-            _stop(proc)
+            run.stop_group(proc)
 
 
 def _niced(nice: int) -> list[str]:
     return ["nice", "-n", str(nice)] if nice else []
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+def hub_server(
+    config: Path, broker: str, cores: str, tag: str, src: str | None, nice: int = 0
+) -> Server:
+    """One ``tidings serve --broker URL`` (run.py's Server: pinned with taskset, started
+    and stopped by ``with``), from ``src`` when given; its output in RAW/TAG.log."""
 
-
-class Hub:
-    """One ``tidings serve`` process, pinned with taskset, stopped on exit."""
-
-    def __init__(
-        self, config: Path, broker: str, cores: str, tag: str, src: str | None, nice: int = 0
-    ) -> None:
-        self.config, self.broker, self.cores, self.tag, self.src = config, broker, cores, tag, src
-        self.nice = nice
-        self.port = run.free_port()
-        self.api_port = run.free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def __enter__(self) -> Hub:
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)
-        if self.src:
-            env["PYTHONPATH"] = self.src
-        RAW.mkdir(parents=True, exist_ok=True)
-        self._log = (RAW / f"{self.tag}.log").open("wb")
-        argv = [
-            *_niced(self.nice), "taskset", "-c", self.cores, str(TIDINGS_PY), "-m", "tidings", "serve",
-            "--config", str(self.config), "--port", str(self.port),
-            "--api-port", str(self.api_port), "--broker", self.broker,
+    def argv(port: int, api_port: int, redis_url: str | None) -> list[str]:
+        return [
+            str(TIDINGS_PY), "-m", "tidings", "serve", "--config", str(config),
+            "--port", str(port), "--api-port", str(api_port), "--broker", broker,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        try:
-            run.wait_port(self.port, self.proc, 30)
-            time.sleep(0.3)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
-            self.proc = None
-        self._log.close()
-
-    def metrics(self) -> dict[str, float]:
-        """tidings' Prometheus counters."""
-        try:
-            url = f"http://127.0.0.1:{self.api_port}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("tidings_") and "_created" not in line:
-                key, _, value = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[key] = float(value)
-        return out
+    path = "/connection/websocket"
+    env = {"PYTHONPATH": src} if src else {}
+    spec = Spec("tidings", "tidings", "centrifugo", path, path, argv, env=env)
+    return Server(spec, cores=cores, tag=tag, nice=nice, log_path=RAW / f"{tag}.log")
 
 
 class CpuSampler:
@@ -314,8 +254,8 @@ class CpuSampler:
 def wsbench(
     plan: Plan,
     tag: str,
-    sub: Hub,
-    pub: Hub,
+    sub: Server,
+    pub: Server,
     *,
     conns: int,
     channels: int,
@@ -345,7 +285,7 @@ def wsbench(
         argv.append("--confirm")
     if ramp_p99:
         argv += ["--ramp-p99-ms", f"{ramp_p99:g}"]
-    for pid in {sub.pid, pub.pid}:
+    for pid in {sub.pids[0], pub.pids[0]}:
         argv += ["--server-pid", str(pid)]
     ended: dict[int, float] = {}
     with (
@@ -423,10 +363,6 @@ def sweep(data: dict[str, Any], key: str, where: dict[str, str]) -> dict[str, An
     }
 
 
-def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
-
-
 def hub_stats(delta: dict[str, float]) -> dict[str, Any]:
     """What a hub's counters say of a sweep: publications per frame, publish round trip."""
     publications = delta.get('tidings_messages_sent_total{type="publication"}', 0.0)
@@ -452,19 +388,19 @@ def measure_fanout(plan: Plan, key: str) -> dict[str, Any]:
     load = os.getloadavg()
     with broker_server(kind, tag, plan.nice) as broker, contextlib.ExitStack() as stack:
         b = stack.enter_context(
-            Hub(CONFIG, broker.url, run.SERVER_CORES, f"{tag}-hub", plan.src, plan.nice)
+            hub_server(CONFIG, broker.url, run.SERVER_CORES, f"{tag}-hub", plan.src, plan.nice)
         )
         a = (
             stack.enter_context(
-                Hub(CONFIG, broker.url, run.GEN_CORES, f"{tag}-hubA", plan.src, plan.nice)
+                hub_server(CONFIG, broker.url, run.GEN_CORES, f"{tag}-hubA", plan.src, plan.nice)
             )
             if two
             else b
         )
-        watch = {"hub": b.pid}
+        watch = {"hub": b.pids[0]}
         where = {"hub": run.SERVER_CORES}
         if two:
-            watch["hub_a"], where["hub_a"] = a.pid, run.GEN_CORES
+            watch["hub_a"], where["hub_a"] = a.pids[0], run.GEN_CORES
         if broker.pid:
             watch["broker"], where["broker"] = broker.pid, run.GEN_CORES
         before = {"b": b.metrics(), "a": a.metrics()}
@@ -472,9 +408,9 @@ def measure_fanout(plan: Plan, key: str) -> dict[str, Any]:
             plan, tag, b, a, conns=plan.subscribers, channels=1, pub_conns=1,
             start=plan.start, cap=plan.cap, watch=watch, ramp_p99=plan.ramp_p99,
         )  # fmt: skip
-        stats = hub_stats(_delta(before["b"], b.metrics()))
+        stats = hub_stats(run._metrics_delta(before["b"], b.metrics()))
         if two:
-            stats["publisher_hub"] = hub_stats(_delta(before["a"], a.metrics()))
+            stats["publisher_hub"] = hub_stats(run._metrics_delta(before["a"], a.metrics()))
     row = sweep(data, key, where)
     row.update(broker=kind, nodes=2 if two else 1, hub=stats, loadavg_start=load)
     row["loadavg_end"] = os.getloadavg()
@@ -488,8 +424,10 @@ def measure_publish(plan: Plan, key: str) -> dict[str, Any]:
     load = os.getloadavg()
     with broker_server(kind, tag, plan.nice) as broker:
         config = CONFIG_HISTORY if history else CONFIG
-        with Hub(config, broker.url, run.SERVER_CORES, f"{tag}-hub", plan.src, plan.nice) as hub:
-            watch = {"hub": hub.pid}
+        with hub_server(
+            config, broker.url, run.SERVER_CORES, f"{tag}-hub", plan.src, plan.nice
+        ) as hub:
+            watch = {"hub": hub.pids[0]}
             where = {"hub": run.SERVER_CORES}
             if broker.pid:
                 watch["broker"], where["broker"] = broker.pid, run.GEN_CORES
@@ -498,7 +436,7 @@ def measure_publish(plan: Plan, key: str) -> dict[str, Any]:
                 plan, tag, hub, hub, conns=conns, channels=channels, pub_conns=plan.pub_conns,
                 start=plan.pub_start, cap=plan.pub_cap, watch=watch,
             )  # fmt: skip
-            stats = hub_stats(_delta(before, hub.metrics()))
+            stats = hub_stats(run._metrics_delta(before, hub.metrics()))
     row = sweep(data, key, where)
     best = row["best"]
     row.update(
@@ -590,28 +528,28 @@ def measure_profile(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
     seconds = plan.profile_seconds
     with (
         broker_server("redis", tag, plan.nice) as broker,
-        Hub(CONFIG, broker.url, run.SERVER_CORES, f"{tag}-hub", plan.src, plan.nice) as hub,
+        hub_server(CONFIG, broker.url, run.SERVER_CORES, f"{tag}-hub", plan.src, plan.nice) as hub,
     ):
         before = hub.metrics()
         out = RAW / f"{tag}.json"
         gen = subprocess.Popen(
             ["nice", "-n", str(run.GEN_NICE), "taskset", "-c", run.GEN_CORES, str(WSBENCH),
              "--port", str(hub.port), "--conns", str(plan.subscribers), "--size", str(plan.size),
-             "--rates", f"{rate:g}", "--step", str(seconds + 5), "--server-pid", str(hub.pid),
+             "--rates", f"{rate:g}", "--step", str(seconds + 5), "--server-pid", str(hub.pids[0]),
              "--max-seconds", str(int(seconds + 60)), "--out", str(out)],
             stdout=subprocess.DEVNULL, stderr=(RAW / f"{tag}.wsbench.log").open("w"),
         )  # fmt: skip
         time.sleep(3)
         raw = RAW / f"{tag}.txt"
         subprocess.run(
-            ["taskset", "-c", run.GEN_CORES, tool, "record", "--pid", str(hub.pid),
+            ["taskset", "-c", run.GEN_CORES, tool, "record", "--pid", str(hub.pids[0]),
              "--duration", str(int(seconds)), "--rate", "200", "--nonblocking",
              "--format", "raw", "-o", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 60,
             check=False,
         )  # fmt: skip
         gen.wait(seconds + 90)
-        stats = hub_stats(_delta(before, hub.metrics()))
+        stats = hub_stats(run._metrics_delta(before, hub.metrics()))
     if not raw.exists():
         raise RuntimeError("py-spy wrote nothing")
     step = json.loads(out.read_text())["steps"][0] if out.exists() else None
@@ -627,18 +565,6 @@ def measure_profile(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- report ----------------------------------------------------------------------------------
-
-
-def _n(value: float | None, digits: int = 0) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
-def _met(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
 def _cpu(step: dict[str, Any], name: str) -> str:
@@ -811,7 +737,7 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
         "| target | measured | result |",
         "|---|---|---|",
     ]
-    lines += [f"| {t} | {measured} | {_met(ok)} |" for t, measured, ok in targets(runs)]
+    lines += [f"| {t} | {measured} | {met(ok)} |" for t, measured, ok in targets(runs)]
     lines += [""]
     if fanout:
         lines += [
@@ -828,15 +754,15 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
             hub = row.get("hub", {})
             publisher = hub.get("publisher_hub", hub)
             lines.append(
-                f"| {LABELS.get(key, key)} | {_n(row['max_rate'], 1) if b else '–'} | "
-                f"{_n(row['max_deliveries_per_s']) if b else '–'} | {_ms(b.get('p50_ms'))} | "
-                f"{_ms(b.get('p99_ms'))} | {_ms(b.get('max_ms'))} | {_cpu(b, 'hub')} | "
+                f"| {LABELS.get(key, key)} | {num(row['max_rate'], 1) if b else '–'} | "
+                f"{num(row['max_deliveries_per_s']) if b else '–'} | {ms(b.get('p50_ms'))} | "
+                f"{ms(b.get('p99_ms'))} | {ms(b.get('max_ms'))} | {_cpu(b, 'hub')} | "
                 f"{_cpu(b, 'hub_a')} | {_cpu(b, 'broker')} | "
-                f"{_n(b.get('gen_cpu_pct'))}{'%' if b else ''} | {b.get('other_work_pct', '–')} | "
-                f"{_n(hub.get('publications_per_frame'), 1)} | "
-                f"{_n(publisher.get('publish_ms_mean'), 2)} | "
-                f"{_n(row.get('max_complete_deliveries_per_s'))} (p99 "
-                f"{_ms(row.get('max_complete_p99_ms'))} ms) | "
+                f"{num(b.get('gen_cpu_pct'))}{'%' if b else ''} | {b.get('other_work_pct', '–')} | "
+                f"{num(hub.get('publications_per_frame'), 1)} | "
+                f"{num(publisher.get('publish_ms_mean'), 2)} | "
+                f"{num(row.get('max_complete_deliveries_per_s'))} (p99 "
+                f"{ms(row.get('max_complete_p99_ms'))} ms) | "
                 f"{' '.join(f'{x:.2f}' for x in row.get('loadavg_start', []))} | "
                 f"{_why(row['first_fail'])} |"
             )
@@ -884,10 +810,10 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
             b = row["best"] or {}
             lines.append(
                 f"| {key} | {'on' if row['history'] else 'off'} | {row['channels']} | "
-                f"{_n(row['max_publishes_per_s']) if b else '–'} | "
-                f"{_n(row['max_deliveries_per_s']) if b else '–'} | {_ms(b.get('p50_ms'))} | "
-                f"{_ms(b.get('p99_ms'))} | {_cpu(b, 'hub')} | {_cpu(b, 'broker')} | "
-                f"{_n(row['hub'].get('publish_ms_mean'), 2)} | "
+                f"{num(row['max_publishes_per_s']) if b else '–'} | "
+                f"{num(row['max_deliveries_per_s']) if b else '–'} | {ms(b.get('p50_ms'))} | "
+                f"{ms(b.get('p99_ms'))} | {_cpu(b, 'hub')} | {_cpu(b, 'broker')} | "
+                f"{num(row['hub'].get('publish_ms_mean'), 2)} | "
                 f"{' '.join(f'{x:.2f}' for x in row.get('loadavg_start', []))} | "
                 f"{_why(row['first_fail'])} |"
             )
@@ -900,10 +826,10 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
             "",
             f"py-spy `record --format raw` ({profile['sample_rate']} Hz, "
             f"{profile['seconds']:g} s) of the hub at {profile['rate']:g} msg/s "
-            f"({_n(st.get('deliveries_per_s'))} deliveries/s delivered, p99 "
-            f"{_ms(st.get('p99_ms'))} ms, hub CPU {_n(st.get('server_cpu_pct'))}%); "
+            f"({num(st.get('deliveries_per_s'))} deliveries/s delivered, p99 "
+            f"{ms(st.get('p99_ms'))} ms, hub CPU {num(st.get('server_cpu_pct'))}%); "
             f"{profile['hub'].get('publications_per_frame') or '–'} publications per frame, "
-            f"publish call {_n(profile['hub'].get('publish_ms_mean'), 2)} ms (mean). "
+            f"publish call {num(profile['hub'].get('publish_ms_mean'), 2)} ms (mean). "
             f"{profile['samples']:,} samples (py-spy leaves out idle ones). Raw stacks: "
             f"`{profile['raw']}`.",
             "",
@@ -941,11 +867,11 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
                 else "–"
             )
             lines.append(
-                f"| {LABELS.get(key, key)} | {_n(row['max_rate'], 1)} | "
-                f"{_n(row['max_deliveries_per_s'])} | {_ms(b.get('p99_ms'))} | "
-                f"{_n(row['hub'].get('publications_per_frame'), 1)} | {_n(o['max_rate'], 1)} | "
-                f"{_n(o['max_deliveries_per_s'])} | {_ms(ob.get('p99_ms'))} | "
-                f"{_n(o['hub'].get('publications_per_frame'), 1)} | {ratio} |"
+                f"| {LABELS.get(key, key)} | {num(row['max_rate'], 1)} | "
+                f"{num(row['max_deliveries_per_s'])} | {ms(b.get('p99_ms'))} | "
+                f"{num(row['hub'].get('publications_per_frame'), 1)} | {num(o['max_rate'], 1)} | "
+                f"{num(o['max_deliveries_per_s'])} | {ms(ob.get('p99_ms'))} | "
+                f"{num(o['hub'].get('publications_per_frame'), 1)} | {ratio} |"
             )
         lines += [""]
     lines += _every_step("Every fan-out step", fanout)
@@ -1099,21 +1025,11 @@ def main() -> int:
             log("== profile")
             guarded("profile", "redis", lambda: measure_profile(plan, summary))
     finally:
-        finish(summary, outdir, started)
+        scripting.finish(summary, outdir, started, write_report)
     for key, row in summary["runs"].get("fanout", {}).items():
         log(f"{key}: {row['max_rate']:g} msg/s = {row['max_deliveries_per_s']:,.0f} deliveries/s")
     log(f"done in {time.monotonic() - started:.0f}s: {outdir / 'REPORT.md'}")
     return 1 if summary["errors"] else 0
-
-
-def finish(summary: dict[str, Any], outdir: Path, started: float) -> None:
-    """Save the summary and write the report; a partial run's time and load go to its entry."""
-    meta = summary["meta"]
-    entry = meta["reruns"][-1] if meta.get("reruns") else meta
-    entry["duration_s"] = round(time.monotonic() - started, 1)
-    entry["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
-    write_report(summary, outdir)
 
 
 def compared(path: Path, label: str) -> dict[str, Any]:

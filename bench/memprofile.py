@@ -61,7 +61,9 @@ async def profile(conns: int, by: str, top: int) -> None:
         for stat in stats[:top]:
             frame = stat.traceback[0]
             where = frame.filename if by == "file" else f"{frame.filename}:{frame.lineno}"
-            print(f"{stat.size_diff / conns:8,.0f} B {stat.count_diff / conns:6.2f} objects  {where}")
+            print(
+                f"{stat.size_diff / conns:8,.0f} B {stat.count_diff / conns:6.2f} objects  {where}"
+            )
         generator.kill()
         await generator.wait()
     finally:

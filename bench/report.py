@@ -302,7 +302,9 @@ def _asgi_overhead(runs: dict[str, Any]) -> list[str]:
                         f"{ka:.2f} KiB | {kb:.2f} KiB | {kb / ka:.2f}x |")  # fmt: skip
         ra, rb = own.get("connect_rate") or 0.0, mounted.get("connect_rate") or 0.0
         if ra and rb:
-            rows.append(f"| connect + subscribe rate | {_n(ra)} /s | {_n(rb)} /s | {rb / ra:.2f}x |")
+            rows.append(
+                f"| connect + subscribe rate | {_n(ra)} /s | {_n(rb)} /s | {rb / ra:.2f}x |"
+            )
     return rows
 
 
@@ -734,7 +736,7 @@ def build_markdown(summary: dict[str, Any], charts: list[tuple[str, str]]) -> st
         w("## Over Redis\n")
         w(
             "redis-server (one, on core 0 with the generator) is started by the runner on a free port; "
-            "its CPU counts as \"other work\" on core 0 in these tables.\n"
+            'its CPU counts as "other work" on core 0 in these tables.\n'
         )
     if rf:
         w("### Fan-out through Redis: 1,000 subscribers, 128 B, server on core 1\n")

@@ -200,10 +200,19 @@ SPECS: dict[str, Spec] = {
 
 
 class Server:
-    """One server process (and its workers), pinned with taskset, stopped on exit."""
+    """One server process (and its workers), pinned with taskset, stopped on exit.
+
+    ``nice``: the server's (default: ``--server-nice``); ``log_path``: its output
+    (default: raw/logs/server-TAG.log)."""
 
     def __init__(
-        self, spec: Spec, cores: str = SERVER_CORES, redis_url: str | None = None, tag: str = ""
+        self,
+        spec: Spec,
+        cores: str = SERVER_CORES,
+        redis_url: str | None = None,
+        tag: str = "",
+        nice: int | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.spec = spec
         self.cores = cores
@@ -211,20 +220,27 @@ class Server:
         self.port = free_port()
         self.api_port = free_port()
         self.tag = tag or spec.name
+        self.nice = nice
+        self.log_path = log_path or RAW / "logs" / f"server-{self.tag}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pids: list[int] = []
 
     def __enter__(self) -> Server:
-        argv = ["taskset", "-c", self.cores, *self.spec.argv(self.port, self.api_port, self.redis_url)]
-        if SERVER_NICE:
-            argv = ["nice", "-n", str(SERVER_NICE), *argv]
-        # {api_port} in a spec's environment: a server told its API port that way.
-        env = dict(os.environ, **{k: v.format(api_port=self.api_port) for k, v in self.spec.env.items()})
+        command = self.spec.argv(self.port, self.api_port, self.redis_url)
+        argv = ["taskset", "-c", self.cores, *command]
+        nice = SERVER_NICE if self.nice is None else self.nice  # read now: main() sets it
+        if nice:
+            argv = ["nice", "-n", str(nice), *argv]
+        # The project's .venv, not the caller's PYTHONPATH, unless the spec names one (a
+        # source tree to measure); {api_port}: a server told its API port that way.
+        env = dict(os.environ)
         env.pop("PYTHONPATH", None)
+        env.update(
+            {k: v.replace("{api_port}", str(self.api_port)) for k, v in self.spec.env.items()}
+        )
         if self.redis_url:
             env["BENCH_REDIS_URL"] = self.redis_url
-        (RAW / "logs").mkdir(parents=True, exist_ok=True)
-        self.log_path = RAW / "logs" / f"server-{self.tag}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             argv, cwd=self.spec.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -249,14 +265,7 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc)
         # workers that outlived their master
         for pid in self.pids[1:]:
             with contextlib.suppress(ProcessLookupError):
@@ -277,19 +286,44 @@ class Server:
         """tidings' Prometheus counters (empty for other servers)."""
         if not self.spec.name.startswith("tidings"):
             return {}
-        try:
-            url = f"http://127.0.0.1:{self.api_port}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("tidings_") and "_created" not in line:
-                key, _, value = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[key] = float(value)
-        return out
+        return tidings_metrics(self.api_port)
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to a process started in a session of its own and its group; SIGKILL after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def tidings_metrics(api_port: int) -> dict[str, float]:
+    """The Prometheus counters of the tidings server whose HTTP API is on ``api_port``."""
+    try:
+        url = f"http://127.0.0.1:{api_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tidings_") and "_created" not in line:
+            key, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = float(value)
+    return out
+
+
+def redis_argv(port: int) -> list[str]:
+    """redis-server on ``port`` of 127.0.0.1: no persistence, room for 20,000 clients."""
+    return [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--daemonize", "no", "--maxclients", "20000",
+    ]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -298,8 +332,7 @@ def redis_server(cores: str = GEN_CORES) -> Iterator[str]:
     (RAW / "logs").mkdir(parents=True, exist_ok=True)
     logf = (RAW / "logs" / f"redis-{port}.log").open("wb")
     proc = subprocess.Popen(
-        ["taskset", "-c", cores, "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--daemonize", "no", "--maxclients", "20000"],
+        ["taskset", "-c", cores, *redis_argv(port)],
         stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
@@ -950,8 +983,12 @@ def main() -> int:
     parser.add_argument("--only", help=f"comma-separated scenarios of {SCENARIOS}")
     parser.add_argument("--servers", help="comma-separated server names (default: all)")
     parser.add_argument("--profile", action="store_true", help="only record the py-spy profile")
-    parser.add_argument("--gen-nice", type=int, default=GEN_NICE, help="nice of the generator (-10)")
-    parser.add_argument("--server-nice", type=int, default=SERVER_NICE, help="nice of the servers (0)")
+    parser.add_argument(
+        "--gen-nice", type=int, default=GEN_NICE, help="nice of the generator (-10)"
+    )
+    parser.add_argument(
+        "--server-nice", type=int, default=SERVER_NICE, help="nice of the servers (0)"
+    )
     parser.add_argument(
         "--out", help="output directory (default bench/results or bench/results/quick)"
     )

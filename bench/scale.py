@@ -64,13 +64,11 @@ import functools
 import json
 import math
 import os
-import queue
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -81,11 +79,13 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import generators  # noqa: E402
 import procstats  # noqa: E402
 import run  # noqa: E402  (bench/run.py: servers, free ports, logging)
 import scripting  # noqa: E402
 from procstats import busy_pct, core_times, cpu_seconds, rss_kib  # noqa: E402
 from run import RAW, RESULTS, ROOT, WSBENCH, Server, Spec, log  # noqa: E402
+from scripting import ms  # noqa: E402
 
 TIDINGS = ROOT / ".venv" / "bin" / "tidings"
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -371,14 +371,16 @@ def start_hub(plan: Plan, broker: Broker) -> tuple[Server, list[str]]:
 # --- the generators ---------------------------------------------------------------------------
 
 
-class Generators:
+class Generators(generators.Processes):
     """G wsbench processes in --control mode, each with its share of the connections on
     its own source address; commands to all of them, their events merged."""
 
+    noun, nouns = "generator", "generators"
+    clip = 300
+
     def __init__(self, plan: Plan, server: Server, tag: str) -> None:
+        super().__init__()
         self.plan = plan
-        self.procs: list[subprocess.Popen[str]] = []
-        self.lines: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
         self.outs: list[Path] = []
         self.argvs: list[list[str]] = []
         self.steps = 0
@@ -401,49 +403,10 @@ class Generators:
                 "--out", str(out),
             ]  # fmt: skip
             first += share
-            err = (RAW / "logs" / f"{tag}-gen{i}.log").open("w")
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                start_new_session=True,
-            )  # fmt: skip
-            err.close()
-            self.procs.append(proc)
+            self.spawn(argv, RAW / "logs" / f"{tag}-gen{i}.log")
             self.outs.append(out)
             self.argvs.append(argv)
-            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
         self.connect_timeout = connect_timeout
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
-
-    def _read(self, index: int, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.lines.put((index, json.loads(line)))
-        self.lines.put((index, {"event": "exit", "code": proc.wait()}))
-
-    def expect(self, event: str, timeout: float) -> list[dict[str, Any]]:
-        """Each process's next ``event`` line (an error if one says something else)."""
-        got: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout
-        while len(got) < len(self.procs):
-            try:
-                index, msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError(f"generators: no {event!r} after {timeout:.0f}s") from None
-            if msg.get("event") != event:
-                raise RuntimeError(f"generator {index}: expected {event!r}, got {str(msg)[:300]}")
-            got[index] = msg
-        return [got[i] for i in sorted(got)]
-
-    def tell(self, line: str) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(OSError, ValueError):
-                assert proc.stdin is not None
-                proc.stdin.write(line + "\n")
-                proc.stdin.flush()
 
     def step(self, rate: float, seconds: float, drain: float, external: int) -> int:
         """Start a step on every generator (``rate``: the total, shared among them); its index."""
@@ -459,8 +422,9 @@ class Generators:
     def results(self, seconds: float, drain: float) -> list[dict[str, Any]]:
         return self.expect("step", seconds + drain + 120)
 
-    def close(self) -> list[dict[str, Any]]:
-        """quit: every generator closes its connections and writes its summary."""
+    def quit(self) -> list[dict[str, Any]]:
+        """quit: every generator closes its connections and writes its summary; the
+        summaries (unlike ``close``, it waits up to 60 s in all, then terminates)."""
         self.tell("quit")
         finals = []
         deadline = time.monotonic() + 60  # a generator still connecting reads no command
@@ -615,7 +579,7 @@ def measure_broker(plan: Plan, kind: str, row: dict[str, Any]) -> dict[str, Any]
                 row["generator_command"] = " ".join(gens.argvs[0])
                 measure_phases(plan, row, server, broker, gens, meter, workers)
             finally:
-                finals = gens.close()
+                finals = gens.quit()
                 row["closes"] = _closes(finals)
                 row["unexpected_msgs"] = sum(f.get("unexpected_msgs", 0) for f in finals)
                 row["bad_step"] = sum(f.get("bad_step", 0) for f in finals)
@@ -1081,10 +1045,6 @@ def projection(row: dict[str, Any]) -> dict[str, Any]:
 # --- the report -------------------------------------------------------------------------------
 
 
-def _ms(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1f}"
-
-
 def _gc(usage: dict[str, Any]) -> str:
     return "**yes**" if usage.get("full_gc") else ""
 
@@ -1347,8 +1307,8 @@ def _fanout_cell(row: dict[str, Any]) -> str:
     fans = row["fanout"]
     complete = all(f["delivered"] == f["expected"] for f in fans)
     return (
-        f"{_ms(_median([f['p50_ms'] for f in fans]))} / {_ms(_median([f['p99_ms'] for f in fans]))}"
-        f" / {_ms(_median([f['max_ms'] for f in fans]))} ms" + ("" if complete else " (**losses**)")
+        f"{ms(_median([f['p50_ms'] for f in fans]))} / {ms(_median([f['p99_ms'] for f in fans]))}"
+        f" / {ms(_median([f['max_ms'] for f in fans]))} ms" + ("" if complete else " (**losses**)")
     )
 
 
@@ -1464,8 +1424,8 @@ def broker_section(kind: str, row: dict[str, Any]) -> list[str]:
             "the workers start together, so they all collect at the same moment. A stream of "
             f"{gc['rate']:g} personal publications/s ran from {gc_interval() - 15:g} to "
             f"{gc_interval() + 15:g} s of the workers' age (hub age {u['hub_age_s']} s): "
-            f"{gc['delivered']:,}/{gc['expected']:,} delivered, p50 {_ms(gc['p50_ms'])} ms, "
-            f"p99 {_ms(gc['p99_ms'])} ms, **worst {_ms(gc['max_ms'])} ms**; "
+            f"{gc['delivered']:,}/{gc['expected']:,} delivered, p50 {ms(gc['p50_ms'])} ms, "
+            f"p99 {ms(gc['p99_ms'])} ms, **worst {ms(gc['max_ms'])} ms**; "
             f"**{gc['lost']:,} connections lost**; hub CPU {u['cpu_s']['hub']:.1f} s over "
             f"{u['seconds']:.0f} s (idle: {row['idle']['usage']['cpu_pct']['hub'] / 100 * u['seconds']:.1f} s); "
             f"cores busy {u['core_busy_pct']}%.",
@@ -1490,8 +1450,8 @@ def broker_section(kind: str, row: dict[str, Any]) -> list[str]:
         for i, f in enumerate(fans, 1):
             u = f["usage"]
             lines.append(
-                f"| {i} | {f['delivered']:,}/{f['expected']:,} | {_ms(f['p50_ms'])} | "
-                f"{_ms(f['p90_ms'])} | {_ms(f['p99_ms'])} | {_ms(f['max_ms'])} | "
+                f"| {i} | {f['delivered']:,}/{f['expected']:,} | {ms(f['p50_ms'])} | "
+                f"{ms(f['p90_ms'])} | {ms(f['p99_ms'])} | {ms(f['max_ms'])} | "
                 f"{u['cpu_s']['hub']:.2f} s | {f['hub_cpu_us_per_delivery']:.1f} | "
                 f"{u['cpu_s']['generators']:.2f} s | {u['core_busy_pct']} | {f['api_ms']:.1f} | "
                 f"{_gc(u)} |"
@@ -1538,8 +1498,8 @@ def _personal_row(st: dict[str, Any], verdict: bool = True) -> str:
     passed = ("yes" if st["pass"] else "no") + (" (retried)" if st.get("retried") else "")
     return (
         f"| {st['rate']:,.4g} | {st['delivered']:,}/{st['expected']:,} | "
-        f"{st['published']:,}/{st['target']:,} | {_ms(st['p50_ms'])} | {_ms(st['p99_ms'])} "
-        f"| {_ms(st['max_ms'])} | {st['hub_cpu_pct']:.0f}% | {st['broker_cpu_pct']:.0f}% | "
+        f"{st['published']:,}/{st['target']:,} | {ms(st['p50_ms'])} | {ms(st['p99_ms'])} "
+        f"| {ms(st['max_ms'])} | {st['hub_cpu_pct']:.0f}% | {st['broker_cpu_pct']:.0f}% | "
         f"{st['gen_cpu_pct']:.0f}% | {st['hub_cpu_us_per_pub']:.0f} | "
         f"{st['broker_cpu_us_per_pub']:.1f} | {st['usage']['core_busy_pct']} | "
         f"{_gc(st['usage'])} | {passed if verdict else '–'} |"

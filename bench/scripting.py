@@ -1,6 +1,6 @@
-"""What the benchmark scripts beside run.py share (``bandwidth.py``, ``streams.py``): the
-summary they fill row by row, the chart drawn where matplotlib is, and a memory ratio as
-their reports write it."""
+"""What the benchmark scripts beside run.py share (``bandwidth.py``, ``streams.py``,
+``brokers.py``, ``scale.py``): the summary they fill row by row, the chart drawn where
+matplotlib is, a memory ratio and the cells (numbers, verdicts) as their reports write them."""
 
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ def guarded(summary: Summary, part: str, key: str, measure: Callable[[], Any]) -
 
 
 def finish(summary: Summary, outdir: Path, started: float, report: Callable[..., None]) -> None:
-    """Close the summary (duration, load), save it, and write its report."""
-    summary["meta"]["duration_s"] = round(time.monotonic() - started, 1)
-    summary["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    """Close the summary (duration, load; a partial run's go to its entry in ``reruns``),
+    save it, and write its report."""
+    meta = summary["meta"]
+    entry = meta["reruns"][-1] if meta.get("reruns") else meta
+    entry["duration_s"] = round(time.monotonic() - started, 1)
+    entry["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
     report(summary, outdir)
 
@@ -59,3 +62,21 @@ def memory_versus(row: dict[str, Any], base: dict[str, Any] | None) -> str:
     idle = row["idle_kib_per_conn"] / base["idle_kib_per_conn"]
     after = row["after_publication_kib_per_conn"] / base["after_publication_kib_per_conn"]
     return f"{idle:.2f}x / {after:.2f}x"
+
+
+# --- report cells: the same in every script's report ----------------------------------------
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    """A number with thousands separators; a dash for none."""
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def ms(value: float | None) -> str:
+    """Milliseconds to a tenth; a dash for none."""
+    return "–" if value is None else f"{value:.1f}"
+
+
+def met(ok: bool | None) -> str:
+    """A target's verdict: met, missed, or n/a (not measured)."""
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")

@@ -56,12 +56,9 @@ import contextlib
 import json
 import math
 import os
-import queue
 import re
 import resource
-import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
@@ -71,11 +68,14 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import generators  # noqa: E402
 import procstats  # noqa: E402
 import run  # noqa: E402  (bench/run.py: servers, free ports, logging, quiet-waiting)
 import scripting  # noqa: E402
+from generators import emit  # noqa: E402
 from procstats import busy_pct, core_times, cpu_seconds, rss_kib  # noqa: E402
 from run import RAW, RESULTS, ROOT, TIDINGS_PY, Server, Spec, log  # noqa: E402
+from scripting import met, ms  # noqa: E402
 
 CHANNEL = "bench"
 SIZE = 128
@@ -455,10 +455,6 @@ SUBSCRIBERS: dict[str, type[Subscriber]] = {
 }
 
 
-def emit(event: str, **extra: Any) -> None:
-    print(json.dumps({"event": event, **extra}), flush=True)
-
-
 def cpu_self() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -708,63 +704,21 @@ def start_server(tag: str) -> Server:
     return Server(spec, tag=f"streams-{tag}").__enter__()
 
 
-class Helpers:
+class Helpers(generators.Processes):
     """Helper processes of this script (subscribers or the publisher), pinned to the
     generator's core with the generator's priority, talking JSON lines."""
 
+    noun, nouns = "helper", "helpers"
+
     def __init__(self, tag: str, role: str, cfgs: list[dict[str, Any]]) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-        self.lines: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
+        super().__init__()
         (RAW / "logs").mkdir(parents=True, exist_ok=True)
         for i, cfg in enumerate(cfgs):
-            err = (RAW / "logs" / f"streams-{role}-{tag}-{i}.log").open("w")
-            proc = subprocess.Popen(
+            self.spawn(
                 ["nice", "-n", str(run.GEN_NICE), "taskset", "-c", run.GEN_CORES, str(TIDINGS_PY),
                  str(Path(__file__).resolve()), f"--{role}", json.dumps(cfg)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                cwd=ROOT, start_new_session=True,
+                RAW / "logs" / f"streams-{role}-{tag}-{i}.log", cwd=ROOT,
             )  # fmt: skip
-            err.close()
-            self.procs.append(proc)
-            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
-
-    def _read(self, index: int, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.lines.put((index, json.loads(line)))
-        self.lines.put((index, {"event": "exit", "code": proc.wait()}))
-
-    def expect(self, event: str, timeout: float) -> list[dict[str, Any]]:
-        """Each process's next ``event`` line (an error if one says something else)."""
-        got: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout
-        while len(got) < len(self.procs):
-            try:
-                index, msg = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError(f"helpers: no {event!r} after {timeout:.0f}s") from None
-            if msg.get("event") != event:
-                raise RuntimeError(f"helper {index}: expected {event!r}, got {msg}")
-            got[index] = msg
-        return [got[i] for i in sorted(got)]
-
-    def tell(self, message: dict[str, Any] | str) -> None:
-        line = message if isinstance(message, str) else json.dumps(message)
-        for proc in self.procs:
-            with contextlib.suppress(OSError, ValueError):
-                assert proc.stdin is not None
-                proc.stdin.write(line + "\n")
-                proc.stdin.flush()
-
-    def close(self) -> None:
-        self.tell("quit")
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def subscribers(
@@ -1063,14 +1017,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _met(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
 def _limit_text(row: dict[str, Any]) -> str:
     st = row.get("first_fail")
     if st is None:
@@ -1200,7 +1146,7 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
                 f"; WebSocket's limit here was {ws['limit']}, not the server's: the ratio "
                 "to a server-bound WebSocket is lower"
             )
-        lines.append(f"| {target} | {text} | {_met(ratio >= TARGET_RATIO)} |")
+        lines.append(f"| {target} | {text} | {met(ratio >= TARGET_RATIO)} |")
     base = memory.get("websocket")
     for transport, row in memory.items():
         if transport == "websocket":
@@ -1255,7 +1201,7 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
                 continue
             lines.append(
                 f"| {LABELS[transport]} | {row['max_rate']:g} | {row['max_deliveries_per_s']:,.0f} "
-                f"| {versus} | {_ms(best['p50_ms'])} | {_ms(best['p99_ms'])} | "
+                f"| {versus} | {ms(best['p50_ms'])} | {ms(best['p99_ms'])} | "
                 f"{best['server_cpu_pct']:.0f}% | {best['client_cpu_pct']:.0f}% | "
                 f"{best['core_busy_pct']} | {best['wire_bytes_per_delivery']:.0f} | "
                 f"{best['messages_per_write'] or '–'} | {_limit_text(row)} |"
@@ -1280,8 +1226,8 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
             for st in row["steps"]:
                 lines.append(
                     f"| {LABELS[transport]} | {st['rate']:g} | {st['delivered']:,}/"
-                    f"{st['expected']:,} | {st['deliveries_per_s']:,.0f} | {_ms(st['p50_ms'])} | "
-                    f"{_ms(st['p99_ms'])} | {_ms(st['max_ms'])} | {st['server_cpu_pct']:.0f}% | "
+                    f"{st['expected']:,} | {st['deliveries_per_s']:,.0f} | {ms(st['p50_ms'])} | "
+                    f"{ms(st['p99_ms'])} | {ms(st['max_ms'])} | {st['server_cpu_pct']:.0f}% | "
                     f"{st['server_cpu_us_per_delivery']:.2f} | {st['client_cpu_pct']:.0f}% | "
                     f"{st['client_cpu_us_per_delivery']:.2f} | {st['pub_lag_p99_ms']:.1f} | "
                     f"{st['core_busy_pct']} | {st.get('background_pct') or '–'} | "
