@@ -83,11 +83,61 @@ def test_the_closed_share_scales_with_the_open_connections(
 
 
 def test_frozen_cycles_are_collected_after_max_interval(collector: FreezingCollector) -> None:
+    interval = collector.factor * 60.0  # the first: 30-60 s (see below)
     cycle = frozen_cycle(collector, 0.0)
-    collector.tick(59.0, connections=0, closed=0)
+    collector.tick(interval - 1.0, connections=0, closed=0)
     assert cycle() is not None
-    collector.tick(60.0, connections=0, closed=0)
+    collector.tick(interval, connections=0, closed=0)
     assert cycle() is None
+
+
+def full_collections(collector: FreezingCollector, seconds: int) -> list[int]:
+    """The ticks (one a second, as the hub's) at which ``collector`` collected everything."""
+    times = []
+    previous: weakref.ref[Node] | None = None
+    for now in range(seconds + 1):
+        cycle = Node()  # alive at this tick, so frozen; garbage from the next
+        collector.tick(float(now), connections=0, closed=0)
+        if previous is not None and previous() is None:  # only a full collection frees it
+            times.append(now)
+        previous = weakref.ref(cycle)
+        del cycle
+    collector.stop()
+    return times
+
+
+def test_processes_started_together_collect_at_different_times() -> None:
+    """Workers start together: fixed intervals would stall them all at the same moment."""
+    times = [
+        full_collections(FreezingCollector(max_interval=20.0, seed=seed), 200) for seed in (1, 2)
+    ]
+    for each in times:
+        intervals = [later - earlier for earlier, later in zip([0, *each], each, strict=False)]
+        assert 10 <= intervals[0] <= 20, "the first: from half max_interval to max_interval"
+        assert all(18 <= interval <= 23 for interval in intervals[1:]), "then 0.9-1.1 of it"
+    assert not set(times[0]) & set(times[1])
+
+
+def test_the_first_full_collections_spread_over_half_of_max_interval() -> None:
+    firsts = [FreezingCollector().factor * 300.0 for _ in range(200)]
+    assert all(150.0 <= first <= 300.0 for first in firsts)
+    assert min(firsts) < 165.0 and max(firsts) > 285.0, "uniform over the range"
+
+
+def test_steady_churn_reaches_the_scaled_share_at_different_times() -> None:
+    """Workers losing clients at the same rate would reach a fixed share together."""
+    firsts = []
+    for seed in (1, 2):
+        collector = FreezingCollector(min_closed=1, max_interval=1e9, seed=seed)
+        closed = 0
+        cycle = frozen_cycle(collector, 0.0)
+        while cycle() is not None:
+            closed += 10
+            collector.tick(float(closed), connections=1000, closed=closed)
+        collector.stop()
+        firsts.append(closed)
+    assert firsts[0] != firsts[1]
+    assert all(125 <= first <= 260 for first in firsts), "0.5-1.0 of a quarter of 1000"
 
 
 async def test_a_hub_freezes_and_still_frees_the_connections_that_closed(

@@ -17,6 +17,18 @@ connections reach a quarter of those open (and at least ``min_closed``), or
 the default policy pays every 40 s, then freezing resumes. Garbage that waits
 is thus bounded by a share of the connections' own memory, and by time.
 
+Workers (``tidings serve --workers N``) start together and see alike loads: with
+fixed triggers they would all collect at the same moment, every 300 s, and every
+client of the machine would stall at once (2-16 s with 100,000 connections over
+6 workers). So each cycle scales both triggers by a factor the process draws
+itself (its own :class:`random.Random`, seeded from the system): the first from
+[0.5, 1.0], which spreads the first collections of processes started together
+over half of ``max_interval``; the later ones from [0.9, 1.1], so that phases
+keep drifting apart instead of lining up again (garbage waits at most 1.1 x
+``max_interval``). The share is scaled too, since steady churn reaches equal
+shares in equal times; a burst of closes that crosses every worker's share at
+once still collects everywhere at once.
+
 The policy is the process's (``gc`` is global): turn it off with
 ``gc_freeze = false`` when embedding the hub in a program that manages the
 collector itself.
@@ -25,6 +37,7 @@ collector itself.
 from __future__ import annotations
 
 import gc
+import random
 
 __all__ = ["FreezingCollector"]
 
@@ -32,12 +45,27 @@ __all__ = ["FreezingCollector"]
 class FreezingCollector:
     """Freezes surviving objects at each tick; collects everything now and then."""
 
+    FIRST_FACTOR = (0.5, 1.0)
+    """The first cycle's triggers, scaled: spreads processes started together."""
+    LATER_FACTOR = (0.9, 1.1)
+    """Each later cycle's: keeps their phases apart."""
+
     def __init__(
-        self, *, min_closed: int = 256, closed_share: float = 0.25, max_interval: float = 300.0
+        self,
+        *,
+        min_closed: int = 256,
+        closed_share: float = 0.25,
+        max_interval: float = 300.0,
+        seed: int | None = None,
     ) -> None:
         self.min_closed = min_closed
         self.closed_share = closed_share
         self.max_interval = max_interval
+        # Its own generator, seeded from the system unless a test gives a seed:
+        # processes must not draw the same factors.
+        self._random = random.Random(seed)
+        self.factor = self._random.uniform(*self.FIRST_FACTOR)
+        """This cycle's scale of ``max_interval`` and ``closed_share``."""
         self._closed_at_full = 0
         self._last_full: float | None = None
 
@@ -51,12 +79,13 @@ class FreezingCollector:
             self._last_full = now
             self._closed_at_full = closed
         closed_since = closed - self._closed_at_full
-        enough_closed = closed_since >= max(self.min_closed, self.closed_share * connections)
-        if enough_closed or now - self._last_full >= self.max_interval:
+        threshold = max(self.min_closed, self.factor * self.closed_share * connections)
+        if closed_since >= threshold or now - self._last_full >= self.factor * self.max_interval:
             gc.unfreeze()
             gc.collect()
             self._closed_at_full = closed
             self._last_full = now
+            self.factor = self._random.uniform(*self.LATER_FACTOR)
         gc.freeze()
 
     def stop(self) -> None:
