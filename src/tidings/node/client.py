@@ -364,15 +364,17 @@ class Client:
         task.add_done_callback(self._background.discard)
 
     # --- heartbeat: pings, the pong deadline, the stale check ----------------------
-    # Deadlines, not loop timers: the server calls heartbeat() on one periodic tick
-    # for every client whose ``due`` time passed (two timers per client cost ~1 KiB
-    # of every idle connection).
+    # Deadlines, not loop timers: the server's periodic tick reads ``due`` and sets a
+    # timer calling heartbeat() only for the clients due before its next tick (two
+    # timers per client would cost ~1 KiB of every idle connection).
 
     def start_heartbeat(self, now: float) -> None:
         """Set the first deadlines; ``now`` is the loop's time."""
         options = self.config.client
         # The first ping is randomized to spread the pings of clients that
-        # connected together (say, after a restart).
+        # connected together (say, after a restart), and the later ones keep
+        # their spread (each is ping_interval after the previous one). Never
+        # later than ping_interval: the client waits only so long, plus a margin.
         self._ping_at = now + random.uniform(options.ping_interval / 2, options.ping_interval)
         self._stale_at = now + options.stale_close_delay
         self.due = min(self._ping_at, self._stale_at)

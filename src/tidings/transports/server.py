@@ -8,9 +8,10 @@ served when it is on, and the rest is 404.
 
 The server owns what its connections share: the flusher that coalesces
 writes, the deflater that compresses them, the handshake checks, the registry
-of connected clients, and one periodic tick that checks every client's
-heartbeat deadlines (pings, pong and stale deadlines are times, not timers: an
-idle connection has none).
+of connected clients, and one periodic tick that reads every client's heartbeat
+deadline (pings, pong and stale deadlines are times, not timers: an idle
+connection has none) and gives those due before the next tick a loop timer at
+that deadline, so that each ping goes out at its own time.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ class Server:
     def open(self) -> None:
         """Start the heartbeat tick: connections may come from now on."""
         options = self.config.client
-        # Deadlines are checked this often: late by at most this much.
+        # The tick looks this far ahead: only the clients due within it hold a
+        # timer (about period / ping_interval of them, for pings).
         period = min(
             1.0, options.ping_interval / 4, options.pong_timeout / 4, options.stale_close_delay / 4
         )
@@ -297,11 +299,23 @@ class Server:
             self._all_closed.set()
 
     def _beat(self, period: float) -> None:
-        """Call the heartbeat of every client whose deadline passed."""
+        """Give every client due before the next tick a timer at its deadline.
+
+        Calling the heartbeats from the tick itself would send a period's worth of
+        pings in one burst (hundreds, with 10,000 clients a worker), delaying
+        whatever the loop had to send next. The deadlines themselves are spread
+        (:meth:`Client.start_heartbeat`): a ping sent at its own deadline is too.
+        """
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        horizon = loop.time() + period
         for connection in list(self.clients):
             client = connection.client
-            if client.due <= now:
-                client.heartbeat(now)
+            if client.due <= horizon:  # past deadlines too: their timers run at once
+                loop.call_at(client.due, _heartbeat, client, loop)
         self._heartbeat = loop.call_later(period, self._beat, period)
+
+
+def _heartbeat(client: Client, loop: asyncio.AbstractEventLoop) -> None:
+    # The time it runs, not the deadline: a pong deadline counts from the ping.
+    # A second timer for the same deadline (a tick as late as it) finds nothing due.
+    client.heartbeat(loop.time())
