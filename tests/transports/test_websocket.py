@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import random
@@ -19,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from tidings import Hub, make_token
-from tidings.transports.websocket import Deflater, frame as plain_frame
+from tidings.transports.websocket import Deflater, Flusher, FrameCache, frame as plain_frame
 
 from ..conftest import SECRET, HubFactory, eventually
 from ..sockets import send_queues
@@ -461,3 +462,47 @@ async def test_uni_websocket_takes_no_subprotocol_and_sends_bare_pushes(
         await hub.publish("news", {"n": 1})
         pub = json.loads(await ws.recv())
         assert (pub["channel"], pub["pub"]["data"]) == ("news", {"n": 1})
+
+
+# -- the flusher ---------------------------------------------------------------------------------
+
+
+class _SlowConnection:
+    """A Flushable whose flush takes ``cost`` seconds of the loop, as a large fan-out
+    on a busy core does; it records when each flush started and ended."""
+
+    server: Any = None
+
+    def __init__(self, flusher: Flusher, cost: float) -> None:
+        self.flusher = flusher
+        self.cost = cost
+        self.dirty = False
+        self.flushes: list[tuple[float, float]] = []
+
+    def write(self) -> None:
+        if not self.dirty:  # as a connection does: marked once until flushed
+            self.dirty = True
+            self.flusher.mark(self)
+
+    def flush(self, framed: FrameCache) -> tuple[int, int]:
+        self.dirty = False
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < self.cost:  # busy, as writing is
+            pass
+        self.flushes.append((start, loop.time()))
+        return 0, 0
+
+
+async def test_the_write_delay_counts_from_the_end_of_a_long_flush() -> None:
+    flusher = Flusher(write_delay=0.01)
+    connection = _SlowConnection(flusher, cost=0.02)
+    for _ in range(20):
+        connection.write()
+        await asyncio.sleep(0.005)  # more messages come while the loop turns
+    await eventually(lambda: not connection.dirty, "the last flush")
+    assert len(connection.flushes) >= 3
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(connection.flushes)]
+    # The loop had write_delay between a flush's end and the next one's start to read
+    # and queue more, not a flush right after a flush.
+    assert min(gaps) >= 0.009, gaps

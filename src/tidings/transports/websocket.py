@@ -361,7 +361,6 @@ class Flusher:
 
     def flush(self) -> None:
         self._scheduled = False
-        self._last = asyncio.get_running_loop().time()
         dirty, self._dirty = self._dirty, []
         # One publication is the same bytes for all its subscribers: frame it once.
         framed = FrameCache()
@@ -372,6 +371,9 @@ class Flusher:
             written += size
         if frames:  # metrics once per flush, not per connection
             _count(dirty[0], frames, written)
+        # The delay counts from the end: a flush that took long (a large fan-out on a
+        # busy core) leaves the loop time to read and queue more before the next one.
+        self._last = asyncio.get_running_loop().time()
 
     @staticmethod
     def flush_now(connection: Flushable) -> None:
