@@ -124,7 +124,7 @@ bench-quick: bench-build bench-deps
 	$(BENCH_VENV)/bin/python bench/run.py --quick
 
 # Fan-out and publishes/s over the memory, Redis and NATS brokers (bench/README.md).
-bench-brokers: install bench/build/wsbench
+bench-brokers: install bench/build/wsbench $(BENCH_STAMP)
 	$(BIN)/python bench/brokers.py
 
 # 100,000 connections over Redis and NATS (bench/README.md, `make scale`; not part of `make test`).
