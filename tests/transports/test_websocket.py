@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from tidings import Hub, make_token
+from tidings.transports import websocket as websocket_module
 from tidings.transports.websocket import Deflater, Flusher, FrameCache, frame as plain_frame
 
 from ..conftest import SECRET, HubFactory, eventually
@@ -425,6 +426,33 @@ async def test_a_publication_is_deflated_once_for_all_its_subscribers(
     assert deflater.compressed - before == (1 if shared else 10)
     written = (sent("tidings_bytes_sent_total") or 0) - written
     assert written < 10 * len(json.dumps(document)) / 5  # compressed on the wire
+
+
+async def test_messages_flushed_together_are_coalesced_once_for_all_their_subscribers(
+    make_hub: HubFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await make_hub(dev=True, join_leave=False, force_push_join_leave=False)
+    clients = [await connect(hub.url) for _ in range(10)]
+    for ws in clients:
+        await ws.send('{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"doc"}}')
+        await receive_until(ws, lambda m: m.get("id") == 2)
+    await eventually(lambda: hub.node.channels().get("doc") == 10)
+    coalesced = 0
+    frames = websocket_module._frames
+
+    def counted(pending: list[bytes], codec: Any) -> tuple[bytes, int]:
+        nonlocal coalesced
+        coalesced += 1
+        return frames(pending, codec)
+
+    monkeypatch.setattr(websocket_module, "_frames", counted)
+    # Three publications in one loop turn: one flush, one frame of three for each.
+    await asyncio.gather(*(hub.publish("doc", {"n": n}) for n in range(3)))
+    for ws in clients:
+        messages = await receive(ws)
+        assert [m["push"]["pub"]["data"]["n"] for m in messages] == [0, 1, 2]
+        await ws.close()
+    assert coalesced == 1
 
 
 async def test_a_compressed_message_is_bounded_once_inflated(make_hub: HubFactory) -> None:

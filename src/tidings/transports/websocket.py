@@ -171,11 +171,13 @@ class FrameCache:
     Each entry keeps its messages alive, so that their ids stay unique meanwhile.
     """
 
-    __slots__ = ("plain", "deflated", "streamed")
+    __slots__ = ("plain", "coalesced", "deflated", "streamed")
 
     def __init__(self) -> None:
         self.plain: dict[int, tuple[bytes, bytes]] = {}
         """id of a lone message -> (the message, its frame)."""
+        self.coalesced: dict[tuple[object, ...], tuple[list[bytes], bytes, int]] = {}
+        """(codec, ids of the messages...) -> (the messages, their frames, how many)."""
         self.streamed: dict[tuple[object, int], tuple[bytes, bytes]] = {}
         """(framing, id of a lone message) -> (the message, its chunk): HTTP streams."""
         self.deflated: dict[tuple[int, ...], tuple[list[bytes], bytes, int]] = {}
@@ -609,7 +611,14 @@ class WebSocketConnection(asyncio.Protocol):
                 framed.plain[id(payload)] = (payload, data)
             frames = 1
         else:
-            data, frames = _frames(pending, self.codec)
+            # Subscribers of one channel have the same messages: coalesced once.
+            key = (self.codec, *map(id, pending))
+            cached_frames = framed.coalesced.get(key)
+            if cached_frames is not None:
+                data, frames = cached_frames[1], cached_frames[2]
+            else:
+                data, frames = _frames(pending, self.codec)
+                framed.coalesced[key] = (pending.copy(), data, frames)
         # The same list again, emptied: a new one per flush would outlive
         # young-generation collections and make the full ones frequent.
         pending.clear()
