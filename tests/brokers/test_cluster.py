@@ -1,7 +1,8 @@
 """Several hubs on one broker server: one cluster, seen through raw WebSocket clients.
 
 Each test runs on every server hubs can share (``broker_server``: Redis, Redis
-Cluster, NATS) unless it acts on Redis itself. Hubs run in-process (``make_hub``) or
+Cluster, NATS) unless it acts on Redis itself, or is slow and goes through code both
+Redis brokers share (``one_redis_and_nats``). Hubs run in-process (``make_hub``) or
 as ``python -m tidings serve`` subprocesses (to be killed with SIGKILL, or forked into
 workers). Clients are raw websockets connections speaking the JSON protocol, so every
 frame the hubs send is checked.
@@ -175,6 +176,14 @@ async def open_client(make_hub: HubFactory, servers: Servers) -> AsyncIterator[C
 
 redis_only = pytest.mark.parametrize("broker_server", ["redis"], indirect=True)
 """For the tests that act on Redis itself (its pub/sub connections, its keys)."""
+
+one_redis_and_nats = pytest.mark.parametrize(
+    "broker_server", ["redis_cluster", "nats"], indirect=True
+)
+"""For slow tests about the hubs (a process killed, forked workers) whose broker side both
+Redis brokers share (``_RedisCommon``: presence, node heartbeats, starting the client):
+Redis Cluster stands for both (its keys spread over masters, the more demanding layout).
+What differs between the two (pub/sub, restarts, the external publisher) runs on both."""
 
 
 @pytest.fixture
@@ -555,6 +564,10 @@ async def test_an_external_publisher_script_publishes_with_the_hubs_history(
 # -- nodes dying ---------------------------------------------------------------------------------
 
 
+# Presence expiry and heartbeat expiry are _RedisCommon's on both Redis brokers (and ttl
+# tested on each in test_contract.py); the subject here is a hub killed with SIGKILL, and
+# each run waits out the ttls (6 s): one Redis representative.
+@one_redis_and_nats
 async def test_the_clients_and_node_of_a_killed_hub_vanish_from_presence_and_info(
     cluster: ClusterFactory,
     open_client: ClientFactory,
@@ -783,6 +796,10 @@ async def check_told_and_resumed(
 # -- workers -------------------------------------------------------------------------------------
 
 
+# Forked workers each start their own broker, by the code both Redis brokers share; the
+# delivery between hubs that differs between them (pub/sub) runs on both in the first
+# tests here: one Redis representative.
+@one_redis_and_nats
 async def test_two_workers_share_a_port_and_their_clients_get_each_others_publications(
     cluster: ClusterFactory,
     open_client: ClientFactory,

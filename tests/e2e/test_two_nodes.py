@@ -366,6 +366,10 @@ async def test_cache_recovery_with_a_tags_filter_gives_the_latest_matching_publi
 # ---------------------------------------------------------------------------
 
 
+# JSON only: the refresh over Protobuf is test_sdk_python.py's (one hub, both protocols);
+# what this adds is the second hub, which the protocol does not reach, and it waits out a
+# token's expiry and grace (6 s a run).
+@pytest.mark.parametrize("make_client", ["json"], indirect=True)
 async def test_a_subscription_token_refreshed_on_hub_b_keeps_publications_of_hub_a_coming(
     start_server: StartServer, make_client: MakeClient, redis_url: str
 ) -> None:
