@@ -64,10 +64,11 @@ run: $(RUN_STAMP) run-web
 test: install web $(E2E_JS_DEPS)
 	$(BIN)/ruff check setup.py src tests examples
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The fast tests (under a minute), on every core (pytest-xdist): without the tests marked
-# slow, browser, e2e or soak (see tests/conftest.py). `make test` runs them all, one by one.
+# slow, browser, e2e or soak (see tests/conftest.py). `make test` runs them all, two
+# modules at a time (each module's tests on one worker: module fixtures start once).
 check: install web
 	$(BIN)/ruff check setup.py src tests examples
 	$(BIN)/python -m pytest -q -n auto -m "not slow and not browser and not e2e and not soak"
