@@ -23,8 +23,9 @@ the generator to one node, with 10 subscribers on one channel and with 100
 subscribers on 100 channels (one each), and without history on one channel.
 Same ramp and criterion, from 250 msg/s.
 
-Part ``profile``: py-spy (``record --format raw``) of the one-node Redis hub at the
-first rate its row failed at (``--profile-rate``), summed up by where the time goes.
+Part ``profile``: py-spy (``record --format raw``) of the one-node Redis hub and of the
+NATS one, each at the first rate its row failed at (``--profile-rate``), summed up by
+where the time goes.
 
 redis-server and ``nats-server -js`` (a fresh one per row, on free ports, JetStream
 storage in a temporary directory) run on the generator's core (0), as in run.py;
@@ -518,16 +519,16 @@ def pyspy() -> str | None:
     return shutil.which("py-spy")
 
 
-def measure_profile(plan: Plan, summary: dict[str, Any]) -> dict[str, Any]:
+def measure_profile(plan: Plan, summary: dict[str, Any], kind: str) -> dict[str, Any]:
     tool = pyspy()
     assert tool is not None
-    row = summary["runs"].get("fanout", {}).get("redis") or {}
+    row = summary["runs"].get("fanout", {}).get(kind) or {}
     failed = row.get("first_fail")
     rate = plan.profile_rate or (failed["rate"] if failed else 300.0)
-    tag = "profile-redis"
+    tag = f"profile-{kind}"
     seconds = plan.profile_seconds
     with (
-        broker_server("redis", tag, plan.nice) as broker,
+        broker_server(kind, tag, plan.nice) as broker,
         hub_server(CONFIG, broker.url, run.SERVER_CORES, f"{tag}-hub", plan.src, plan.nice) as hub,
     ):
         before = hub.metrics()
@@ -818,11 +819,13 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
                 f"{_why(row['first_fail'])} |"
             )
         lines += [""]
-    profile = runs.get("profile", {}).get("redis")
-    if profile:
+    for kind, name in (("redis", "Redis"), ("nats", "NATS")):
+        profile = runs.get("profile", {}).get(kind)
+        if not profile:
+            continue
         st = profile.get("step") or {}
         lines += [
-            "## Where the time goes: the one-node Redis hub at a rate it misses",
+            f"## Where the time goes: the one-node {name} hub at a rate it misses",
             "",
             f"py-spy `record --format raw` ({profile['sample_rate']} Hz, "
             f"{profile['seconds']:g} s) of the hub at {profile['rate']:g} msg/s "
@@ -1023,7 +1026,8 @@ def main() -> int:
             log("== no profile: py-spy is not installed (`.venv/bin/pip install py-spy`)")
         elif "profile" in parts:
             log("== profile")
-            guarded("profile", "redis", lambda: measure_profile(plan, summary))
+            for kind in ("redis", "nats"):
+                guarded("profile", kind, lambda k=kind: measure_profile(plan, summary, k))
     finally:
         scripting.finish(summary, outdir, started, write_report)
     for key, row in summary["runs"].get("fanout", {}).items():
