@@ -27,9 +27,9 @@ Per broker, on one set of connections:
 3. **idle**: the connections held for ``--idle`` seconds (the hub pings every 25 s):
    the hub's CPU per connection per second.
 4. **full collection**: ``tidings serve``'s collector policy collects everything in
-   every worker every 300 s of their age, all at once; the script waits for the first
-   one and runs a slow stream of personal publications through it (its worst delay,
-   and the connections the hub closed meanwhile). ``--no-gc-probe`` (and ``--quick``)
+   each worker about every 300 s, each at a time it draws (the first between 150 and
+   300 s of its age); the script runs a slow stream of personal publications through
+   that window (its worst delay, and the connections the hub closed meanwhile). ``--no-gc-probe`` (and ``--quick``)
    skip it.
 5. **fan-out**: ``--fanout`` publications to ``shared`` through ``POST /api/publish``
    (stamped with the wall clock just before the request), each once the hub is back
@@ -498,14 +498,45 @@ def gc_interval() -> float:
         return 300.0
 
 
+@functools.cache
+def gc_factors() -> tuple[tuple[float, float], tuple[float, float]]:
+    """The ranges each worker draws its first and later collection intervals from, as
+    shares of ``max_interval`` ((1, 1) both: a collector that does not stagger them)."""
+    try:
+        from tidings.app.gc_policy import FreezingCollector
+
+        first, later = FreezingCollector.FIRST_FACTOR, FreezingCollector.LATER_FACTOR
+        return (float(first[0]), float(first[1])), (float(later[0]), float(later[1]))
+    except Exception:
+        return (1.0, 1.0), (1.0, 1.0)
+
+
+def gc_first_window() -> tuple[float, float]:
+    """Ages of the workers between which each collects everything for the first time."""
+    (low, high), _ = gc_factors()
+    return low * gc_interval(), high * gc_interval()
+
+
+def gc_window_text() -> str:
+    first, last = gc_first_window()
+    return f"{first:g} s" if first == last else f"{first:g} and {last:g} s"
+
+
 def full_gc_within(start: float, end: float) -> bool:
-    """Whether the hub's collector policy (``gc_freeze``, on in ``tidings serve``) ran its
-    periodic full collection between two ages of the workers: every ``max_interval``
-    seconds from their first tick, in all of them at once since they start together."""
+    """Whether the hub's collector policy (``gc_freeze``, on in ``tidings serve``) may
+    have run a periodic full collection in some worker between two of their ages: the
+    k-th falls between the sums of k drawn intervals' lowest and highest shares."""
     interval = gc_interval()
+    (first_low, first_high), (low, high) = gc_factors()
     slack = 3.0  # the workers' first tick is a second or two before the hub is ready
-    k = math.ceil(max(0.0, start - slack) / interval)
-    return k >= 1 and k * interval <= end + slack
+    for k in range(1, 1000):
+        earliest = (first_low + (k - 1) * low) * interval - slack
+        latest = (first_high + (k - 1) * high) * interval + slack
+        if earliest > end:
+            return False
+        if latest >= start:
+            return True
+    return False
 
 
 class Meter:
@@ -757,25 +788,26 @@ class RampStopped(Exception):
 
 
 def gc_phase(plan: Plan, row: dict[str, Any], gens: Generators, meter: Meter) -> dict[str, Any]:
-    """Wait for the workers' first periodic full collection (``gc_freeze``: at
-    ``max_interval`` s of age, in every worker at once) and publish a slow stream of
-    personal publications through it: its worst delays are the clients' pause."""
-    interval = gc_interval()
+    """Wait for the workers' first periodic full collections (``gc_freeze``: each in
+    its own part of the first window) and publish a slow stream of personal
+    publications through them: its worst delays are the clients' pause."""
+    first, last = gc_first_window()
     age = time.monotonic() - meter.origin
-    if age > interval - 10:
-        return {"skipped": f"the workers were {age:.0f} s old: their first full collection "
+    lead = 15.0  # the stream starts this long before the first collection, ends after the last
+    if age > first - lead + 5:
+        return {"skipped": f"the workers were {age:.0f} s old: their first full collections "
                            "fell in an earlier phase"}  # fmt: skip
-    lead = 15.0  # the stream starts this long before the collection, and runs 2x as long
-    time.sleep(max(0.0, interval - lead - age))
+    time.sleep(max(0.0, first - lead - age))
     meter.reset()
-    gens.step(plan.gc_probe_rate, 2 * lead, 15, 0)
+    gens.step(plan.gc_probe_rate, last - first + 2 * lead, 15, 0)
     events = gens.results(2 * lead, 15)
     usage = meter.read()
     lat = merge_latency(events)
     lost = note_lost(row, gens, events, "the full collection")
-    out = {"rate": plan.gc_probe_rate, **lat, "usage": usage, "lost": lost}
+    window = [round(first - lead), round(last + lead)]
+    out = {"rate": plan.gc_probe_rate, **lat, "usage": usage, "lost": lost, "window_s": window}
     log(
-        f"  full collection at {interval:g} s: a {plan.gc_probe_rate:g}/s stream through it: "
+        f"  full collections at {first:g}-{last:g} s: a {plan.gc_probe_rate:g}/s stream through it: "
         f"{lat['delivered']:,}/{lat['expected']:,} delivered, p50 {lat['p50_ms']} p99 "
         f"{lat['p99_ms']} max {lat['max_ms']} ms; {lost:,} connections lost; hub CPU "
         f"{usage['cpu_s']['hub']:.1f} s over {usage['seconds']:.0f} s"
@@ -1131,15 +1163,16 @@ def write_report(summary: dict[str, Any], outdir: Path) -> None:
         ),
         "- **Periodic full collection**: "
         + (
-            f"the script waits for the workers' age of {gc_interval():g} s and runs "
-            f"{plan.get('gc_probe_rate', 20):g} personal publications/s from 15 s before to 15 s "
-            "after it."
+            f"each worker collects everything for the first time between {gc_window_text()} "
+            f"of its age; the script runs {plan.get('gc_probe_rate', 20):g} personal "
+            "publications/s from 15 s before to 15 s after that window."
             if plan.get("gc_probe")
             else "not probed (`--no-gc-probe` or `--quick`)."
         ),
-        f"- **full GC** (tables): the step spans a multiple of {gc_interval():g} s of the "
-        "workers' age, when `tidings serve`'s collector policy (`gc_freeze`) unfreezes and "
-        "collects everything in each worker, in all of them at once (they start together).",
+        "- **full GC** (tables): the step spans ages of the workers at which `tidings "
+        "serve`'s collector policy (`gc_freeze`) may unfreeze and collect everything in one "
+        f"of them (every {gc_interval():g} s scaled by a share each worker draws: "
+        f"{gc_window_text()} the first time).",
         "",
     ]
     if not runs:
@@ -1176,8 +1209,8 @@ def findings(runs: dict[str, Any]) -> list[str]:
     }
     if probed:
         lines.append(
-            f"- **The periodic full collection** (every {gc_interval():g} s, every worker at "
-            "once), with pings every 25 s: worst delay of a slow stream of publications "
+            f"- **The periodic full collection** (first between {gc_window_text()} of a "
+            "worker's age, each worker at its own time), with pings every 25 s: worst delay of a slow stream of publications "
             "through it, and connections the hub closed with 3012 (no pong in time): "
             + "; ".join(
                 f"{k}: {g['max_ms']:,.0f} ms, {g['lost']:,} closed" for k, g in probed.items()
@@ -1420,10 +1453,11 @@ def broker_section(kind: str, row: dict[str, Any]) -> list[str]:
             "### The periodic full collection",
             "",
             f"`tidings serve` freezes the workers' objects out of the collector every second "
-            f"and, every {gc_interval():g} s, unfreezes and collects everything (`gc_freeze`); "
-            "the workers start together, so they all collect at the same moment. A stream of "
-            f"{gc['rate']:g} personal publications/s ran from {gc_interval() - 15:g} to "
-            f"{gc_interval() + 15:g} s of the workers' age (hub age {u['hub_age_s']} s): "
+            f"and, about every {gc_interval():g} s, unfreezes and collects everything "
+            f"(`gc_freeze`), each worker at a time of its own ({gc_window_text()} the first "
+            f"time). A stream of {gc['rate']:g} personal publications/s ran from "
+            f"{gc.get('window_s', [0, 0])[0]:g} to {gc.get('window_s', [0, 0])[1]:g} s of the "
+            f"workers' age (hub age {u['hub_age_s']} s): "
             f"{gc['delivered']:,}/{gc['expected']:,} delivered, p50 {ms(gc['p50_ms'])} ms, "
             f"p99 {ms(gc['p99_ms'])} ms, **worst {ms(gc['max_ms'])} ms**; "
             f"**{gc['lost']:,} connections lost**; hub CPU {u['cpu_s']['hub']:.1f} s over "
@@ -1630,10 +1664,9 @@ def projection_section(runs: dict[str, Any], plan: dict[str, Any]) -> list[str]:
         "- The CPU figures were measured with other work on the two cores; the same operations "
         "cost less CPU time on a quieter machine (the table under Findings), so the cores rows "
         "are high estimates.",
-        "- Not in the table: the workers' periodic full collection (a pause of seconds here) and "
-        "the hub's once-a-second ping bursts (what bounds the personal-channel p99 here). Both "
-        "grow with the connections of one worker, not with the total: more workers with fewer "
-        "connections each, and collections not all at the same moment, shrink them.",
+        "- Not in the table: the workers' periodic full collection (a pause that grows with "
+        "the connections of one worker, not with the total: more workers with fewer "
+        "connections each shrink it; each worker pauses at its own time).",
         "- Python processes are single-threaded: the cores row is also the number of worker "
         "processes at 100% each; at ~70% utilisation for latency headroom, about 1.4x as many.",
         "",
