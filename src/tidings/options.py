@@ -169,7 +169,7 @@ class ClientOptions(_Options, frozen=True):
     """Bytes a client may have waiting to be sent; a client that falls further behind
     is disconnected with 3008 (slow)."""
     write_delay: Delay = 0.005
-    """Writes to clients happen at most this often (seconds): under load, messages
+    """Seconds from the end of one write to clients to the next: under load, messages
     gather into one frame and one system call per client; when idle, nothing waits
     (0: each message is written at once)."""
     max_message_size: Positive = 65536
