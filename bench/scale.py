@@ -799,8 +799,9 @@ def gc_phase(plan: Plan, row: dict[str, Any], gens: Generators, meter: Meter) ->
                            "fell in an earlier phase"}  # fmt: skip
     time.sleep(max(0.0, first - lead - age))
     meter.reset()
-    gens.step(plan.gc_probe_rate, last - first + 2 * lead, 15, 0)
-    events = gens.results(2 * lead, 15)
+    seconds = last - first + 2 * lead
+    gens.step(plan.gc_probe_rate, seconds, 15, 0)
+    events = gens.results(seconds, 15)
     usage = meter.read()
     lat = merge_latency(events)
     lost = note_lost(row, gens, events, "the full collection")
