@@ -25,6 +25,8 @@ class Recorder:
         self.joins: list[tuple[str, ClientInfo]] = []
         self.leaves: list[tuple[str, ClientInfo]] = []
         self.lost: list[list[str]] = []
+        self.events: list[tuple[str, str, int | str]] = []
+        """("p", channel, n), ("j" or "l", channel, user): all of them, in arrival order."""
 
     def handle_publication(
         self,
@@ -35,14 +37,17 @@ class Recorder:
         epoch: str = "",
     ) -> None:
         self.publications.append((channel, publication))
+        self.events.append(("p", channel, number(publication)))
         self.excluded.append(exclude_client)
         self.previous.append(previous)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
         self.joins.append((channel, info))
+        self.events.append(("j", channel, info.user))
 
     def handle_leave(self, channel: str, info: ClientInfo) -> None:
         self.leaves.append((channel, info))
+        self.events.append(("l", channel, info.user))
 
     def handle_lost(self, channels: Sequence[str]) -> None:
         self.lost.append(list(channels))

@@ -375,6 +375,27 @@ async def test_join_and_leave_reach_the_node_only_for_subscribed_channels(
     assert recorder.leaves == [("on", alice)]
 
 
+async def test_what_a_node_sends_on_a_channel_comes_back_in_the_order_it_was_sent(
+    nodes: NodeFactory,
+) -> None:
+    broker, recorder = await nodes()
+    await broker.subscribe("ch")
+    alice = ClientInfo(user="alice", client="c1")
+    await broker.publish_join("ch", alice)
+    await broker.publish("ch", pub(1), None)
+    await broker.publish("ch", pub(2), None, idempotency_key="k")
+    await broker.publish("ch", pub(3), None)
+    await broker.publish_leave("ch", alice)
+    await arrived(lambda: len(recorder.events) == 5, "the five messages")
+    assert recorder.events == [
+        ("j", "ch", "alice"),
+        ("p", "ch", 1),
+        ("p", "ch", 2),
+        ("p", "ch", 3),
+        ("l", "ch", "alice"),
+    ]
+
+
 # -- idempotency, exclusion, delta ---------------------------------------------------------------
 
 

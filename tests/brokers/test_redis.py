@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -19,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tidings import ClientInfo, HistoryOptions, RedisBroker
+from tidings.brokers import redis as redis_broker
 
 from ..conftest import RedisServer, eventually
 from .recording import KEEP, Recorder, number, offsets, pub
@@ -180,6 +182,56 @@ async def test_publications_without_history_are_queued_then_published_in_order_w
         assert seen_by_b.received(channel) == [(0, n) for n in range(i, 1000, 10)]
     assert set(seen_by_b.excluded) == {"c1"}
     assert await _command_calls(redis_client, "evalsha") == scripts  # PUBLISH, no script
+
+
+async def test_a_scripted_publication_or_a_leave_never_overtakes_a_queued_one(
+    peers: PeerFactory,
+) -> None:
+    (a, _), (b, seen_by_b) = await peers(), await peers()
+    await b.subscribe("ch")
+    alice = ClientInfo(user="alice", client="c1")
+    for n in range(0, 30, 3):  # queued, script (history), queued, then a leave
+        await a.publish("ch", pub(n), None)
+        await a.publish("ch", pub(n + 1), KEEP)
+        await a.publish("ch", pub(n + 2), None)
+    await a.publish_leave("ch", alice)
+    await eventually(lambda: len(seen_by_b.events) == 31, "30 publications and a leave")
+    assert seen_by_b.events == [("p", "ch", n) for n in range(30)] + [("l", "ch", "alice")]
+
+
+async def test_publishers_wait_for_redis_past_the_outbox_limit(
+    peers: PeerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker, "OUTBOX_LIMIT", 5)
+    (a, _), (b, seen_by_b) = await peers(), await peers()
+    await b.subscribe("ch")
+    for n in range(5):
+        await a.publish("ch", pub(n), None)
+    assert len(a._outbox) == 5  # queued: their publishers went on
+    await a.publish("ch", pub(5), None)  # past the limit: returns once Redis took it
+    assert a._outbox == []
+    await eventually(lambda: len(seen_by_b.publications) == 6, "the six publications")
+    assert [number(p) for _, p in seen_by_b.publications] == list(range(6))
+
+
+@pytest.mark.slow
+async def test_a_redis_that_stops_answering_fails_the_pipeline_after_the_timeout(
+    peers: PeerFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    (a, _), (b, seen_by_b) = await peers(subscribe_timeout=0.5), await peers()
+    await b.subscribe("ch")
+    await a.publish("ch", pub(0), None)
+    await eventually(lambda: len(seen_by_b.publications) == 1, "the first publication")
+    redis_server.process.send_signal(signal.SIGSTOP)  # up, but silent: no reset
+    try:
+        with caplog.at_level(logging.WARNING, logger="tidings.redis"):
+            await a.publish("ch", pub(1), None)
+            await eventually(lambda: "1 publications lost" in caplog.text, "the timeout")
+        with pytest.raises(RedisError):
+            async with asyncio.timeout(WAIT):
+                await a.publish("ch", pub(2), None)
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
 
 
 async def test_close_publishes_what_was_queued_before_it(peers: PeerFactory) -> None:

@@ -74,6 +74,9 @@ __all__ = [
 
 logger = logging.getLogger("tidings.redis")
 
+OUTBOX_LIMIT = 10_000
+"""Commands queued for Redis past which publishers wait for their pipeline."""
+
 UNBOUNDED = 2**31
 """Connections a client may open to a Redis node: one per concurrent command. redis-py
 8 caps them at 100 and fails the next command (MaxConnectionsError) instead of waiting."""
@@ -377,7 +380,8 @@ class _Shard(_Batches):
                 if lost:
                     # Redis came back (maybe restarted): idle pooled connections are
                     # stale, drop them before a command trips on one.
-                    await self.broker.redis.connection_pool.disconnect(inuse_connections=False)
+                    async with self.broker.pool_lock:  # not under a pipeline taking one
+                        await self.broker.redis.connection_pool.disconnect(inuse_connections=False)
                     self.broker._lost(self.channels)
                     lost = False
                 delay = 0.05
@@ -457,7 +461,6 @@ class _RedisCommon(Generic[_Client]):
         self.subscribe_timeout = subscribe_timeout
         self.errors = 0
         self.redis: _Client = client
-        self._publish = client.register_script(PUBLISH_SCRIPT)
         self._history = client.register_script(HISTORY_SCRIPT)
         self._add_presence = client.register_script(ADD_PRESENCE_SCRIPT)
         self._presence = client.register_script(PRESENCE_SCRIPT)
@@ -467,11 +470,14 @@ class _RedisCommon(Generic[_Client]):
         self._control: Callable[[bytes], None] | None = None
         self._control_prefix = keys.control()
         self._background: set[asyncio.Task[None]] = set()
-        self._outbox: list[tuple[str, bytes]] = []
-        """Publications without a position, to PUBLISH in the next pipeline."""
+        self._outbox: list[tuple[tuple[Any, ...], asyncio.Future[Any] | None]] = []
+        """What the node publishes, for the next pipeline: a command, and the future
+        of its caller (None: nobody waits for it)."""
         self._sender: asyncio.Task[None] | None = None
         self._outbox_failed = False
-        """A pipeline failed: publish the confirmed way until Redis answers again."""
+        """A pipeline failed: every publish waits for Redis until one succeeds."""
+        self.pool_lock = asyncio.Lock()
+        """Held by the outbox's pipeline and by a shard dropping the pooled connections."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {_redacted(self.url)}>"
@@ -488,6 +494,8 @@ class _RedisCommon(Generic[_Client]):
         if self._sender is not None:  # what was published goes out first
             await asyncio.wait([self._sender], timeout=self.subscribe_timeout)
             await stop_task(self._sender)
+        if self._outbox:
+            logger.warning("closing: %d publications not sent", len(self._outbox))
         self._handler = self._control = None
         await self._stop_pubsub()
         for task in list(self._background):
@@ -529,7 +537,7 @@ class _RedisCommon(Generic[_Client]):
             raise RedisError(f"no SUBSCRIBE confirmation for {name} (Redis down?)") from None
 
     async def _send(self, name: str, data: bytes) -> None:
-        await self.redis.publish(name, data)
+        await self._call(self.keys.publish_command, name, data)
 
     # --- control messages --------------------------------------------------------
 
@@ -566,53 +574,94 @@ class _RedisCommon(Generic[_Client]):
         exclude_client: str = "",
         delta: bool = False,
     ) -> StreamPosition:
-        if history is None and not idempotency_key and not self._outbox_failed:
-            # No position to wait for: queued, the caller goes on (see _send_outbox).
+        if history is None and not idempotency_key:
             data = encode_publication(0, "", exclude_client, publication)
-            self._outbox.append((self.keys.pubsub(channel), data))
-            if self._sender is None:
-                self._sender = asyncio.ensure_future(self._send_outbox())
+            command = (self.keys.publish_command, self.keys.pubsub(channel), data)
+            if self._outbox_failed or len(self._outbox) >= OUTBOX_LIMIT:
+                await self._call(*command)
+                self._outbox_failed = False
+            else:  # no position to wait for: the caller goes on (see _send_outbox)
+                self._enqueue(command, None)
             return StreamPosition(offset=0, epoch="")
-        reply = await self._publish(
-            keys=publish_keys(self.keys, channel, idempotency_key),
-            args=publish_args(
-                self.keys,
-                channel,
-                publication,
-                history,
-                self.history_meta_ttl,
-                exclude_client,
-                IDEMPOTENCY_TTL if idempotency_key else 0,
-                delta,
-            ),
+        keys = publish_keys(self.keys, channel, idempotency_key)
+        args = publish_args(
+            self.keys,
+            channel,
+            publication,
+            history,
+            self.history_meta_ttl,
+            exclude_client,
+            IDEMPOTENCY_TTL if idempotency_key else 0,
+            delta,
         )
+        # EVAL rather than EVALSHA: a pipeline cannot load a script Redis lost (a
+        # restart) on the way; Redis keeps the compiled script by its digest all the same.
+        reply = await self._call("EVAL", PUBLISH_SCRIPT, len(keys), *keys, *args)
         self._outbox_failed = False
         return parse_position(reply)
 
-    async def _send_outbox(self) -> None:
-        """PUBLISH the queued publications: those of a loop turn in one pipeline.
+    # --- the outbox: what the node publishes, in order, one pipeline at a time -------
+    #
+    # Everything this node sends on pub/sub channels goes through one queue: publication
+    # scripts, publications without history, joins, leaves and control messages. Those
+    # of a loop turn go out in one pipeline, and the next pipeline only once the last
+    # one was answered, so Redis runs them in the order the node made them (a join
+    # after a publication stays after it), also on a cluster (a pipeline keeps the
+    # order of each node's commands).
+    #
+    # A publication without history or idempotency key has no position to give its
+    # publisher, and nothing could recover it if it were lost on its way: waiting for
+    # Redis would only hold the publisher (a client connection's commands run in turn:
+    # a round trip each). So its caller goes on, as a NATS publish does; if Redis fails
+    # its pipeline, it is lost with a log line, and every publish waits for Redis (and
+    # fails with the error) until one succeeds. Past OUTBOX_LIMIT queued commands,
+    # publishers wait too: a Redis slower than the node holds them back instead of
+    # letting the queue grow.
 
-        A publication without history has no position to give its publisher, and
-        nothing could recover it if it were lost on its way: waiting for Redis's
-        reply would only hold the publisher (one round trip per publication on a
-        client connection, whose commands run in turn). So it is queued and the
-        caller goes on, as a NATS publish does. Whatever the node publishes during a
-        round trip goes out in the next pipeline, and one pipeline at a time keeps
-        a node's publications in order, also on a cluster. If Redis fails a
-        pipeline, its publications are lost with a log line, and later ones take the
-        confirmed way (and fail with the error) until a publication succeeds.
-        """
+    async def _pipeline_failed(self, exc: Exception) -> None:
+        """What the client needs after a pipeline failed (each kind its own)."""
+
+    def _enqueue(self, command: tuple[Any, ...], future: asyncio.Future[Any] | None) -> None:
+        self._outbox.append((command, future))
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send_outbox())
+
+    async def _call(self, *command: Any) -> Any:
+        """Send ``command`` in its turn; its reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(command, future)
+        return await future
+
+    async def _send_outbox(self) -> None:
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
                 pipeline = self.redis.pipeline(transaction=False)
-                for name, data in batch:
-                    pipeline.execute_command(self.keys.publish_command, name, data)
+                for command, _ in batch:
+                    pipeline.execute_command(*command)
                 try:
-                    await pipeline.execute()
-                except (RedisError, RedisClusterException, OSError) as exc:
+                    # Bounded: a Redis that stopped answering without closing the
+                    # connection must not hold every publisher forever.
+                    async with self.pool_lock, asyncio.timeout(self.subscribe_timeout):
+                        replies = await pipeline.execute(raise_on_error=False)
+                except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+                    await self._pipeline_failed(exc)
                     self._outbox_failed = True
-                    logger.warning("%d publications lost, Redis failed: %s", len(batch), exc)
+                    error = RedisError(f"Redis did not take {len(batch)} commands: {exc!r}")
+                    replies = [error] * len(batch)
+                    unawaited = sum(future is None for _, future in batch)
+                    if unawaited:
+                        logger.warning("%d publications lost: %s", unawaited, error)
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if future is None:
+                        if isinstance(reply, Exception) and not self._outbox_failed:
+                            logger.warning("a publication was refused: %s", reply)
+                    elif future.done():
+                        pass  # its caller gave up
+                    elif isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
         finally:
             self._sender = None
 
@@ -1048,6 +1097,10 @@ class RedisClusterBroker(_RedisCommon[aioredis.RedisCluster]):
             socket_keepalive=True,
             health_check_interval=1,
             max_connections=UNBOUNDED,
+            # Not retried after a connection error (redis-py retries 10 times, and a
+            # pipeline's retry sends again what a healthy master already published);
+            # MOVED and ASK are still followed.
+            retry=Retry(NoBackoff(), 0),
         )
         super().__init__(
             url,
@@ -1079,8 +1132,11 @@ class RedisClusterBroker(_RedisCommon[aioredis.RedisCluster]):
     async def _start_pubsub(self) -> None:
         await self._refresh_slots()
 
-    async def _send(self, name: str, data: bytes) -> None:
-        await self.redis.spublish(name, data)
+    async def _pipeline_failed(self, exc: Exception) -> None:
+        # redis-py re-reads the slot map after a failed command, but after a failed
+        # pipeline only when it retries it (which would publish twice): ask for it.
+        if isinstance(exc, aioredis.RedisCluster.ERRORS_ALLOW_RETRY):
+            await self.redis.aclose()
 
     async def close(self) -> None:
         await super().close()

@@ -51,7 +51,8 @@ class Metrics:
         )
         self.publish_duration = Histogram(
             "tidings_publish_duration_seconds",
-            "Time to publish through the broker (until it accepted the publication).",
+            "Time to publish through the broker (until it accepted the publication; "
+            "without history, on Redis or NATS, until it was queued).",
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
             registry=r,
         )
