@@ -361,6 +361,7 @@ class NatsBroker:
             self._down.set_result(None)
         for task in list(self._background):
             await stop_task(task)
+        self._flush = None
         if self._nc is not None:
             await self._nc.close()
         self._subscriptions.clear()
@@ -440,14 +441,22 @@ class NatsBroker:
             await self.unsubscribe(channel)  # not routed: the node gives up on it
             raise
 
-    def _confirmed(self) -> Awaitable[None]:
-        """Done once the server answered a PING sent after every subscription made so
+    async def _confirmed(self) -> None:
+        """Return once the server answered a PING sent after every subscription made so
         far: the subscribes of one loop turn (a reconnect storm) share a round trip."""
         if self._flush is None:
             self._flush = asyncio.ensure_future(self._ping())
             self._background.add(self._flush)
             self._flush.add_done_callback(self._background.discard)
-        return asyncio.shield(self._flush)
+        flush = self._flush
+        try:
+            await asyncio.shield(flush)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if flush.cancelled() and (task is None or not task.cancelling()):
+                # The shared PING was stopped (the broker closing), not this caller.
+                raise NatsUnavailable(f"closed before NATS at {self.url} answered") from None
+            raise
 
     async def _ping(self) -> None:
         self._flush = None  # subscriptions made from now on wait for the next PING
