@@ -830,7 +830,8 @@ async def refused_soon(hub: HubProcess) -> float:
         while True:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", hub.port)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Reset: the listener closed with this connection in its backlog.
                 return time.monotonic() - began
             writer.close()
             await writer.wait_closed()
