@@ -92,6 +92,11 @@ async def clients() -> AsyncIterator[list[Client]]:
     yield made
     for client in made:
         await client.disconnect()
+    # The SDK closes its connections in background tasks: let them finish before the
+    # loop goes away (else its sockets are garbage-collected open, a test error).
+    pending = [t for c in made for t in list(getattr(c, "_background_tasks", ()))]
+    if pending:
+        await asyncio.wait(pending, timeout=2)
 
 
 async def test_sdk_clients_get_what_a_route_and_other_clients_publish(
