@@ -34,7 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
-from ..brokers.base import IDEMPOTENCY_TTL, HistoryOptions
+from ..brokers.base import HistoryOptions
 from ..brokers.nats import NatsBroker
 from ..brokers.redis import (
     CLUSTER_SCHEME,
@@ -44,8 +44,7 @@ from ..brokers.redis import (
     RedisClusterKeys,
     RedisKeys,
     parse_position,
-    publish_args,
-    publish_keys,
+    publish_script_input,
 )
 from ..node.channels import channel_options
 from ..options import Config
@@ -147,18 +146,16 @@ class _Base:
         delta: bool,
     ) -> tuple[list[str], list[Any]]:
         publication, history, delta = self._prepare(channel, data, tags, delta)
-        keys = publish_keys(self.keys, channel, idempotency_key)
-        args = publish_args(
+        return publish_script_input(
             self.keys,
             channel,
             publication,
             history,
-            self.config.broker.history_meta_ttl,
-            "",
-            IDEMPOTENCY_TTL if idempotency_key else 0,
-            delta,
+            meta_ttl=self.config.broker.history_meta_ttl,
+            exclude_client="",
+            idempotency_key=idempotency_key,
+            delta=delta,
         )
-        return keys, args
 
 
 class Publisher(_Base):

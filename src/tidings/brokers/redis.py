@@ -583,16 +583,15 @@ class _RedisCommon(Generic[_Client]):
             else:  # no position to wait for: the caller goes on (see _send_outbox)
                 self._enqueue(command, None)
             return StreamPosition(offset=0, epoch="")
-        keys = publish_keys(self.keys, channel, idempotency_key)
-        args = publish_args(
+        keys, args = publish_script_input(
             self.keys,
             channel,
             publication,
             history,
-            self.history_meta_ttl,
-            exclude_client,
-            IDEMPOTENCY_TTL if idempotency_key else 0,
-            delta,
+            meta_ttl=self.history_meta_ttl,
+            exclude_client=exclude_client,
+            idempotency_key=idempotency_key,
+            delta=delta,
         )
         # EVAL rather than EVALSHA: a pipeline cannot load a script Redis lost (a
         # restart) on the way; Redis keeps the compiled script by its digest all the same.
@@ -639,12 +638,14 @@ class _RedisCommon(Generic[_Client]):
                 pipeline = self.redis.pipeline(transaction=False)
                 for command, _ in batch:
                     pipeline.execute_command(*command)
+                failed = False
                 try:
                     # Bounded: a Redis that stopped answering without closing the
                     # connection must not hold every publisher forever.
                     async with self.pool_lock, asyncio.timeout(self.subscribe_timeout):
                         replies = await pipeline.execute(raise_on_error=False)
                 except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+                    failed = True
                     await self._pipeline_failed(exc)
                     self._outbox_failed = True
                     error = RedisError(f"Redis did not take {len(batch)} commands: {exc!r}")
@@ -654,7 +655,7 @@ class _RedisCommon(Generic[_Client]):
                         logger.warning("%d publications lost: %s", unawaited, error)
                 for (_, future), reply in zip(batch, replies, strict=True):
                     if future is None:
-                        if isinstance(reply, Exception) and not self._outbox_failed:
+                        if isinstance(reply, Exception) and not failed:  # else logged
                             logger.warning("a publication was refused: %s", reply)
                     elif future.done():
                         pass  # its caller gave up
@@ -1333,18 +1334,26 @@ def _node_address(node: list[Any], asked: Address) -> Address | None:
     return (host or asked[0], int(node[1]))
 
 
-def publish_args(
+def publish_script_input(
     keys: RedisKeys,
     channel: str,
     publication: Publication,
     history: HistoryOptions | None,
+    *,
     meta_ttl: float,
     exclude_client: str,
-    idempotency_ttl: float,
-    delta: bool = False,
-) -> list[Any]:
-    """Arguments of :data:`PUBLISH_SCRIPT` (shared with the external publisher)."""
-    return [
+    idempotency_key: str,
+    delta: bool,
+) -> tuple[list[str], list[Any]]:
+    """Keys and arguments of :data:`PUBLISH_SCRIPT` (shared with the external
+    publisher). Without an idempotency key its key is not touched, but named all the
+    same: on a cluster every key of a script must be in the channel's slot."""
+    script_keys = [
+        keys.stream(channel),
+        keys.meta(channel),
+        keys.idempotency(channel, idempotency_key),
+    ]
+    args = [
         publication_payload(publication),
         history.size if history is not None else 0,
         _ms(history.ttl) if history is not None else 0,
@@ -1352,21 +1361,11 @@ def publish_args(
         _ms(history.meta_ttl if history is not None and history.meta_ttl else meta_ttl),
         _new_epoch(),
         exclude_client,
-        _ms(idempotency_ttl),
+        _ms(IDEMPOTENCY_TTL) if idempotency_key else 0,
         1 if delta else 0,
         keys.publish_command,
     ]
-
-
-def publish_keys(keys: RedisKeys, channel: str, idempotency_key: str) -> list[str]:
-    """Keys of :data:`PUBLISH_SCRIPT` (shared with the external publisher). Without an
-    idempotency key the third is not touched, but named all the same: on a cluster
-    every key of a script must be in the channel's slot."""
-    return [
-        keys.stream(channel),
-        keys.meta(channel),
-        keys.idempotency(channel, idempotency_key),
-    ]
+    return script_keys, args
 
 
 def parse_position(reply: bytes) -> StreamPosition:
