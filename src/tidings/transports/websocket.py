@@ -53,8 +53,8 @@ import struct
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 from websockets.extensions.permessage_deflate import (
@@ -612,13 +612,9 @@ class WebSocketConnection(asyncio.Protocol):
             frames = 1
         else:
             # Subscribers of one channel have the same messages: coalesced once.
-            key = (self.codec, *map(id, pending))
-            cached_frames = framed.coalesced.get(key)
-            if cached_frames is not None:
-                data, frames = cached_frames[1], cached_frames[2]
-            else:
-                data, frames = _frames(pending, self.codec)
-                framed.coalesced[key] = (pending.copy(), data, frames)
+            codec = self.codec
+            key = (codec, *map(id, pending))
+            data, frames = _once(framed.coalesced, key, pending, lambda: _frames(pending, codec))
         # The same list again, emptied: a new one per flush would outlive
         # young-generation collections and make the full ones frequent.
         pending.clear()
@@ -639,13 +635,10 @@ class WebSocketConnection(asyncio.Protocol):
         connection with the same messages (unless the deflater is not ``shared``)."""
         if not deflater.shared:
             return deflater.frames(pending, self.codec)
-        key = tuple(map(id, pending))
-        cached = framed.get(key)
-        if cached is not None:
-            return cached[1], cached[2]
-        data, frames = deflater.frames(pending, self.codec)
-        framed[key] = (pending.copy(), data, frames)
-        return data, frames
+        codec = self.codec
+        return _once(
+            framed, tuple(map(id, pending)), pending, lambda: deflater.frames(pending, codec)
+        )
 
     def _slow(self) -> None:
         self.server.context.metrics.queue_overflows.inc()
@@ -677,6 +670,25 @@ def coalesce(pending: list[bytes], codec: Codec) -> list[bytes]:
         out.append(codec.join(pending[start:end]))
         start = end
     return out
+
+
+_Key = TypeVar("_Key", bound=tuple[object, ...])
+
+
+def _once(
+    cache: dict[_Key, tuple[list[bytes], bytes, int]],
+    key: _Key,
+    pending: list[bytes],
+    make: Callable[[], tuple[bytes, int]],
+) -> tuple[bytes, int]:
+    """The frames of ``pending`` made once per flush for every connection with the same
+    messages: ``make()`` the first time; the entry keeps the messages (their ids) alive."""
+    cached = cache.get(key)
+    if cached is not None:
+        return cached[1], cached[2]
+    data, frames = make()
+    cache[key] = (pending.copy(), data, frames)
+    return data, frames
 
 
 def _frames(pending: list[bytes], codec: Codec) -> tuple[bytes, int]:
