@@ -7,7 +7,6 @@ A thousand clients are opened on a real :class:`~tidings.transports.server.Serve
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 
 from tidings import Disconnect, MemoryBroker, load_config
@@ -71,6 +70,7 @@ async def test_the_first_pings_of_clients_opened_together_go_out_one_by_one() ->
     for connection in connections:
         server.opened(connection)
         await connection.client.receive('{"id":1,"connect":{}}')
+    deadlines = [connection.client._ping_at for connection in connections]
     try:
         await eventually(
             lambda: all(connection.pings for connection in connections),
@@ -80,12 +80,13 @@ async def test_the_first_pings_of_clients_opened_together_go_out_one_by_one() ->
         firsts = sorted(connection.pings[0] - opened for connection in connections)
         assert firsts[0] >= PING_INTERVAL / 2, "from half the interval"
         assert firsts[-1] <= PING_INTERVAL + 0.2, "never later than the interval (the client waits)"
-        # Spread over one second: about 10 in 10 ms (more on a busy machine). The
-        # tick alone (every 0.25 s) sent about 250 at once.
-        busiest = max(
-            bisect.bisect_left(firsts, first + 0.01) - i for i, first in enumerate(firsts)
-        )
-        assert busiest <= 100, f"{busiest} pings within 10 ms"
+        # Each at its own deadline, so spread as the deadlines are. The tick alone
+        # (every 0.25 s) sent them in bursts, late by 125 ms in the median. Lateness,
+        # not a count per 10 ms: a loop stalled by other work (two test workers on two
+        # cores) fires the timers that came due meanwhile together.
+        late = sorted(c.pings[0] - d for c, d in zip(connections, deadlines, strict=True))
+        assert late[0] >= 0, "never before its deadline"
+        assert late[len(late) // 2] <= 0.01, f"median {late[len(late) // 2] * 1000:.0f} ms late"
     finally:
         await server.shutdown(1.0)
     assert all(connection.closed is not None for connection in connections)
